@@ -1,0 +1,74 @@
+//! The CPU reference backend: plain slices, rayon for parallelism, ndarray's GEMM for the
+//! matrix products. Each op family implements its trait for [`CpuBackend`] in
+//! `ops/<family>/cpu_kernel.rs`; this module holds what they share.
+
+pub mod gemm;
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::tensor::Storage;
+use rayon::prelude::*;
+
+/// The CPU backend. Stateless: the thread pool is rayon's global one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+impl Backend for CpuBackend {
+    fn upload(&self, data: Vec<f32>) -> Result<Storage> {
+        Ok(Storage::cpu(data))
+    }
+
+    fn full(&self, len: usize, value: f32) -> Result<Storage> {
+        Ok(Storage::cpu(vec![value; len]))
+    }
+}
+
+/// Elements per rayon task in the elementwise helpers: large enough that scheduling is noise.
+pub const PAR_CHUNK: usize = 1 << 14;
+
+/// `out[i] = f(x[i])`, in parallel chunks.
+pub fn map_unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(PAR_CHUNK)
+        .zip(x.par_chunks(PAR_CHUNK))
+        .for_each(|(o, x)| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = f(x);
+            }
+        });
+    out
+}
+
+/// `out[i] = f(a[i], b[i])` for equally long slices, in parallel chunks.
+pub fn map_binary(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    debug_assert_eq!(a.len(), b.len());
+    let mut out = vec![0.0f32; a.len()];
+    out.par_chunks_mut(PAR_CHUNK)
+        .zip(a.par_chunks(PAR_CHUNK).zip(b.par_chunks(PAR_CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
+            }
+        });
+    out
+}
+
+/// `out[i] = f(a[i], b[i], c[i])` for equally long slices, in parallel chunks.
+pub fn map_ternary(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> f32 + Sync,
+) -> Vec<f32> {
+    debug_assert!(a.len() == b.len() && b.len() == c.len());
+    let mut out = vec![0.0f32; a.len()];
+    out.par_chunks_mut(PAR_CHUNK)
+        .zip(a.par_chunks(PAR_CHUNK))
+        .zip(b.par_chunks(PAR_CHUNK).zip(c.par_chunks(PAR_CHUNK)))
+        .for_each(|((o, a), (b, c))| {
+            for (((o, &a), &b), &c) in o.iter_mut().zip(a).zip(b).zip(c) {
+                *o = f(a, b, c);
+            }
+        });
+    out
+}

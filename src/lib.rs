@@ -1,0 +1,22 @@
+//! moeseg: a tensor engine with reverse-mode autograd, a CPU reference backend and (next) a
+//! CUDA backend, built to train and study sparse Mixture-of-Experts layers in CNN semantic
+//! segmentation.
+//!
+//! - [`tensor`]: the [`Tensor`] type, shapes, storage, dtypes for weight I/O, seeded RNG.
+//! - [`autograd`]: the dynamic graph and `backward`.
+//! - [`backend`]: the [`backend::Backend`] trait and the CPU backend.
+//! - [`ops`]: every op, one folder per family (forward, backward, kernels).
+//! - [`io`]: safetensors reading and atomic writing.
+
+pub mod autograd;
+pub mod backend;
+pub mod error;
+pub mod io;
+pub mod ops;
+pub mod tensor;
+pub mod testing;
+
+pub use autograd::{no_grad, NoGradGuard};
+pub use backend::Device;
+pub use error::{Error, Result};
+pub use tensor::{DType, Rng, Shape, Tensor};

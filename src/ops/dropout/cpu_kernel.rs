@@ -1,0 +1,6 @@
+//! CPU kernels of this family.
+
+use super::DropoutBackend;
+use crate::backend::cpu::CpuBackend;
+
+impl DropoutBackend for CpuBackend {}

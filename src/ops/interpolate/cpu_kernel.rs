@@ -1,0 +1,6 @@
+//! CPU kernels of this family.
+
+use super::InterpolateBackend;
+use crate::backend::cpu::CpuBackend;
+
+impl InterpolateBackend for CpuBackend {}

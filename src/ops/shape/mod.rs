@@ -1,0 +1,6 @@
+//! Layout ops: permute, transpose, concat, narrow/split, pad.
+
+mod cpu_kernel;
+
+/// Kernels of this family.
+pub trait ShapeBackend {}
