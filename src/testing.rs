@@ -31,7 +31,7 @@ pub fn assert_close(
     let mut worst: Option<(usize, f32)> = None;
     for (i, (&x, &y)) in a.iter().zip(&e).enumerate() {
         let err = (x - y).abs();
-        let bad = !(err <= atol + rtol * y.abs());
+        let bad = err.is_nan() || err > atol + rtol * y.abs();
         if bad && worst.is_none_or(|(_, w)| err > w || err.is_nan()) {
             worst = Some((i, err));
         }
@@ -123,7 +123,7 @@ pub fn gradcheck(
             let numeric =
                 ((eval(options.eps)? - eval(-options.eps)?) / (2.0 * options.eps as f64)) as f32;
             let err = (analytic[j] - numeric).abs();
-            if !(err <= options.atol + options.rtol * numeric.abs()) {
+            if err.is_nan() || err > options.atol + options.rtol * numeric.abs() {
                 return Err(format!(
                     "{what}: d/d input{index}[{j}] is {} by autograd but {numeric} by finite differences (shape {})",
                     analytic[j],

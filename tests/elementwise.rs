@@ -1,4 +1,5 @@
 //! Elementwise ops and reductions: PyTorch fixtures, finite differences and error cases.
+#![allow(clippy::cloned_ref_to_slice_refs)] // `&[x.clone()]` reads better in gradcheck calls
 
 use moeseg::testing::{assert_close, gradcheck, Fixtures, GradcheckOptions};
 use moeseg::{Rng, Tensor};

@@ -415,7 +415,7 @@ fn infer_shape(numel: usize, dims: &[isize]) -> Result<Shape> {
         }
     }
     if let Some(i) = inferred {
-        if known == 0 || numel % known != 0 {
+        if known == 0 || !numel.is_multiple_of(known) {
             return Err(Error::shape(
                 "reshape",
                 format!("cannot infer -1 in {dims:?} for {numel} elements"),

@@ -327,9 +327,7 @@ impl Tensor {
         })?;
         let mut axes = Vec::new();
         for (i, &d) in self.dims().iter().enumerate() {
-            if i < offset {
-                axes.push(i as isize);
-            } else if shape.dim(i - offset) == 1 && d != 1 {
+            if i < offset || (shape.dim(i - offset) == 1 && d != 1) {
                 axes.push(i as isize);
             } else if shape.dim(i - offset) != d {
                 return Err(crate::error::Error::shape(

@@ -21,7 +21,7 @@ impl ReduceBackend for CpuBackend {
                 });
         } else {
             // Accumulate whole inner rows (vectorisable), one task per (outer, inner block).
-            let block = inner.min(PAR_CHUNK).max(1);
+            let block = inner.clamp(1, PAR_CHUNK);
             out.par_chunks_mut(inner)
                 .enumerate()
                 .for_each(|(o, out_row)| {
