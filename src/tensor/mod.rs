@@ -441,3 +441,40 @@ impl fmt::Debug for Tensor {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_share_storage_and_reshape_shares_too() {
+        let t = Tensor::from_vec((0..6).map(|v| v as f32).collect(), [2, 3]).unwrap();
+        let c = t.clone();
+        assert_eq!(c.id(), t.id());
+        let r = t.reshape(&[3, -1]).unwrap();
+        assert_eq!(r.dims(), &[3, 2]);
+        match (t.storage(), r.storage()) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => assert!(Arc::ptr_eq(&a, &b)),
+        }
+        assert_eq!(t.flatten(0, -1).unwrap().dims(), &[6]);
+        assert_eq!(Tensor::scalar(2.5).item().unwrap(), 2.5);
+        assert!(t.item().is_err());
+        assert!(t.reshape(&[-1, -1]).is_err());
+    }
+
+    #[test]
+    fn replace_data_updates_every_clone_and_checks_shape() {
+        let p = Tensor::zeros([3], &Device::Cpu)
+            .unwrap()
+            .with_requires_grad(true);
+        let alias = p.clone();
+        p.replace_data(&Tensor::ones([3], &Device::Cpu).unwrap())
+            .unwrap();
+        assert_eq!(alias.to_vec(), vec![1.0; 3]);
+        assert!(alias.requires_grad());
+        let err = p
+            .replace_data(&Tensor::ones([4], &Device::Cpu).unwrap())
+            .unwrap_err();
+        assert!(err.to_string().contains("[4]"));
+    }
+}
