@@ -3,6 +3,7 @@
 
 use moeseg::testing::{assert_close, gradcheck, Fixtures, GradcheckOptions};
 use moeseg::{Result, Rng, Tensor};
+use std::slice;
 
 fn fixtures() -> Fixtures {
     Fixtures::load("shapeidx").unwrap()
@@ -33,7 +34,10 @@ fn assert_error<T>(result: Result<T>, parts: &[&str]) {
         Err(e) => e.to_string(),
     };
     for part in parts {
-        assert!(message.contains(part), "`{message}` does not mention `{part}`");
+        assert!(
+            message.contains(part),
+            "`{message}` does not mention `{part}`"
+        );
     }
 }
 
@@ -46,7 +50,9 @@ fn layout_ops_match_pytorch() {
     let check = |case: &str, inputs: &[&str], f: &dyn Fn(&[Tensor]) -> Result<Tensor>| {
         fx.check_case(case, inputs, f, RTOL, ATOL).unwrap()
     };
-    check("permute_nchw_to_nhwc", &["x"], &|t| t[0].permute(&[0, 2, 3, 1]));
+    check("permute_nchw_to_nhwc", &["x"], &|t| {
+        t[0].permute(&[0, 2, 3, 1])
+    });
     check("permute_weird", &["x"], &|t| t[0].permute(&[3, 1, 0, 2]));
     check("transpose", &["x"], &|t| t[0].transpose(0, -1));
     check("cat_axis1", &["a", "b", "c"], &|t| {
@@ -142,7 +148,10 @@ fn topk_breaks_ties_towards_the_lower_index() {
     assert_eq!(values.to_vec(), vec![1.0, 1.0, 2.0]);
     assert_eq!(indices.to_vec(), vec![0.0, 4.0, 2.0]);
     // Along a non-last axis, with -0.0 equal to 0.0 and NaN above everything.
-    let y = tensor(&[0.0, 5.0, f32::NAN, -0.0, 5.0, 1.0, 0.0, 2.0, 1.0], &[3, 3]);
+    let y = tensor(
+        &[0.0, 5.0, f32::NAN, -0.0, 5.0, 1.0, 0.0, 2.0, 1.0],
+        &[3, 3],
+    );
     let (values, indices) = y.topk(2, 0, true).unwrap();
     assert_eq!(indices.to_vec(), vec![0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
     assert!(values.to_vec()[2].is_nan());
@@ -154,8 +163,14 @@ fn topk_breaks_ties_towards_the_lower_index() {
 fn matrix_products_match_pytorch() {
     let fx = fixtures();
     let (r, a) = (1e-5, 1e-5);
-    fx.check_case("matmul_2d", &["input", "other"], |t| t[0].matmul(&t[1]), r, a)
-        .unwrap();
+    fx.check_case(
+        "matmul_2d",
+        &["input", "other"],
+        |t| t[0].matmul(&t[1]),
+        r,
+        a,
+    )
+    .unwrap();
     fx.check_case(
         "matmul_batched",
         &["input", "other"],
@@ -215,20 +230,36 @@ fn finite_differences_agree_with_autograd() {
     let grad = |what: &str, inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Result<Tensor>| {
         gradcheck(what, inputs, f, opts).unwrap()
     };
-    grad("permute", &[x.clone()], &|t| t[0].permute(&[3, 1, 0, 2]));
-    grad("transpose", &[x.clone()], &|t| t[0].transpose(1, -1));
-    let (a, b, c) = (randn(&[2, 2, 3], 2), randn(&[2, 1, 3], 3), randn(&[2, 4, 3], 4));
-    grad("cat", &[a, b, c], &|t| Tensor::cat(&[&t[0], &t[1], &t[2]], 1));
-    grad("narrow", &[x.clone()], &|t| t[0].narrow(2, 1, 2));
+    grad("permute", slice::from_ref(&x), &|t| {
+        t[0].permute(&[3, 1, 0, 2])
+    });
+    grad("transpose", slice::from_ref(&x), &|t| t[0].transpose(1, -1));
+    let (a, b, c) = (
+        randn(&[2, 2, 3], 2),
+        randn(&[2, 1, 3], 3),
+        randn(&[2, 4, 3], 4),
+    );
+    grad("cat", &[a, b, c], &|t| {
+        Tensor::cat(&[&t[0], &t[1], &t[2]], 1)
+    });
+    grad("narrow", slice::from_ref(&x), &|t| t[0].narrow(2, 1, 2));
     let y = randn(&[3, 7], 5);
-    grad("split", &[y.clone()], &|t| scaled_pieces(t[0].split(3, 1)?, 1));
-    grad("split_sizes", &[y.clone()], &|t| {
+    grad("split", slice::from_ref(&y), &|t| {
+        scaled_pieces(t[0].split(3, 1)?, 1)
+    });
+    grad("split_sizes", slice::from_ref(&y), &|t| {
         scaled_pieces(t[0].split_sizes(&[1, 2], 0)?, 0)
     });
-    grad("chunk", &[y.clone()], &|t| scaled_pieces(t[0].chunk(2, 1)?, 1));
-    grad("pad", &[x.clone()], &|t| t[0].pad(&[1, 2, 0, 1], 0.3));
-    grad("pad_3d", &[y.clone()], &|t| t[0].pad(&[2, 0, 1, 1], -1.0));
-    grad("squeeze_unsqueeze", &[y.clone()], &|t| {
+    grad("chunk", slice::from_ref(&y), &|t| {
+        scaled_pieces(t[0].chunk(2, 1)?, 1)
+    });
+    grad("pad", slice::from_ref(&x), &|t| {
+        t[0].pad(&[1, 2, 0, 1], 0.3)
+    });
+    grad("pad_3d", slice::from_ref(&y), &|t| {
+        t[0].pad(&[2, 0, 1, 1], -1.0)
+    });
+    grad("squeeze_unsqueeze", slice::from_ref(&y), &|t| {
         t[0].unsqueeze(1)?.mul(&t[0].unsqueeze(1)?)?.squeeze(1)
     });
 
@@ -237,14 +268,24 @@ fn finite_differences_agree_with_autograd() {
     let index0 = tensor(&[2., 0., 2., 1., 2., 1., 0., 1.], &[2, 4, 1])
         .broadcast_to([2, 4, 5])
         .unwrap();
-    let index2 = tensor(&[4., 0., 4., 1., 3., 3., 0.], &[1, 1, 7]).broadcast_to([3, 4, 7]).unwrap();
-    grad("gather_axis0", &[x3.clone()], &|t| t[0].gather(0, &index0));
-    grad("gather_axis2", &[x3.clone()], &|t| t[0].gather(2, &index2));
+    let index2 = tensor(&[4., 0., 4., 1., 3., 3., 0.], &[1, 1, 7])
+        .broadcast_to([3, 4, 7])
+        .unwrap();
+    grad("gather_axis0", slice::from_ref(&x3), &|t| {
+        t[0].gather(0, &index0)
+    });
+    grad("gather_axis2", slice::from_ref(&x3), &|t| {
+        t[0].gather(2, &index2)
+    });
     let src = randn(&[3, 4, 7], 7);
-    grad("scatter_add", &[x3.clone(), src], &|t| t[0].scatter_add(2, &index2, &t[1]));
+    grad("scatter_add", &[x3.clone(), src], &|t| {
+        t[0].scatter_add(2, &index2, &t[1])
+    });
     let indices = tensor(&[3., 0., 3., 2.], &[4]);
-    grad("index_select_axis1", &[x3.clone()], &|t| t[0].index_select(1, &indices));
-    grad("index_select_axis0", &[x3.clone()], &|t| {
+    grad("index_select_axis1", slice::from_ref(&x3), &|t| {
+        t[0].index_select(1, &indices)
+    });
+    grad("index_select_axis0", slice::from_ref(&x3), &|t| {
         t[0].index_select(0, &tensor(&[2., 0., 2.], &[3]))
     });
 
@@ -252,12 +293,16 @@ fn finite_differences_agree_with_autograd() {
     grad("matmul_2d", &[m2, w2.clone()], &|t| t[0].matmul(&t[1]));
     let (m3, w3) = (randn(&[2, 3, 4], 10), randn(&[2, 4, 5], 11));
     grad("matmul_batched", &[m3.clone(), w3], &|t| t[0].matmul(&t[1]));
-    grad("matmul_broadcast", &[m3.clone(), w2], &|t| t[0].matmul(&t[1]));
+    grad("matmul_broadcast", &[m3.clone(), w2], &|t| {
+        t[0].matmul(&t[1])
+    });
     let (weight, bias) = (randn(&[5, 4], 12), randn(&[5], 13));
     grad("linear_bias", &[m3.clone(), weight.clone(), bias], &|t| {
         t[0].linear(&t[1], Some(&t[2]))
     });
-    grad("linear_no_bias", &[m3, weight], &|t| t[0].linear(&t[1], None));
+    grad("linear_no_bias", &[m3, weight], &|t| {
+        t[0].linear(&t[1], None)
+    });
 }
 
 #[test]
@@ -267,12 +312,24 @@ fn layout_errors_name_the_op_and_shapes() {
     assert_error(x.permute(&[0, 1, 1]), &["permute", "[2, 3, 4]"]);
     assert_error(x.transpose(0, 3), &["transpose", "axis 3", "[2, 3, 4]"]);
     let y = randn(&[2, 5, 3], 2);
-    assert_error(Tensor::cat(&[&x, &y], 2), &["cat", "[2, 3, 4]", "[2, 5, 3]"]);
-    assert_error(Tensor::cat(&[&x, &randn(&[2, 3], 3)], 0), &["cat", "[2, 3]"]);
+    assert_error(
+        Tensor::cat(&[&x, &y], 2),
+        &["cat", "[2, 3, 4]", "[2, 5, 3]"],
+    );
+    assert_error(
+        Tensor::cat(&[&x, &randn(&[2, 3], 3)], 0),
+        &["cat", "[2, 3]"],
+    );
     assert_error(Tensor::cat(&[], 0), &["cat"]);
-    assert_error(x.narrow(1, 2, 2), &["narrow", "axis 1", "size 3", "[2, 3, 4]"]);
+    assert_error(
+        x.narrow(1, 2, 2),
+        &["narrow", "axis 1", "size 3", "[2, 3, 4]"],
+    );
     assert_error(x.split(0, 1), &["split", "[2, 3, 4]"]);
-    assert_error(x.split_sizes(&[1, 1], 1), &["split_sizes", "[1, 1]", "[2, 3, 4]"]);
+    assert_error(
+        x.split_sizes(&[1, 1], 1),
+        &["split_sizes", "[1, 1]", "[2, 3, 4]"],
+    );
     assert_error(x.chunk(0, 1), &["chunk", "[2, 3, 4]"]);
     assert_error(x.pad(&[1, 1, 1], 0.0), &["pad", "[1, 1, 1]", "[2, 3, 4]"]);
     assert_error(x.pad(&[1; 8], 0.0), &["pad", "[2, 3, 4]"]);
@@ -283,14 +340,28 @@ fn layout_errors_name_the_op_and_shapes() {
 #[test]
 fn indexing_errors_name_the_op_value_and_axis_size() {
     let x = randn(&[2, 3, 4], 1);
-    let bad = tensor(&[0., 1., 5., 2.], &[1, 1, 4]).broadcast_to([2, 3, 4]).unwrap();
-    assert_error(x.gather(2, &bad), &["gather", "index 5", "axis 2", "size 4"]);
+    let bad = tensor(&[0., 1., 5., 2.], &[1, 1, 4])
+        .broadcast_to([2, 3, 4])
+        .unwrap();
+    assert_error(
+        x.gather(2, &bad),
+        &["gather", "index 5", "axis 2", "size 4"],
+    );
     let negative = tensor(&[-1.], &[1, 1, 1]).broadcast_to([2, 3, 1]).unwrap();
     assert_error(x.gather(-1, &negative), &["gather", "index -1", "size 4"]);
     let fractional = tensor(&[0.5], &[1, 1, 1]).broadcast_to([2, 3, 1]).unwrap();
-    assert_error(x.gather(2, &fractional), &["gather", "0.5", "not an integer"]);
-    assert_error(x.gather(2, &randn(&[2, 4, 1], 2)), &["gather", "[2, 4, 1]", "[2, 3, 4]"]);
-    assert_error(x.gather(1, &randn(&[2, 3], 2)), &["gather", "[2, 3]", "[2, 3, 4]"]);
+    assert_error(
+        x.gather(2, &fractional),
+        &["gather", "0.5", "not an integer"],
+    );
+    assert_error(
+        x.gather(2, &randn(&[2, 4, 1], 2)),
+        &["gather", "[2, 4, 1]", "[2, 3, 4]"],
+    );
+    assert_error(
+        x.gather(1, &randn(&[2, 3], 2)),
+        &["gather", "[2, 3]", "[2, 3, 4]"],
+    );
     let index = Tensor::zeros([2, 3, 2], &Default::default()).unwrap();
     assert_error(
         x.scatter_add(2, &index, &randn(&[2, 3, 3], 3)),
@@ -308,7 +379,10 @@ fn indexing_errors_name_the_op_value_and_axis_size() {
         x.index_select(1, &tensor(&[0., 1.], &[1, 2])),
         &["index_select", "indices", "[1, 2]"],
     );
-    assert_error(x.topk(5, -1, true), &["topk", "k = 5", "size 4", "[2, 3, 4]"]);
+    assert_error(
+        x.topk(5, -1, true),
+        &["topk", "k = 5", "size 4", "[2, 3, 4]"],
+    );
     assert_error(x.topk(1, 3, true), &["topk", "axis 3"]);
 }
 
@@ -317,10 +391,19 @@ fn product_errors_name_the_op_and_shapes() {
     let (a, b) = (randn(&[2, 3, 4], 1), randn(&[5, 4], 2));
     assert_error(a.matmul(&b), &["matmul", "[2, 3, 4]", "[5, 4]"]);
     assert_error(a.matmul(&randn(&[3, 4, 5], 3)), &["matmul", "[3, 4, 5]"]);
-    assert_error(b.matmul(&randn(&[2, 4, 5], 3)), &["matmul", "[5, 4]", "[2, 4, 5]"]);
+    assert_error(
+        b.matmul(&randn(&[2, 4, 5], 3)),
+        &["matmul", "[5, 4]", "[2, 4, 5]"],
+    );
     assert_error(randn(&[4], 3).matmul(&b), &["matmul", "[4]"]);
-    assert_error(a.linear(&randn(&[5, 3], 4), None), &["linear", "[2, 3, 4]", "[5, 3]"]);
-    assert_error(a.linear(&randn(&[4], 4), None), &["linear", "weight", "[4]"]);
+    assert_error(
+        a.linear(&randn(&[5, 3], 4), None),
+        &["linear", "[2, 3, 4]", "[5, 3]"],
+    );
+    assert_error(
+        a.linear(&randn(&[4], 4), None),
+        &["linear", "weight", "[4]"],
+    );
     assert_error(
         a.linear(&b, Some(&randn(&[4], 5))),
         &["linear", "bias", "[4]", "[5]"],

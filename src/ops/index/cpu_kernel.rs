@@ -26,18 +26,11 @@ impl IndexBackend for CpuBackend {
     ) -> Result<Storage> {
         let mut out = base.as_cpu("scatter_add")?.to_vec();
         let (index, src) = (index.as_cpu("scatter_add")?, src.as_cpu("scatter_add")?);
-        accumulate_along_axis(&mut out, src, p, |row, i| {
-            index[row * p.inner + i] as usize
-        });
+        accumulate_along_axis(&mut out, src, p, |row, i| index[row * p.inner + i] as usize);
         Ok(Storage::cpu(out))
     }
 
-    fn index_select(
-        &self,
-        x: &Storage,
-        indices: &Storage,
-        p: AxisIndexParams,
-    ) -> Result<Storage> {
+    fn index_select(&self, x: &Storage, indices: &Storage, p: AxisIndexParams) -> Result<Storage> {
         let (x, indices) = (x.as_cpu("index_select")?, indices.as_cpu("index_select")?);
         let out = select_along_axis(x, p, |row, _| indices[row % p.count] as usize);
         Ok(Storage::cpu(out))
@@ -83,8 +76,7 @@ impl IndexBackend for CpuBackend {
                         lane.select_nth_unstable_by(p.k - 1, order);
                     }
                     lane[..p.k].sort_unstable_by(order);
-                    for ((v, ix), &(value, s)) in values.iter_mut().zip(indices).zip(&lane[..p.k])
-                    {
+                    for ((v, ix), &(value, s)) in values.iter_mut().zip(indices).zip(&lane[..p.k]) {
                         *v = value;
                         *ix = s as f32;
                     }
@@ -152,7 +144,10 @@ fn accumulate_along_axis(
     let column_block = if p.outer >= tasks_wanted {
         p.inner
     } else {
-        p.inner.div_ceil(tasks_wanted.div_ceil(p.outer)).max(64).min(p.inner)
+        p.inner
+            .div_ceil(tasks_wanted.div_ceil(p.outer))
+            .max(64)
+            .min(p.inner)
     };
     let blocks_per_slab = p.inner.div_ceil(column_block);
     let out_ptr = SendPtr(out.as_mut_ptr());
@@ -195,9 +190,7 @@ mod tests {
             inner: 130,
             count: 5,
         };
-        let values: Vec<f32> = (0..p.outer * p.count * p.inner)
-            .map(|v| v as f32)
-            .collect();
+        let values: Vec<f32> = (0..p.outer * p.count * p.inner).map(|v| v as f32).collect();
         let target = |row: usize, i: usize| (row * 7 + i) % 3;
         let mut out = vec![0.0f32; p.outer * p.size * p.inner];
         accumulate_along_axis(&mut out, &values, p, target);

@@ -55,8 +55,7 @@ pub trait IndexBackend {
     ) -> Result<Storage>;
 
     /// `out[o, j, i] = x[o, indices[j], i]` (`torch.index_select`).
-    fn index_select(&self, x: &Storage, indices: &Storage, p: AxisIndexParams)
-        -> Result<Storage>;
+    fn index_select(&self, x: &Storage, indices: &Storage, p: AxisIndexParams) -> Result<Storage>;
 
     /// Gradient of `index_select` (`index_add` onto zeros):
     /// `out[o, s, i] = Σ_{j : indices[j] = s} grad_out[o, j, i]`, deterministic.
@@ -89,14 +88,21 @@ impl Tensor {
             .gather(&self.storage(), &index.storage(), p)?;
         let saved_index = index.detach();
         let input_shape = self.shape().clone();
-        Tensor::from_op("gather", storage, index.shape().clone(), &[self], move || {
-            Box::new(move |g: &Tensor, _: &[bool]| {
-                let backend = g.backend();
-                let zeros = backend.full(input_shape.numel(), 0.0)?;
-                let grad = backend.scatter_add(&zeros, &saved_index.storage(), &g.storage(), p)?;
-                Ok(vec![Some(Tensor::from_storage(grad, input_shape)?)])
-            })
-        })
+        Tensor::from_op(
+            "gather",
+            storage,
+            index.shape().clone(),
+            &[self],
+            move || {
+                Box::new(move |g: &Tensor, _: &[bool]| {
+                    let backend = g.backend();
+                    let zeros = backend.full(input_shape.numel(), 0.0)?;
+                    let grad =
+                        backend.scatter_add(&zeros, &saved_index.storage(), &g.storage(), p)?;
+                    Ok(vec![Some(Tensor::from_storage(grad, input_shape)?)])
+                })
+            },
+        )
     }
 
     /// This tensor with `src` added at the positions `index` names along `axis`
@@ -120,27 +126,30 @@ impl Tensor {
         check_same_except_axis("scatter_add", "index", self, index, axis_index)?;
         let p = axis_params(self, axis_index, index.dims()[axis_index]);
         check_indices("scatter_add", index, axis_index, p.size)?;
-        let storage = self.backend().scatter_add(
-            &self.storage(),
-            &index.storage(),
-            &src.storage(),
-            p,
-        )?;
+        let storage =
+            self.backend()
+                .scatter_add(&self.storage(), &index.storage(), &src.storage(), p)?;
         let saved_index = index.detach();
         let src_shape = src.shape().clone();
-        Tensor::from_op("scatter_add", storage, self.shape().clone(), &[self, src], move || {
-            Box::new(move |g: &Tensor, needs: &[bool]| {
-                let grad_src = needs[1]
-                    .then(|| -> Result<Tensor> {
-                        let gathered =
-                            g.backend()
-                                .gather(&g.storage(), &saved_index.storage(), p)?;
-                        Tensor::from_storage(gathered, src_shape)
-                    })
-                    .transpose()?;
-                Ok(vec![needs[0].then(|| g.clone()), grad_src])
-            })
-        })
+        Tensor::from_op(
+            "scatter_add",
+            storage,
+            self.shape().clone(),
+            &[self, src],
+            move || {
+                Box::new(move |g: &Tensor, needs: &[bool]| {
+                    let grad_src = needs[1]
+                        .then(|| -> Result<Tensor> {
+                            let gathered =
+                                g.backend()
+                                    .gather(&g.storage(), &saved_index.storage(), p)?;
+                            Tensor::from_storage(gathered, src_shape)
+                        })
+                        .transpose()?;
+                    Ok(vec![needs[0].then(|| g.clone()), grad_src])
+                })
+            },
+        )
     }
 
     /// The slices at `indices` (rank 1) along `axis` (`torch.index_select`); indices may

@@ -15,9 +15,23 @@ impl MatmulBackend for CpuBackend {
         let rhs = BatchedOperand::new(b, d.k * d.n, d.rhs_transposed);
         let out = if d.rhs_shared {
             // One GEMM: [batch·m, k] × op(B).
-            batched_gemm(1, d.batch * d.m, d.n, d.k, BatchedOperand::new(a, 0, false), rhs)
+            batched_gemm(
+                1,
+                d.batch * d.m,
+                d.n,
+                d.k,
+                BatchedOperand::new(a, 0, false),
+                rhs,
+            )
         } else {
-            batched_gemm(d.batch, d.m, d.n, d.k, BatchedOperand::new(a, d.m * d.k, false), rhs)
+            batched_gemm(
+                d.batch,
+                d.m,
+                d.n,
+                d.k,
+                BatchedOperand::new(a, d.m * d.k, false),
+                rhs,
+            )
         };
         Ok(Storage::cpu(out))
     }
@@ -35,9 +49,23 @@ impl MatmulBackend for CpuBackend {
         // op(B)ᵀ: a [k, n] matrix is read transposed, a stored [n, k] one as it is.
         let rhs = BatchedOperand::new(b, d.k * d.n, !d.rhs_transposed);
         let out = if d.rhs_shared {
-            batched_gemm(1, d.batch * d.m, d.k, d.n, BatchedOperand::new(g, 0, false), rhs)
+            batched_gemm(
+                1,
+                d.batch * d.m,
+                d.k,
+                d.n,
+                BatchedOperand::new(g, 0, false),
+                rhs,
+            )
         } else {
-            batched_gemm(d.batch, d.m, d.k, d.n, BatchedOperand::new(g, d.m * d.n, false), rhs)
+            batched_gemm(
+                d.batch,
+                d.m,
+                d.k,
+                d.n,
+                BatchedOperand::new(g, d.m * d.n, false),
+                rhs,
+            )
         };
         Ok(Storage::cpu(out))
     }
@@ -62,11 +90,25 @@ impl MatmulBackend for CpuBackend {
         let out = if d.rhs_transposed {
             // ∂B as stored, [n, k] = Gᵀ · A.
             let g = BatchedOperand::new(g, g_stride, true);
-            batched_gemm(batch, d.n, d.k, rows, g, BatchedOperand::new(a, a_stride, false))
+            batched_gemm(
+                batch,
+                d.n,
+                d.k,
+                rows,
+                g,
+                BatchedOperand::new(a, a_stride, false),
+            )
         } else {
             // ∂B [k, n] = Aᵀ · G.
             let a = BatchedOperand::new(a, a_stride, true);
-            batched_gemm(batch, d.k, d.n, rows, a, BatchedOperand::new(g, g_stride, false))
+            batched_gemm(
+                batch,
+                d.k,
+                d.n,
+                rows,
+                a,
+                BatchedOperand::new(g, g_stride, false),
+            )
         };
         Ok(Storage::cpu(out))
     }

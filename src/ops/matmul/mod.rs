@@ -150,21 +150,27 @@ impl Tensor {
         out_dims: Vec<usize>,
     ) -> Result<Tensor> {
         self.same_device(op, rhs)?;
-        let storage = self.backend().matmul(&self.storage(), &rhs.storage(), dims)?;
+        let storage = self
+            .backend()
+            .matmul(&self.storage(), &rhs.storage(), dims)?;
         let (lhs, rhs_saved) = (self.detach(), rhs.detach());
         Tensor::from_op(op, storage, out_dims, &[self, rhs], move || {
             Box::new(move |g: &Tensor, needs: &[bool]| {
                 let backend = g.backend();
                 let grad_lhs = needs[0]
                     .then(|| -> Result<Tensor> {
-                        let grad =
-                            backend.matmul_lhs_backward(&g.storage(), &rhs_saved.storage(), dims)?;
+                        let grad = backend.matmul_lhs_backward(
+                            &g.storage(),
+                            &rhs_saved.storage(),
+                            dims,
+                        )?;
                         Tensor::from_storage(grad, lhs.shape().clone())
                     })
                     .transpose()?;
                 let grad_rhs = needs[1]
                     .then(|| -> Result<Tensor> {
-                        let grad = backend.matmul_rhs_backward(&lhs.storage(), &g.storage(), dims)?;
+                        let grad =
+                            backend.matmul_rhs_backward(&lhs.storage(), &g.storage(), dims)?;
                         Tensor::from_storage(grad, rhs_saved.shape().clone())
                     })
                     .transpose()?;

@@ -101,7 +101,12 @@ fn rows_per_task(row_len: usize) -> usize {
 
 /// Offset in a tensor with `strides` of the row `row` of a tensor of `dims` (all but the last
 /// dimension), shifted by `offset` in each of those dimensions.
-fn shifted_row_offset(mut row: usize, dims: &[usize], offset: &[usize], strides: &[usize]) -> usize {
+fn shifted_row_offset(
+    mut row: usize,
+    dims: &[usize],
+    offset: &[usize],
+    strides: &[usize],
+) -> usize {
     let mut at = 0;
     for d in (0..dims.len().saturating_sub(1)).rev() {
         at += (row % dims[d] + offset[d]) * strides[d];
@@ -135,7 +140,13 @@ fn crop(x: &[f32], in_dims: &[usize], out_dims: &[usize], offset: &[usize]) -> V
 
 /// `out[m + offset] = x[m]` and `fill` elsewhere: `x` of `in_dims` placed at `offset` inside a
 /// tensor of `out_dims`.
-fn embed(x: &[f32], in_dims: &[usize], out_dims: &[usize], offset: &[usize], fill: f32) -> Vec<f32> {
+fn embed(
+    x: &[f32],
+    in_dims: &[usize],
+    out_dims: &[usize],
+    offset: &[usize],
+    fill: f32,
+) -> Vec<f32> {
     let numel: usize = out_dims.iter().product();
     let mut out = vec![fill; numel];
     let Some(&width) = out_dims.last() else {

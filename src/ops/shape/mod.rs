@@ -127,10 +127,7 @@ impl Tensor {
             let shapes: Vec<String> = tensors.iter().map(|t| t.shape().to_string()).collect();
             return Err(Error::shape(
                 "cat",
-                format!(
-                    "shapes {} differ outside axis {axis}",
-                    shapes.join(", ")
-                ),
+                format!("shapes {} differ outside axis {axis}", shapes.join(", ")),
             ));
         }
         for t in &tensors[1..] {
@@ -150,7 +147,10 @@ impl Tensor {
                 let mut start = 0;
                 let mut grads = Vec::with_capacity(sizes.len());
                 for (&size, &need) in sizes.iter().zip(needs) {
-                    grads.push(need.then(|| g.narrow(axis as isize, start, size)).transpose()?);
+                    grads.push(
+                        need.then(|| g.narrow(axis as isize, start, size))
+                            .transpose()?,
+                    );
                     start += size;
                 }
                 Ok(grads)
@@ -202,7 +202,10 @@ impl Tensor {
         if size == 0 {
             return Err(Error::invalid(
                 "split",
-                format!("split size must be positive, got 0 (shape {})", self.shape()),
+                format!(
+                    "split size must be positive, got 0 (shape {})",
+                    self.shape()
+                ),
             ));
         }
         if total == 0 {
@@ -240,16 +243,24 @@ impl Tensor {
     }
 
     /// At most `chunks` pieces of `ceil(size / chunks)` along `axis` (`torch.chunk`): fewer
-    /// when the axis is too short, the last one smaller.
+    /// when the axis is too short, the last one smaller (an empty axis gives `chunks` empty
+    /// pieces).
     pub fn chunk(&self, chunks: usize, axis: isize) -> Result<Vec<Tensor>> {
         if chunks == 0 {
             return Err(Error::invalid(
                 "chunk",
-                format!("number of chunks must be positive, got 0 (shape {})", self.shape()),
+                format!(
+                    "number of chunks must be positive, got 0 (shape {})",
+                    self.shape()
+                ),
             ));
         }
         let total = self.dim(axis)?;
-        self.split(total.div_ceil(chunks).max(1), axis)
+        if total == 0 {
+            // As torch.chunk: `chunks` empty pieces.
+            return (0..chunks).map(|_| self.narrow(axis, 0, 0)).collect();
+        }
+        self.split(total.div_ceil(chunks), axis)
     }
 
     /// Constant padding like `F.pad(x, padding, value=value)`: `padding` lists
@@ -258,7 +269,7 @@ impl Tensor {
     /// the block of the output gradient where the input sat.
     pub fn pad(&self, padding: &[usize], value: f32) -> Result<Tensor> {
         let rank = self.rank();
-        if padding.is_empty() || padding.len() % 2 != 0 || padding.len() / 2 > rank {
+        if padding.is_empty() || !padding.len().is_multiple_of(2) || padding.len() / 2 > rank {
             return Err(Error::invalid(
                 "pad",
                 format!(

@@ -156,7 +156,11 @@ mod tests {
         for &(dims, axes) in cases {
             let n: usize = dims.iter().product();
             let x: Vec<f32> = (0..n).map(|v| v as f32).collect();
-            assert_eq!(permute(&x, dims, axes), naive(&x, dims, axes), "{dims:?} {axes:?}");
+            assert_eq!(
+                permute(&x, dims, axes),
+                naive(&x, dims, axes),
+                "{dims:?} {axes:?}"
+            );
         }
     }
 
@@ -166,6 +170,9 @@ mod tests {
             simplify(&[2, 3, 4, 5], &[0, 2, 3, 1]),
             (vec![2, 3, 20], vec![0, 2, 1])
         );
-        assert_eq!(simplify(&[1, 3, 1, 5], &[2, 3, 0, 1]), (vec![3, 5], vec![1, 0]));
+        assert_eq!(
+            simplify(&[1, 3, 1, 5], &[2, 3, 0, 1]),
+            (vec![3, 5], vec![1, 0])
+        );
     }
 }
