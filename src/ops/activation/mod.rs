@@ -73,8 +73,12 @@ pub trait ActivationBackend {
     ) -> Result<Storage>;
 
     /// `x` where `x > 0`, else `w[c] · x`.
-    fn prelu_forward(&self, x: &Storage, weight: &Storage, layout: ChannelLayout)
-        -> Result<Storage>;
+    fn prelu_forward(
+        &self,
+        x: &Storage,
+        weight: &Storage,
+        layout: ChannelLayout,
+    ) -> Result<Storage>;
 
     /// `(grad_x, grad_weight)`: `grad_x = g` where `x > 0` else `w[c] · g`, and
     /// `grad_weight[c] = Σ_{x ≤ 0 in channel c} x · g`.
@@ -96,14 +100,20 @@ impl Tensor {
         } else {
             self.detach()
         };
-        Tensor::from_op(op.name(), storage, self.shape().clone(), &[self], move || {
-            Box::new(move |g: &Tensor, _: &[bool]| {
-                let grad = g
-                    .backend()
-                    .activation_backward(op, &saved.storage(), &g.storage())?;
-                Ok(vec![Some(Tensor::from_storage(grad, g.shape().clone())?)])
-            })
-        })
+        Tensor::from_op(
+            op.name(),
+            storage,
+            self.shape().clone(),
+            &[self],
+            move || {
+                Box::new(move |g: &Tensor, _: &[bool]| {
+                    let grad =
+                        g.backend()
+                            .activation_backward(op, &saved.storage(), &g.storage())?;
+                    Ok(vec![Some(Tensor::from_storage(grad, g.shape().clone())?)])
+                })
+            },
+        )
     }
 
     /// `max(x, 0)`; the gradient at 0 is 0, as in PyTorch.
@@ -146,24 +156,30 @@ impl Tensor {
             .backend()
             .prelu_forward(&self.storage(), &weight.storage(), layout)?;
         let (x, w) = (self.detach(), weight.detach());
-        Tensor::from_op("prelu", storage, self.shape().clone(), &[self, weight], move || {
-            Box::new(move |g: &Tensor, needs: &[bool]| {
-                let (grad_x, grad_w) = g.backend().prelu_backward(
-                    &x.storage(),
-                    &w.storage(),
-                    &g.storage(),
-                    layout,
-                )?;
-                Ok(vec![
-                    needs[0]
-                        .then(|| Tensor::from_storage(grad_x, x.shape().clone()))
-                        .transpose()?,
-                    needs[1]
-                        .then(|| Tensor::from_storage(grad_w, w.shape().clone()))
-                        .transpose()?,
-                ])
-            })
-        })
+        Tensor::from_op(
+            "prelu",
+            storage,
+            self.shape().clone(),
+            &[self, weight],
+            move || {
+                Box::new(move |g: &Tensor, needs: &[bool]| {
+                    let (grad_x, grad_w) = g.backend().prelu_backward(
+                        &x.storage(),
+                        &w.storage(),
+                        &g.storage(),
+                        layout,
+                    )?;
+                    Ok(vec![
+                        needs[0]
+                            .then(|| Tensor::from_storage(grad_x, x.shape().clone()))
+                            .transpose()?,
+                        needs[1]
+                            .then(|| Tensor::from_storage(grad_w, w.shape().clone()))
+                            .transpose()?,
+                    ])
+                })
+            },
+        )
     }
 }
 

@@ -108,7 +108,9 @@ impl LossBackend for CpuBackend {
             let c = row % classes;
             let src = &x[row * spatial..(row + 1) * spatial];
             let positions = b * spatial..(b + 1) * spatial;
-            let per_position = scale_and_class[positions.clone()].iter().zip(&lse[positions]);
+            let per_position = scale_and_class[positions.clone()]
+                .iter()
+                .zip(&lse[positions]);
             for ((dx, &v), (&(scale, class), &lse)) in out_row.iter_mut().zip(src).zip(per_position)
             {
                 let onehot = if class == c { 1.0 } else { 0.0 };

@@ -38,13 +38,18 @@ fn inverse_std(var: &[f32], eps: f32) -> Vec<f32> {
 /// `y = x · scale[c] + shift[c]` over the `[N, C, S]` layout.
 fn scale_shift(x: &[f32], scale: &[f32], shift: &[f32], layout: ChannelLayout) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
-    for_each_row(&mut out, layout.channels, layout.inner, |row, _, out_row| {
-        let c = row % layout.channels;
-        let src = &x[row * layout.inner..(row + 1) * layout.inner];
-        for (y, &v) in out_row.iter_mut().zip(src) {
-            *y = v * scale[c] + shift[c];
-        }
-    });
+    for_each_row(
+        &mut out,
+        layout.channels,
+        layout.inner,
+        |row, _, out_row| {
+            let c = row % layout.channels;
+            let src = &x[row * layout.inner..(row + 1) * layout.inner];
+            for (y, &v) in out_row.iter_mut().zip(src) {
+                *y = v * scale[c] + shift[c];
+            }
+        },
+    );
     out
 }
 
@@ -143,13 +148,18 @@ impl NormBackend for CpuBackend {
             };
         }
         let mut grad_x = vec![0.0f32; x.len()];
-        for_each_row(&mut grad_x, layout.channels, layout.inner, |row, _, out_row| {
-            let (a, b, d) = coefficients[row % layout.channels];
-            let range = row * layout.inner..(row + 1) * layout.inner;
-            for ((dx, &v), &g) in out_row.iter_mut().zip(&x[range.clone()]).zip(&g[range]) {
-                *dx = a * g + b * v + d;
-            }
-        });
+        for_each_row(
+            &mut grad_x,
+            layout.channels,
+            layout.inner,
+            |row, _, out_row| {
+                let (a, b, d) = coefficients[row % layout.channels];
+                let range = row * layout.inner..(row + 1) * layout.inner;
+                for ((dx, &v), &g) in out_row.iter_mut().zip(&x[range.clone()]).zip(&g[range]) {
+                    *dx = a * g + b * v + d;
+                }
+            },
+        );
         Ok(BatchNormGrads {
             input: Storage::cpu(grad_x),
             weight: Storage::cpu(grad_weight),

@@ -58,8 +58,11 @@ pub struct BatchNormGrads {
 /// Kernels of this family. The input is seen as `[N, C, S]` through a [`ChannelLayout`].
 pub trait NormBackend {
     /// Per-channel mean and biased variance `(μ, Σ (x − μ)² / M)` with `M = N · S`.
-    fn batch_norm_statistics(&self, x: &Storage, layout: ChannelLayout)
-        -> Result<(Storage, Storage)>;
+    fn batch_norm_statistics(
+        &self,
+        x: &Storage,
+        layout: ChannelLayout,
+    ) -> Result<(Storage, Storage)>;
 
     /// `(x − mean_c) / √(var_c + eps) · w_c + b_c` (`w = 1`, `b = 0` when absent).
     #[allow(clippy::too_many_arguments)]
@@ -116,8 +119,7 @@ impl Tensor {
             let (mean, var) = self
                 .backend()
                 .batch_norm_statistics(&self.storage(), layout)?;
-            if let (Some(running_mean), Some(running_var)) = (args.running_mean, args.running_var)
-            {
+            if let (Some(running_mean), Some(running_var)) = (args.running_mean, args.running_var) {
                 update_running_stats(running_mean, running_var, &mean, &var, count, &args)?;
             }
             (mean, var)
@@ -251,7 +253,7 @@ fn batch_norm_layout(x: &Tensor, args: &BatchNormArgs) -> Result<ChannelLayout> 
             "running_mean and running_var must be given together",
         ));
     }
-    if !(args.eps >= 0.0) || !(0.0..=1.0).contains(&args.momentum) {
+    if args.eps.is_nan() || args.eps < 0.0 || !(0.0..=1.0).contains(&args.momentum) {
         return Err(Error::invalid(
             OP,
             format!(

@@ -158,7 +158,11 @@ impl SoftmaxBackend for CpuBackend {
             let column_sums = &sums[o * inner..(o + 1) * inner];
             let values = y[range.clone()].iter().zip(&g[range]).zip(column_sums);
             for (dx, ((&y, &g), &sum)) in out_row.iter_mut().zip(values) {
-                *dx = if log { g - y.exp() * sum } else { y * (g - sum) };
+                *dx = if log {
+                    g - y.exp() * sum
+                } else {
+                    y * (g - sum)
+                };
             }
         });
         Ok(Storage::cpu(out))
