@@ -48,6 +48,7 @@ impl Activation {
 
 /// How a prelu weight lines up with the input: the input seen as `[outer, channels, inner]`,
 /// with weight `w[c]` for every element of channel `c` (`channels == 1` for a single weight).
+/// Batch norm uses the same view for its per-channel statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelLayout {
     /// Product of the dimensions before the channel axis.

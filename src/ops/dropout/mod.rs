@@ -24,30 +24,32 @@ impl Tensor {
     /// `training` (identity otherwise), drawing the seed from the default generator. The
     /// gradient is `grad · mask · 1/(1 − p)`.
     pub fn dropout(&self, p: f32, training: bool) -> Result<Tensor> {
-        self.dropout_impl("dropout", p, training, None)
+        self.dropout_impl("dropout", p, training, false, None)
     }
 
     /// [`Tensor::dropout`] with the seed drawn from `rng`.
     pub fn dropout_with_rng(&self, p: f32, training: bool, rng: &mut Rng) -> Result<Tensor> {
-        self.dropout_impl("dropout", p, training, Some(rng))
+        self.dropout_impl("dropout", p, training, false, Some(rng))
     }
 
     /// Zeroes whole channels (`[n, c, :, :]` planes of NCHW input) with probability `p` and
     /// scales the rest by `1 / (1 − p)` when `training`, seed from the default generator.
     pub fn dropout2d(&self, p: f32, training: bool) -> Result<Tensor> {
-        self.dropout_impl("dropout2d", p, training, None)
+        self.dropout_impl("dropout2d", p, training, true, None)
     }
 
     /// [`Tensor::dropout2d`] with the seed drawn from `rng`.
     pub fn dropout2d_with_rng(&self, p: f32, training: bool, rng: &mut Rng) -> Result<Tensor> {
-        self.dropout_impl("dropout2d", p, training, Some(rng))
+        self.dropout_impl("dropout2d", p, training, true, Some(rng))
     }
 
+    /// Shared body: `per_channel` draws one mask value per `[n, c]` plane instead of per element.
     fn dropout_impl(
         &self,
         op: &'static str,
         p: f32,
         training: bool,
+        per_channel: bool,
         rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
         if !(0.0..=1.0).contains(&p) {
@@ -56,7 +58,6 @@ impl Tensor {
                 format!("p must be in [0, 1], got {p} (input {})", self.shape()),
             ));
         }
-        let per_channel = op == "dropout2d";
         if per_channel && self.rank() != 4 {
             return Err(Error::shape(
                 op,

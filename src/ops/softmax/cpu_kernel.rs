@@ -1,4 +1,5 @@
-//! CPU kernels of the softmax family, and the column helpers the fused cross-entropy shares.
+//! CPU kernels of the softmax family, and the column/row helpers that the fused cross-entropy
+//! and batch norm kernels share.
 //!
 //! Two passes: per-column statistics (max and Σ e^(x − max), or the backward's dot product)
 //! over blocks of adjacent columns so the inner loop runs along contiguous memory, then an
