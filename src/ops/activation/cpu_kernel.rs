@@ -1,6 +1,175 @@
-//! CPU kernels of this family.
+//! CPU kernels of the activation family.
 
-use super::ActivationBackend;
-use crate::backend::cpu::CpuBackend;
+use super::{Activation, ActivationBackend, ChannelLayout};
+use crate::backend::cpu::{map_binary, map_unary, CpuBackend, PAR_CHUNK};
+use crate::error::Result;
+use crate::tensor::Storage;
+use rayon::prelude::*;
 
-impl ActivationBackend for CpuBackend {}
+fn forward_fn(op: Activation) -> impl Fn(f32) -> f32 + Sync {
+    move |x: f32| match op {
+        Activation::Relu => x.max(0.0),
+        Activation::LeakyRelu { negative_slope } => {
+            if x > 0.0 {
+                x
+            } else {
+                x * negative_slope
+            }
+        }
+        Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Activation::Tanh => x.tanh(),
+        Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+        Activation::Hardsigmoid => (x + 3.0).clamp(0.0, 6.0) / 6.0,
+    }
+}
+
+/// `(saved, grad_out) ↦ grad_in`, with PyTorch's choices at the kinks.
+fn backward_fn(op: Activation) -> impl Fn(f32, f32) -> f32 + Sync {
+    move |saved: f32, g: f32| match op {
+        Activation::Relu => {
+            if saved > 0.0 {
+                g
+            } else {
+                0.0
+            }
+        }
+        Activation::LeakyRelu { negative_slope } => {
+            if saved > 0.0 {
+                g
+            } else {
+                g * negative_slope
+            }
+        }
+        Activation::Sigmoid => g * saved * (1.0 - saved),
+        Activation::Tanh => g * (1.0 - saved * saved),
+        Activation::Hardswish => {
+            if saved <= -3.0 {
+                0.0
+            } else if saved < 3.0 {
+                g * (saved / 3.0 + 0.5)
+            } else {
+                g
+            }
+        }
+        Activation::Hardsigmoid => {
+            if saved > -3.0 && saved < 3.0 {
+                g / 6.0
+            } else {
+                0.0
+            }
+        }
+    }
+}
+
+/// Splits the flat range `start..start + len` of a `[outer, channels, inner]` tensor into runs
+/// that stay within one channel, calling `f(channel, offset_in_range, run_len)` for each.
+fn for_each_channel_run(
+    layout: ChannelLayout,
+    start: usize,
+    len: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let end = start + len;
+    let mut pos = start;
+    while pos < end {
+        let row = pos / layout.inner;
+        let run_end = ((row + 1) * layout.inner).min(end);
+        f(row % layout.channels, pos - start, run_end - pos);
+        pos = run_end;
+    }
+}
+
+impl ActivationBackend for CpuBackend {
+    fn activation_forward(&self, op: Activation, x: &Storage) -> Result<Storage> {
+        Ok(Storage::cpu(map_unary(
+            x.as_cpu("activation")?,
+            forward_fn(op),
+        )))
+    }
+
+    fn activation_backward(
+        &self,
+        op: Activation,
+        saved: &Storage,
+        grad_out: &Storage,
+    ) -> Result<Storage> {
+        Ok(Storage::cpu(map_binary(
+            saved.as_cpu("activation_backward")?,
+            grad_out.as_cpu("activation_backward")?,
+            backward_fn(op),
+        )))
+    }
+
+    fn prelu_forward(
+        &self,
+        x: &Storage,
+        weight: &Storage,
+        layout: ChannelLayout,
+    ) -> Result<Storage> {
+        let (x, w) = (x.as_cpu("prelu")?, weight.as_cpu("prelu")?);
+        let mut out = vec![0.0f32; x.len()];
+        out.par_chunks_mut(PAR_CHUNK)
+            .enumerate()
+            .for_each(|(chunk, out)| {
+                let start = chunk * PAR_CHUNK;
+                for_each_channel_run(layout, start, out.len(), |c, offset, len| {
+                    let slope = w[c];
+                    let src = &x[start + offset..start + offset + len];
+                    for (o, &v) in out[offset..offset + len].iter_mut().zip(src) {
+                        *o = if v > 0.0 { v } else { slope * v };
+                    }
+                });
+            });
+        Ok(Storage::cpu(out))
+    }
+
+    fn prelu_backward(
+        &self,
+        x: &Storage,
+        weight: &Storage,
+        grad_out: &Storage,
+        layout: ChannelLayout,
+    ) -> Result<(Storage, Storage)> {
+        let (x, w, g) = (
+            x.as_cpu("prelu_backward")?,
+            weight.as_cpu("prelu_backward")?,
+            grad_out.as_cpu("prelu_backward")?,
+        );
+        let mut grad_x = vec![0.0f32; x.len()];
+        // One pass: each chunk writes its grad_x and returns its per-channel weight partials.
+        let grad_w = grad_x
+            .par_chunks_mut(PAR_CHUNK)
+            .enumerate()
+            .map(|(chunk, out)| {
+                let start = chunk * PAR_CHUNK;
+                let mut partial = vec![0.0f64; layout.channels];
+                for_each_channel_run(layout, start, out.len(), |c, offset, len| {
+                    let range = start + offset..start + offset + len;
+                    let mut acc = 0.0f32;
+                    for ((o, &v), &g) in out[offset..offset + len]
+                        .iter_mut()
+                        .zip(&x[range.clone()])
+                        .zip(&g[range])
+                    {
+                        if v > 0.0 {
+                            *o = g;
+                        } else {
+                            *o = w[c] * g;
+                            acc += v * g;
+                        }
+                    }
+                    partial[c] += acc as f64;
+                });
+                partial
+            })
+            .reduce(
+                || vec![0.0f64; layout.channels],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        let grad_w = grad_w.into_iter().map(|v| v as f32).collect();
+        Ok((Storage::cpu(grad_x), Storage::cpu(grad_w)))
+    }
+}
