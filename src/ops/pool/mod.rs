@@ -246,15 +246,21 @@ pub trait PoolBackend {
     fn avg_pool2d(&self, x: &Storage, geometry: AvgPool2dGeometry) -> Result<Storage>;
 
     /// Gradient of average pooling: each `grad_out / divisor` added over its window.
-    fn avg_pool2d_backward(&self, grad_out: &Storage, geometry: AvgPool2dGeometry)
-        -> Result<Storage>;
+    fn avg_pool2d_backward(
+        &self,
+        grad_out: &Storage,
+        geometry: AvgPool2dGeometry,
+    ) -> Result<Storage>;
 
     /// Means over windows `[⌊i·in/out⌋, ⌈(i+1)·in/out⌉)` on each axis (`sum / kh / kw`).
     fn adaptive_avg_pool2d(&self, x: &Storage, sizes: PlaneResize) -> Result<Storage>;
 
     /// Gradient of adaptive average pooling: each `grad_out / kh / kw` added over its window.
-    fn adaptive_avg_pool2d_backward(&self, grad_out: &Storage, sizes: PlaneResize)
-        -> Result<Storage>;
+    fn adaptive_avg_pool2d_backward(
+        &self,
+        grad_out: &Storage,
+        sizes: PlaneResize,
+    ) -> Result<Storage>;
 }
 
 /// PyTorch's `pooling_output_shape` on one axis:
