@@ -161,22 +161,42 @@ fn resample_backward<const T: usize>(
     grad_in
 }
 
+/// Which way [`resize_planes`] runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Forward,
+    Backward,
+}
+
+/// Builds the mode's per-axis taps and runs the forward resample or its gradient.
+fn resize_planes(data: &[f32], geometry: &InterpolateGeometry, pass: Pass) -> Vec<f32> {
+    fn run<const T: usize>(
+        data: &[f32],
+        geometry: &InterpolateGeometry,
+        pass: Pass,
+        taps: impl Fn(usize) -> Vec<Taps<T>>,
+    ) -> Vec<f32> {
+        let (rows, cols) = (taps(0), taps(1));
+        match pass {
+            Pass::Forward => resample(data, geometry, &rows, &cols),
+            Pass::Backward => resample_backward(data, geometry, &rows, &cols),
+        }
+    }
+    let g = geometry;
+    match g.mode {
+        InterpolateMode::Nearest => run(data, g, pass, |a| {
+            nearest_taps(g.input[a], g.output[a], g.scales[a])
+        }),
+        InterpolateMode::Bilinear { align_corners } => run(data, g, pass, |a| {
+            linear_taps(g.input[a], g.output[a], align_corners, g.scales[a])
+        }),
+    }
+}
+
 impl InterpolateBackend for CpuBackend {
     fn interpolate(&self, x: &Storage, geometry: InterpolateGeometry) -> Result<Storage> {
         let x = x.as_cpu("interpolate")?;
-        let g = &geometry;
-        let out = match g.mode {
-            InterpolateMode::Nearest => {
-                let axis = |a: usize| nearest_taps(g.input[a], g.output[a], g.scales[a]);
-                resample(x, g, &axis(0), &axis(1))
-            }
-            InterpolateMode::Bilinear { align_corners } => {
-                let axis =
-                    |a: usize| linear_taps(g.input[a], g.output[a], align_corners, g.scales[a]);
-                resample(x, g, &axis(0), &axis(1))
-            }
-        };
-        Ok(Storage::cpu(out))
+        Ok(Storage::cpu(resize_planes(x, &geometry, Pass::Forward)))
     }
 
     fn interpolate_backward(
@@ -185,18 +205,10 @@ impl InterpolateBackend for CpuBackend {
         geometry: InterpolateGeometry,
     ) -> Result<Storage> {
         let grad_out = grad_out.as_cpu("interpolate_backward")?;
-        let g = &geometry;
-        let grad = match g.mode {
-            InterpolateMode::Nearest => {
-                let axis = |a: usize| nearest_taps(g.input[a], g.output[a], g.scales[a]);
-                resample_backward(grad_out, g, &axis(0), &axis(1))
-            }
-            InterpolateMode::Bilinear { align_corners } => {
-                let axis =
-                    |a: usize| linear_taps(g.input[a], g.output[a], align_corners, g.scales[a]);
-                resample_backward(grad_out, g, &axis(0), &axis(1))
-            }
-        };
-        Ok(Storage::cpu(grad))
+        Ok(Storage::cpu(resize_planes(
+            grad_out,
+            &geometry,
+            Pass::Backward,
+        )))
     }
 }
