@@ -122,10 +122,11 @@ fn resample<const T: usize>(
         .for_each(|(row, out_row)| {
             let plane = &x[(row / out_h) * in_h * in_w..][..in_h * in_w];
             let taps_h = &rows[row % out_h];
+            let lines: [&[f32]; T] =
+                std::array::from_fn(|a| &plane[taps_h.index[a] * in_w..][..in_w]);
             for (out, taps_w) in out_row.iter_mut().zip(cols) {
                 *out = weighted_sum(&taps_h.weight, |a| {
-                    let line = &plane[taps_h.index[a] * in_w..][..in_w];
-                    weighted_sum(&taps_w.weight, |b| line[taps_w.index[b]])
+                    weighted_sum(&taps_w.weight, |b| lines[a][taps_w.index[b]])
                 });
             }
         });
