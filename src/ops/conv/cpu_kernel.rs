@@ -2,7 +2,7 @@
 //! loops, the pointwise GEMMs or the tiled im2col + GEMM paths.
 
 use super::gemm_paths::{self, COL_TILE_ELEMS};
-use super::{depthwise, ConvBackend, Conv2dGeometry};
+use super::{depthwise, Conv2dGeometry, ConvBackend};
 use crate::backend::cpu::CpuBackend;
 use crate::error::Result;
 use crate::tensor::Storage;

@@ -40,7 +40,11 @@ pub(super) fn forward(
 
 /// `∂L/∂x[n, c] = Σ_tap w[c, tap] · ∂L/∂out[n, c]` scattered back through each tap; planes are
 /// independent, so threads never write the same element.
-pub(super) fn input_backward(geometry: &Conv2dGeometry, grad_out: &[f32], weight: &[f32]) -> Vec<f32> {
+pub(super) fn input_backward(
+    geometry: &Conv2dGeometry,
+    grad_out: &[f32],
+    weight: &[f32],
+) -> Vec<f32> {
     let (channels, taps) = (geometry.out_channels, geometry.taps());
     let (in_pixels, out_pixels) = (geometry.in_pixels(), geometry.out_pixels());
     let [out_width, in_width, stride_w] = [

@@ -119,10 +119,7 @@ pub(super) fn forward(
 
     // Safe disjoint views: for every (image·group, tile), its slice of each output row.
     let mut tasks: Vec<(usize, usize, Vec<&mut [f32]>)> = Vec::new();
-    for (image_group, rows) in out
-        .chunks_mut((out_group * out_pixels).max(1))
-        .enumerate()
-    {
+    for (image_group, rows) in out.chunks_mut((out_group * out_pixels).max(1)).enumerate() {
         let first = tasks.len();
         tasks.extend((0..plan.tiles).map(|tile| (image_group, tile, Vec::new())));
         for row in rows.chunks_mut(out_pixels.max(1)) {
@@ -132,9 +129,9 @@ pub(super) fn forward(
         }
     }
 
-    tasks
-        .into_par_iter()
-        .for_each_init(Scratch::default, |buffers, (image_group, tile, mut rows)| {
+    tasks.into_par_iter().for_each_init(
+        Scratch::default,
+        |buffers, (image_group, tile, mut rows)| {
             let group = image_group % groups;
             let range = plan.range(tile);
             let cols = range.len();
@@ -158,7 +155,8 @@ pub(super) fn forward(
                     *o = v + b;
                 }
             }
-        });
+        },
+    );
     out
 }
 
@@ -172,11 +170,7 @@ pub(super) fn input_backward(
     col_budget: usize,
 ) -> Vec<f32> {
     let plan = TilePlan::new(geometry, col_budget, 1);
-    let (groups, k, taps) = (
-        geometry.params.groups,
-        geometry.col_rows(),
-        geometry.taps(),
-    );
+    let (groups, k, taps) = (geometry.params.groups, geometry.col_rows(), geometry.taps());
     let (in_group, out_group) = (
         geometry.in_channels_per_group(),
         geometry.out_channels_per_group(),
@@ -188,7 +182,8 @@ pub(super) fn input_backward(
         .enumerate()
         .for_each_init(Scratch::default, |buffers, (image_group, grad_group)| {
             let group = image_group % groups;
-            let g_group = &grad_out[image_group * out_group * out_pixels..][..out_group * out_pixels];
+            let g_group =
+                &grad_out[image_group * out_group * out_pixels..][..out_group * out_pixels];
             let w_group = &weight[group * out_group * k..][..out_group * k];
             for tile in 0..plan.tiles {
                 let range = plan.range(tile);
@@ -351,7 +346,9 @@ pub(super) fn pointwise_input_backward(
                 in_group,
                 pixels,
                 out_group,
-                Operand::transposed(&weight[group * out_group * in_group..][..out_group * in_group]),
+                Operand::transposed(
+                    &weight[group * out_group * in_group..][..out_group * in_group],
+                ),
                 Operand::plain(&grad_out[image_group * out_group * pixels..][..out_group * pixels]),
                 grad_group,
                 0.0,
@@ -383,7 +380,9 @@ pub(super) fn pointwise_weight_backward(
                     out_group,
                     in_group,
                     pixels,
-                    Operand::plain(&grad_out[image_group * out_group * pixels..][..out_group * pixels]),
+                    Operand::plain(
+                        &grad_out[image_group * out_group * pixels..][..out_group * pixels],
+                    ),
                     Operand::transposed(&x[image_group * in_group * pixels..][..in_group * pixels]),
                     grad_group,
                     1.0,

@@ -275,11 +275,9 @@ impl Tensor {
         let geometry = conv_transpose2d_geometry(self, weight, params, output_size)?;
         // The adjoint convolution maps the output back onto `self`: its "input" is our output.
         check_devices_and_bias(op, self, weight, bias, geometry.in_channels)?;
-        let out = self.backend().conv2d_input_backward(
-            &self.storage(),
-            &weight.storage(),
-            geometry,
-        )?;
+        let out =
+            self.backend()
+                .conv2d_input_backward(&self.storage(), &weight.storage(), geometry)?;
         let out_shape = [
             geometry.batch,
             geometry.in_channels,
@@ -489,7 +487,9 @@ fn conv_transpose2d_geometry(
         let full = (input[axis].max(1) - 1) * params.stride[axis]
             + params.dilation[axis] * (kernel[axis] - 1)
             + 1;
-        let smallest = full.checked_sub(2 * params.padding[axis]).filter(|&s| s > 0);
+        let smallest = full
+            .checked_sub(2 * params.padding[axis])
+            .filter(|&s| s > 0);
         let Some(smallest) = smallest.filter(|_| input[axis] > 0) else {
             return Err(Error::shape(
                 op,
