@@ -170,15 +170,18 @@ fn conv2d_gradients_agree_with_finite_differences() {
     }
 }
 
+/// Name, input shape, weight shape, parameters, explicit output size.
+type TransposeCase = (
+    &'static str,
+    [usize; 4],
+    [usize; 4],
+    ConvTranspose2dParams,
+    Option<[usize; 2]>,
+);
+
 #[test]
 fn conv_transpose2d_gradients_agree_with_finite_differences() {
-    let cases: [(
-        &str,
-        [usize; 4],
-        [usize; 4],
-        ConvTranspose2dParams,
-        Option<[usize; 2]>,
-    ); 5] = [
+    let cases: [TransposeCase; 5] = [
         (
             "stride 2 output_padding 1",
             [1, 2, 3, 4],

@@ -377,7 +377,7 @@ fn check_operands(
             format!("weight {} must not have empty dimensions", weight.shape()),
         ));
     }
-    if xd[1] % groups != 0 {
+    if !xd[1].is_multiple_of(groups) {
         return Err(Error::shape(
             op,
             format!(
@@ -397,7 +397,7 @@ fn conv2d_geometry(x: &Tensor, weight: &Tensor, params: Conv2dParams) -> Result<
     let groups = params.groups;
     let ([batch, in_channels, h, w], [out_channels, per_group, kh, kw]) =
         check_operands(op, x, weight, groups)?;
-    if out_channels % groups != 0 || per_group * groups != in_channels {
+    if !out_channels.is_multiple_of(groups) || per_group * groups != in_channels {
         return Err(Error::shape(
             op,
             format!(
