@@ -41,7 +41,10 @@ impl ConvBackend for CpuBackend {
         } else if geometry.is_pointwise() {
             gemm_paths::pointwise_input_backward(&geometry, grad_out, weight)
         } else {
-            gemm_paths::input_backward(&geometry, grad_out, weight, COL_TILE_ELEMS)
+            gemm_paths::stride1_input_backward(&geometry, grad_out, weight, COL_TILE_ELEMS)
+                .unwrap_or_else(|| {
+                    gemm_paths::input_backward(&geometry, grad_out, weight, COL_TILE_ELEMS)
+                })
         };
         Ok(Storage::cpu(grad_x))
     }

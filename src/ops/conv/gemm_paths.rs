@@ -7,7 +7,7 @@
 //! col2im, weight gradient `∂W_g += ∂out · colᵀ`.
 
 use super::im2col::{col2im_channel, im2col_channel};
-use super::Conv2dGeometry;
+use super::{Conv2dGeometry, Conv2dParams};
 use crate::backend::cpu::gemm::{gemm, gemm_parallel, Operand};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -208,6 +208,66 @@ pub(super) fn input_backward(
             }
         });
     grad_x
+}
+
+/// Input gradient of a stride-1 convolution as a *forward* convolution (no col2im scatter):
+/// `∂x = ∂out ⋆ W'` with `W'[c, o, tap] = W[o, c, taps − 1 − tap]` per group (kernel flipped,
+/// channel roles swapped) and padding `dilation·(k − 1) − padding` on the leading sides, the
+/// rest on the trailing ones. `None` when that padding would be negative.
+pub(super) fn stride1_input_backward(
+    geometry: &Conv2dGeometry,
+    grad_out: &[f32],
+    weight: &[f32],
+    col_budget: usize,
+) -> Option<Vec<f32>> {
+    let p = geometry.params;
+    if p.stride != [1, 1] {
+        return None;
+    }
+    let signed = |v: usize| v as isize;
+    let [pad_top, _, pad_left, _] = p.padding;
+    let reach = [
+        signed(p.dilation[0] * (geometry.kernel[0] - 1)),
+        signed(p.dilation[1] * (geometry.kernel[1] - 1)),
+    ];
+    // Leading: dilation·(k−1) − padding; trailing: whatever makes the output `in_size`.
+    let padding = [
+        reach[0] - signed(pad_top),
+        signed(geometry.in_size[0] + pad_top) - signed(geometry.out_size[0]),
+        reach[1] - signed(pad_left),
+        signed(geometry.in_size[1] + pad_left) - signed(geometry.out_size[1]),
+    ];
+    if padding.iter().any(|&v| v < 0) {
+        return None;
+    }
+    let (in_group, out_group, taps) = (
+        geometry.in_channels_per_group(),
+        geometry.out_channels_per_group(),
+        geometry.taps(),
+    );
+    let mut flipped = vec![0.0f32; weight.len()];
+    for (row, flipped_row) in flipped.chunks_mut(out_group * taps).enumerate() {
+        let (group, c) = (row / in_group, row % in_group);
+        for (o, flipped_taps) in flipped_row.chunks_mut(taps).enumerate() {
+            let source = &weight[((group * out_group + o) * in_group + c) * taps..][..taps];
+            for (f, &w) in flipped_taps.iter_mut().zip(source.iter().rev()) {
+                *f = w;
+            }
+        }
+    }
+    let adjoint = Conv2dGeometry {
+        batch: geometry.batch,
+        in_channels: geometry.out_channels,
+        in_size: geometry.out_size,
+        out_channels: geometry.in_channels,
+        kernel: geometry.kernel,
+        out_size: geometry.in_size,
+        params: Conv2dParams {
+            padding: padding.map(|v| v as usize),
+            ..p
+        },
+    };
+    Some(forward(&adjoint, grad_out, &flipped, None, col_budget))
 }
 
 /// Weight gradient of a general convolution: the (image, tile) items are cut into a fixed

@@ -226,4 +226,11 @@ fn kernels_match_the_definition() {
             },
         ),
     );
+    let mut cropped = geometry(1, [2, 3], [9, 8], [3, 3], Conv2dParams::new(1, 1, 2, 1));
+    cropped.out_size = [cropped.out_size[0] - 1, cropped.out_size[1] - 2];
+    check("output smaller than the formula", cropped);
+    check(
+        "padding wider than the kernel",
+        geometry(1, [2, 3], [5, 6], [3, 3], Conv2dParams::new(1, 3, 1, 1)),
+    );
 }
