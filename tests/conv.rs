@@ -349,3 +349,27 @@ fn conv_transpose2d_rejects_bad_arguments() {
     let out = x.conv_transpose2d(&w, None, p, Some([10, 9])).unwrap();
     assert_eq!(out.dims(), &[1, 3, 10, 9]);
 }
+
+#[test]
+fn empty_batches_and_images_are_handled() {
+    let w = randn(&[3, 2, 3, 3], 1).with_requires_grad(true);
+    let x = randn(&[0, 2, 5, 5], 2).with_requires_grad(true);
+    let out = x.conv2d(&w, None, Conv2dParams::new(1, 1, 1, 1)).unwrap();
+    assert_eq!(out.dims(), &[0, 3, 5, 5]);
+    out.sum_all().unwrap().backward().unwrap();
+    assert_eq!(x.grad().unwrap().dims(), &[0, 2, 5, 5]);
+    assert!(w.grad().unwrap().to_vec().iter().all(|&v| v == 0.0));
+    // An image with no rows, padded to 2 rows: only the bias remains.
+    let bias = Tensor::from_vec(vec![0.5, -1.0, 2.0], [3]).unwrap();
+    let empty = randn(&[1, 2, 0, 4], 3);
+    let out = empty
+        .conv2d(
+            &randn(&[3, 2, 1, 3], 4),
+            Some(&bias),
+            Conv2dParams::new(1, 1, 1, 1),
+        )
+        .unwrap();
+    assert_eq!(out.dims(), &[1, 3, 2, 4]);
+    let expected: Vec<f32> = [0.5f32, -1.0, 2.0].iter().flat_map(|&b| [b; 8]).collect();
+    assert_eq!(out.to_vec(), expected);
+}

@@ -89,6 +89,10 @@ fn column_block<'a>(
 
 /// The im2col matrix `[Cin/g·taps, range.len()]` of one image's group of input channels.
 fn im2col(geometry: &Conv2dGeometry, x_group: &[f32], range: Range<usize>, col: &mut [f32]) {
+    if geometry.in_pixels() == 0 {
+        col.fill(0.0); // an empty image: every tap reads padding
+        return;
+    }
     let rows_per_channel = geometry.taps() * range.len();
     for (plane, col_rows) in x_group
         .chunks(geometry.in_pixels().max(1))
