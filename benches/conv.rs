@@ -1,6 +1,7 @@
 //! Conv kernel throughput on the CPU backend: 3×3 (pad 1) and 1×1 convolutions at N=4,
 //! 64→64 channels, 128×256, forward / input-backward / weight-backward, next to a plain
-//! parallel sgemm of the 3×3 forward's per-image GEMM shape (M=64, N=128·256, K=64·9).
+//! parallel sgemm of the 3×3 forward's per-image GEMM shape (M=64, N=128·256, K=64·9) and of
+//! the 1×1's (K=64), each writing a fresh output of the conv's size.
 //!
 //! `cargo bench --bench conv` prints criterion's times and throughputs (elements = FLOPs,
 //! `2·MACs`), then a summary with GFLOP/s and the ratio of each conv to the sgemm rate.
@@ -80,19 +81,33 @@ fn workloads() -> Vec<Workload> {
             }),
         });
     }
-    // The 3×3 forward's per-image GEMM, W [64, 576] · col [576, 32768], run once per image.
-    let (m, n, k) = (CHANNELS, SIZE[0] * SIZE[1], CHANNELS * 9);
-    let a = random(m * k, 4);
-    let b = random(k * n, 5);
+    // Plain sgemms of the convs' per-image GEMM shapes, one per image into a fresh
+    // [N, 64, 128·256] output like the conv's: W [64, K] · col [K, 32768], K = 576 and 64.
+    for k in [CHANNELS * 9, CHANNELS] {
+        let (m, n) = (CHANNELS, SIZE[0] * SIZE[1]);
+        let a = random(m * k, 4);
+        let b = random(k * n, 5);
+        list.push(Workload {
+            name: format!("sgemm_{m}x{n}x{k}_x{BATCH}"),
+            flops: 2 * (BATCH * m * n * k) as u64,
+            run: Box::new(move || {
+                let mut c = vec![0.0f32; BATCH * m * n];
+                for image in c.chunks_mut(m * n) {
+                    gemm_parallel(m, n, k, Operand::plain(&a), Operand::plain(&b), image, 0.0);
+                }
+                black_box(&c);
+            }),
+        });
+    }
+    // What every kernel above pays for its fresh 33.5 MB output: first-touch page faults.
+    let len = BATCH * CHANNELS * SIZE[0] * SIZE[1];
     list.push(Workload {
-        name: format!("sgemm_{m}x{n}x{k}_x{BATCH}"),
-        flops: 2 * (BATCH * m * n * k) as u64,
+        name: "allocate_and_touch_output".into(),
+        flops: 0,
         run: Box::new(move || {
-            let mut c = vec![0.0f32; m * n];
-            for _ in 0..BATCH {
-                gemm_parallel(m, n, k, Operand::plain(&a), Operand::plain(&b), &mut c, 0.0);
-            }
-            black_box(&c);
+            let mut out = vec![0.0f32; len];
+            out.iter_mut().step_by(1024).for_each(|v| *v = 1.0);
+            black_box(&out);
         }),
     });
     list
@@ -107,10 +122,10 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// Best-of-5 wall time of each workload, as GFLOP/s and relative to the sgemm.
+/// Best-of-5 wall time of each workload, as GFLOP/s and relative to the sgemm of the 3×3
+/// forward's shape (and, for 1×1 convs, of their own K = 64 shape).
 fn summary() {
-    let list = workloads();
-    let rates: Vec<(String, f64, f64)> = list
+    let timed: Vec<(String, u64, f64)> = workloads()
         .iter()
         .map(|w| {
             (w.run)();
@@ -122,19 +137,36 @@ fn summary() {
                 })
                 .min()
                 .unwrap_or(Duration::ZERO);
-            let gflops = w.flops as f64 / best.as_secs_f64() / 1e9;
-            (w.name.clone(), best.as_secs_f64() * 1e3, gflops)
+            (w.name.clone(), w.flops, best.as_secs_f64())
         })
         .collect();
-    let sgemm = rates.last().map_or(f64::NAN, |r| r.2);
+    let rate = |prefix: &str| {
+        timed
+            .iter()
+            .find(|(name, ..)| name.starts_with(prefix))
+            .map_or(f64::NAN, |(_, flops, secs)| *flops as f64 / secs / 1e9)
+    };
+    let (sgemm_3x3, sgemm_1x1) = (rate("sgemm_64x32768x576"), rate("sgemm_64x32768x64_"));
     println!(
         "\nsummary ({} rayon threads), best of 5:",
         rayon::current_num_threads()
     );
-    for (name, ms, gflops) in &rates {
+    for (name, flops, secs) in &timed {
+        let ms = secs * 1e3;
+        if *flops == 0 {
+            println!("  {name:<32} {ms:8.2} ms");
+            continue;
+        }
+        let gflops = *flops as f64 / secs / 1e9;
+        let own = if name.starts_with("conv1x1") {
+            sgemm_1x1
+        } else {
+            sgemm_3x3
+        };
         println!(
-            "  {name:<32} {ms:8.2} ms  {gflops:7.1} GFLOP/s  {:5.1}% of sgemm",
-            100.0 * gflops / sgemm
+            "  {name:<32} {ms:8.2} ms  {gflops:7.1} GFLOP/s  {:5.1}% of the 3x3 sgemm  {:5.1}% of its shape's sgemm",
+            100.0 * gflops / sgemm_3x3,
+            100.0 * gflops / own
         );
     }
 }

@@ -1,5 +1,6 @@
 //! CPU kernels of the convolution family: dispatch on the geometry to the depthwise direct
-//! loops, the pointwise GEMMs or the tiled im2col + GEMM paths.
+//! loops, the pointwise GEMMs or the tiled im2col + GEMM paths (stride-1 input gradients run
+//! as a flipped-kernel forward convolution, other strides through col2im).
 
 use super::gemm_paths::{self, COL_TILE_ELEMS};
 use super::{depthwise, Conv2dGeometry, ConvBackend};
