@@ -1,0 +1,105 @@
+//! Depthwise convolution (one input and one output channel per group): direct, memory-bound
+//! loops over each `(image, channel)` plane, one kernel tap and output row at a time. An
+//! im2col + GEMM would spend more time copying than multiplying here.
+
+use super::im2col::{for_each_tap_row, strided_dot, strided_update};
+use super::Conv2dGeometry;
+use rayon::prelude::*;
+
+/// `out[n, c] = bias[c] + Σ_tap w[c, tap] · x[n, c, shifted by tap]`, in parallel over planes.
+pub(super) fn forward(
+    geometry: &Conv2dGeometry,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let (channels, taps) = (geometry.out_channels, geometry.taps());
+    let (in_pixels, out_pixels) = (geometry.in_pixels(), geometry.out_pixels());
+    let [out_width, in_width, stride_w] = [
+        geometry.out_size[1],
+        geometry.in_size[1],
+        geometry.params.stride[1],
+    ];
+    let mut out = vec![0.0f32; geometry.output_len()];
+    out.par_chunks_mut(out_pixels.max(1))
+        .enumerate()
+        .for_each(|(plane_index, out_plane)| {
+            let channel = plane_index % channels;
+            let x_plane = &x[plane_index * in_pixels..][..in_pixels];
+            let w = &weight[channel * taps..][..taps];
+            out_plane.fill(bias.map_or(0.0, |b| b[channel]));
+            for_each_tap_row(geometry, 0..out_pixels, |t| {
+                let tap_weight = w[t.tap];
+                let dst = &mut out_plane[t.oh * out_width + t.ow_start..];
+                let src = &x_plane[t.ih * in_width + t.iw_start..];
+                strided_update(dst, 1, src, stride_w, t.len(), |d, s| *d += tap_weight * s);
+            });
+        });
+    out
+}
+
+/// `∂L/∂x[n, c] = Σ_tap w[c, tap] · ∂L/∂out[n, c]` scattered back through each tap; planes are
+/// independent, so threads never write the same element.
+pub(super) fn input_backward(
+    geometry: &Conv2dGeometry,
+    grad_out: &[f32],
+    weight: &[f32],
+) -> Vec<f32> {
+    let (channels, taps) = (geometry.out_channels, geometry.taps());
+    let (in_pixels, out_pixels) = (geometry.in_pixels(), geometry.out_pixels());
+    let [out_width, in_width, stride_w] = [
+        geometry.out_size[1],
+        geometry.in_size[1],
+        geometry.params.stride[1],
+    ];
+    let mut grad_x = vec![0.0f32; geometry.input_len()];
+    grad_x
+        .par_chunks_mut(in_pixels.max(1))
+        .enumerate()
+        .for_each(|(plane_index, grad_plane)| {
+            let channel = plane_index % channels;
+            let g_plane = &grad_out[plane_index * out_pixels..][..out_pixels];
+            let w = &weight[channel * taps..][..taps];
+            for_each_tap_row(geometry, 0..out_pixels, |t| {
+                let tap_weight = w[t.tap];
+                let dst = &mut grad_plane[t.ih * in_width + t.iw_start..];
+                let src = &g_plane[t.oh * out_width + t.ow_start..];
+                strided_update(dst, stride_w, src, 1, t.len(), |d, s| *d += tap_weight * s);
+            });
+        });
+    grad_x
+}
+
+/// `∂L/∂w[c, tap] = Σ_n Σ_p ∂L/∂out[n, c, p] · x[n, c, p shifted by tap]`, in parallel over
+/// channels with the images summed in order (deterministic).
+pub(super) fn weight_backward(geometry: &Conv2dGeometry, grad_out: &[f32], x: &[f32]) -> Vec<f32> {
+    let (channels, taps) = (geometry.out_channels, geometry.taps());
+    let (in_pixels, out_pixels) = (geometry.in_pixels(), geometry.out_pixels());
+    let [out_width, in_width, stride_w] = [
+        geometry.out_size[1],
+        geometry.in_size[1],
+        geometry.params.stride[1],
+    ];
+    let mut grad_w = vec![0.0f32; geometry.weight_len()];
+    grad_w
+        .par_chunks_mut(taps)
+        .enumerate()
+        .for_each(|(channel, grad_taps)| {
+            let mut per_image = vec![0.0f32; taps];
+            for image in 0..geometry.batch {
+                let plane_index = image * channels + channel;
+                let g_plane = &grad_out[plane_index * out_pixels..][..out_pixels];
+                let x_plane = &x[plane_index * in_pixels..][..in_pixels];
+                per_image.fill(0.0);
+                for_each_tap_row(geometry, 0..out_pixels, |t| {
+                    let g_row = &g_plane[t.oh * out_width + t.ow_start..];
+                    let x_row = &x_plane[t.ih * in_width + t.iw_start..];
+                    per_image[t.tap] += strided_dot(g_row, x_row, stride_w, t.len());
+                });
+                for (acc, v) in grad_taps.iter_mut().zip(&per_image) {
+                    *acc += v;
+                }
+            }
+        });
+    grad_w
+}
