@@ -1,0 +1,30 @@
+//! The `moeseg` command line. Until training lands, the default command is `demo`: a small
+//! conv net trained on a synthetic segmentation task on the CPU, exercising the engine end to end.
+
+mod demo;
+
+use clap::{Parser, Subcommand};
+
+/// moeseg: Mixture-of-Experts CNN semantic segmentation on a Rust tensor engine.
+#[derive(Parser, Debug)]
+#[command(name = "moeseg", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a small conv-BN-ReLU-pool-upsample net on a synthetic segmentation task (CPU) and
+    /// report its loss curve and mIoU: forward, backward and SGD through the whole engine.
+    Demo(demo::DemoArgs),
+}
+
+/// Parses the arguments and runs the chosen command.
+pub fn run() -> crate::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Demo(args)) => demo::run(&args),
+        None => demo::run(&demo::DemoArgs::default()),
+    }
+}
