@@ -99,6 +99,39 @@ fn workloads() -> Vec<Workload> {
             }),
         });
     }
+    // The machine's sgemm rate: a square, cache-friendly product into a reused output.
+    let square = 1024;
+    let (a, b) = (random(square * square, 6), random(square * square, 7));
+    let c = std::sync::Mutex::new(vec![0.0f32; square * square]);
+    list.push(Workload {
+        name: format!("sgemm_{square}x{square}x{square}_peak"),
+        flops: 2 * (square * square * square) as u64,
+        run: Box::new(move || {
+            if let Ok(mut c) = c.lock() {
+                let (a, b) = (Operand::plain(&a), Operand::plain(&b));
+                gemm_parallel(square, square, square, a, b, &mut c, 0.0);
+                black_box(&*c);
+            }
+        }),
+    });
+    // Memory bandwidth: copying one activation tensor (33.5 MB) into a reused buffer, in
+    // parallel; a 1×1 conv with 64 channels must at least read its input and write its output.
+    let activation = BATCH * CHANNELS * SIZE[0] * SIZE[1];
+    let source = random(activation, 8);
+    let destination = std::sync::Mutex::new(vec![0.0f32; activation]);
+    list.push(Workload {
+        name: "copy_activation_33.5MB".into(),
+        flops: 0,
+        run: Box::new(move || {
+            use rayon::prelude::*;
+            if let Ok(mut d) = destination.lock() {
+                d.par_chunks_mut(1 << 16)
+                    .zip(source.par_chunks(1 << 16))
+                    .for_each(|(d, s)| d.copy_from_slice(s));
+                black_box(&*d);
+            }
+        }),
+    });
     // What every kernel above pays for its fresh 33.5 MB output: first-touch page faults.
     let len = BATCH * CHANNELS * SIZE[0] * SIZE[1];
     list.push(Workload {
@@ -122,8 +155,9 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// Best-of-5 wall time of each workload, as GFLOP/s and relative to the sgemm of the 3×3
-/// forward's shape (and, for 1×1 convs, of their own K = 64 shape).
+/// Best-of-5 wall time of each workload, as GFLOP/s and relative to the machine's sgemm rate
+/// (a square 1024³ product), to the sgemm of the 3×3 forward's shape and, for 1×1 convs, of
+/// their own K = 64 shape.
 fn summary() {
     let timed: Vec<(String, u64, f64)> = workloads()
         .iter()
@@ -147,6 +181,7 @@ fn summary() {
             .map_or(f64::NAN, |(_, flops, secs)| *flops as f64 / secs / 1e9)
     };
     let (sgemm_3x3, sgemm_1x1) = (rate("sgemm_64x32768x576"), rate("sgemm_64x32768x64_"));
+    let peak = rate("sgemm_1024x1024x1024_peak");
     println!(
         "\nsummary ({} rayon threads), best of 5:",
         rayon::current_num_threads()
@@ -154,7 +189,15 @@ fn summary() {
     for (name, flops, secs) in &timed {
         let ms = secs * 1e3;
         if *flops == 0 {
-            println!("  {name:<32} {ms:8.2} ms");
+            if name.starts_with("copy") {
+                let bytes = 2.0 * (BATCH * CHANNELS * SIZE[0] * SIZE[1] * 4) as f64;
+                println!(
+                    "  {name:<32} {ms:8.2} ms  {:7.1} GB/s (read + write)",
+                    bytes / secs / 1e9
+                );
+            } else {
+                println!("  {name:<32} {ms:8.2} ms");
+            }
             continue;
         }
         let gflops = *flops as f64 / secs / 1e9;
@@ -164,7 +207,8 @@ fn summary() {
             sgemm_3x3
         };
         println!(
-            "  {name:<32} {ms:8.2} ms  {gflops:7.1} GFLOP/s  {:5.1}% of the 3x3 sgemm  {:5.1}% of its shape's sgemm",
+            "  {name:<32} {ms:8.2} ms  {gflops:7.1} GFLOP/s  {:5.1}% of peak sgemm  {:5.1}% of the 3x3 sgemm  {:5.1}% of its shape's sgemm",
+            100.0 * gflops / peak,
             100.0 * gflops / sgemm_3x3,
             100.0 * gflops / own
         );

@@ -1,5 +1,6 @@
 //! Device storage behind a tensor: one small enum, cheap to clone (the buffer is shared).
 
+use crate::backend::cpu::pool;
 use crate::backend::Device;
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -9,13 +10,29 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub enum Storage {
     /// Host memory.
-    Cpu(Arc<Vec<f32>>),
+    Cpu(Arc<CpuBuffer>),
+}
+
+/// A host buffer that goes back to the CPU backend's buffer pool when its last tensor is gone.
+pub struct CpuBuffer(Vec<f32>);
+
+impl std::ops::Deref for CpuBuffer {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl Drop for CpuBuffer {
+    fn drop(&mut self) {
+        pool::recycle(std::mem::take(&mut self.0));
+    }
 }
 
 impl Storage {
     /// Wraps a host vector.
     pub fn cpu(data: Vec<f32>) -> Self {
-        Storage::Cpu(Arc::new(data))
+        Storage::Cpu(Arc::new(CpuBuffer(data)))
     }
 
     /// Number of elements.
@@ -40,7 +57,7 @@ impl Storage {
     /// The host slice, or an error naming `op` if the storage is not on the CPU.
     pub fn as_cpu(&self, op: &'static str) -> Result<&[f32]> {
         match self {
-            Storage::Cpu(data) => Ok(data.as_slice()),
+            Storage::Cpu(data) => Ok(data),
             #[allow(unreachable_patterns)]
             _ => Err(Error::Unsupported(format!(
                 "{op}: expected a CPU tensor, got one on {}",
@@ -52,7 +69,7 @@ impl Storage {
     /// Copies the elements to a host vector (a device-to-host copy for GPU storage).
     pub fn to_vec(&self) -> Vec<f32> {
         match self {
-            Storage::Cpu(data) => data.as_ref().clone(),
+            Storage::Cpu(data) => data.to_vec(),
         }
     }
 }

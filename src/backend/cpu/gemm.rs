@@ -4,6 +4,7 @@
 //! All matrices are row-major slices. `op(X)` is `X` or its transpose: a transposed operand is
 //! stored as the transpose's row-major layout, exactly as the caller has it in memory.
 
+use super::SendPtr;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
@@ -115,12 +116,6 @@ pub fn gemm_parallel(
         });
     }
 }
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint column blocks of one output to rayon workers.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,7 @@
 //! `ops/<family>/cpu_kernel.rs`; this module holds what they share.
 
 pub mod gemm;
+pub mod pool;
 
 use crate::backend::Backend;
 use crate::error::Result;
@@ -19,7 +20,9 @@ impl Backend for CpuBackend {
     }
 
     fn full(&self, len: usize, value: f32) -> Result<Storage> {
-        Ok(Storage::cpu(vec![value; len]))
+        let mut data = pool::uninit(len);
+        data.fill(value);
+        Ok(Storage::cpu(data))
     }
 }
 
@@ -28,7 +31,7 @@ pub const PAR_CHUNK: usize = 1 << 14;
 
 /// `out[i] = f(x[i])`, in parallel chunks.
 pub fn map_unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
+    let mut out = pool::uninit(x.len());
     out.par_chunks_mut(PAR_CHUNK)
         .zip(x.par_chunks(PAR_CHUNK))
         .for_each(|(o, x)| {
@@ -42,7 +45,7 @@ pub fn map_unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
 /// `out[i] = f(a[i], b[i])` for equally long slices, in parallel chunks.
 pub fn map_binary(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     debug_assert_eq!(a.len(), b.len());
-    let mut out = vec![0.0f32; a.len()];
+    let mut out = pool::uninit(a.len());
     out.par_chunks_mut(PAR_CHUNK)
         .zip(a.par_chunks(PAR_CHUNK).zip(b.par_chunks(PAR_CHUNK)))
         .for_each(|(o, (a, b))| {
@@ -61,7 +64,7 @@ pub fn map_ternary(
     f: impl Fn(f32, f32, f32) -> f32 + Sync,
 ) -> Vec<f32> {
     debug_assert!(a.len() == b.len() && b.len() == c.len());
-    let mut out = vec![0.0f32; a.len()];
+    let mut out = pool::uninit(a.len());
     out.par_chunks_mut(PAR_CHUNK)
         .zip(a.par_chunks(PAR_CHUNK))
         .zip(b.par_chunks(PAR_CHUNK).zip(c.par_chunks(PAR_CHUNK)))
@@ -72,3 +75,12 @@ pub fn map_ternary(
         });
     out
 }
+
+/// A raw output pointer handed to rayon tasks that each write a disjoint set of elements
+/// (strided blocks that `par_chunks_mut` cannot express).
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: users guarantee that no two tasks write the same element and that the buffer
+// outlives the parallel loop.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}

@@ -20,7 +20,7 @@ pub(super) fn forward(
         geometry.in_size[1],
         geometry.params.stride[1],
     ];
-    let mut out = vec![0.0f32; geometry.output_len()];
+    let mut out = crate::backend::cpu::pool::zeroed(geometry.output_len());
     out.par_chunks_mut(out_pixels.max(1))
         .enumerate()
         .for_each(|(plane_index, out_plane)| {
@@ -52,7 +52,7 @@ pub(super) fn input_backward(
         geometry.in_size[1],
         geometry.params.stride[1],
     ];
-    let mut grad_x = vec![0.0f32; geometry.input_len()];
+    let mut grad_x = crate::backend::cpu::pool::zeroed(geometry.input_len());
     grad_x
         .par_chunks_mut(in_pixels.max(1))
         .enumerate()
@@ -80,12 +80,12 @@ pub(super) fn weight_backward(geometry: &Conv2dGeometry, grad_out: &[f32], x: &[
         geometry.in_size[1],
         geometry.params.stride[1],
     ];
-    let mut grad_w = vec![0.0f32; geometry.weight_len()];
+    let mut grad_w = crate::backend::cpu::pool::zeroed(geometry.weight_len());
     grad_w
         .par_chunks_mut(taps)
         .enumerate()
         .for_each(|(channel, grad_taps)| {
-            let mut per_image = vec![0.0f32; taps];
+            let mut per_image = crate::backend::cpu::pool::zeroed(taps);
             for image in 0..geometry.batch {
                 let plane_index = image * channels + channel;
                 let g_plane = &grad_out[plane_index * out_pixels..][..out_pixels];

@@ -119,7 +119,7 @@ pub(super) fn forward(
         geometry.out_channels_per_group(),
     );
     let (in_pixels, out_pixels) = (geometry.in_pixels(), geometry.out_pixels());
-    let mut out = vec![0.0f32; geometry.output_len()];
+    let mut out = crate::backend::cpu::pool::uninit(geometry.output_len());
 
     // Safe disjoint views: for every (image·group, tile), its slice of each output row.
     let mut tasks: Vec<(usize, usize, Vec<&mut [f32]>)> = Vec::new();
@@ -180,7 +180,7 @@ pub(super) fn input_backward(
         geometry.out_channels_per_group(),
     );
     let (in_pixels, out_pixels) = (geometry.in_pixels(), geometry.out_pixels());
-    let mut grad_x = vec![0.0f32; geometry.input_len()];
+    let mut grad_x = crate::backend::cpu::pool::zeroed(geometry.input_len());
     grad_x
         .par_chunks_mut((in_group * in_pixels).max(1))
         .enumerate()
@@ -249,7 +249,7 @@ pub(super) fn stride1_input_backward(
         geometry.out_channels_per_group(),
         geometry.taps(),
     );
-    let mut flipped = vec![0.0f32; weight.len()];
+    let mut flipped = crate::backend::cpu::pool::zeroed(weight.len());
     for (row, flipped_row) in flipped.chunks_mut(out_group * taps).enumerate() {
         let (group, c) = (row / in_group, row % in_group);
         for (o, flipped_taps) in flipped_row.chunks_mut(taps).enumerate() {
@@ -300,7 +300,7 @@ pub(super) fn weight_backward(
     let partials: Vec<Vec<f32>> = (0..items.div_ceil(per_chunk))
         .into_par_iter()
         .map(|chunk| {
-            let mut partial = vec![0.0f32; weight_len];
+            let mut partial = crate::backend::cpu::pool::zeroed(weight_len);
             let mut buffers = Scratch::default();
             for item in chunk * per_chunk..((chunk + 1) * per_chunk).min(items) {
                 let (image, tile) = (item / plan.tiles, item % plan.tiles);
@@ -363,7 +363,7 @@ pub(super) fn pointwise_forward(
         geometry.in_channels_per_group(),
         geometry.out_channels_per_group(),
     );
-    let mut out = vec![0.0f32; geometry.output_len()];
+    let mut out = crate::backend::cpu::pool::uninit(geometry.output_len());
     out.par_chunks_mut((out_group * pixels).max(1))
         .enumerate()
         .for_each(|(image_group, out_group_rows)| {
@@ -400,7 +400,7 @@ pub(super) fn pointwise_input_backward(
         geometry.in_channels_per_group(),
         geometry.out_channels_per_group(),
     );
-    let mut grad_x = vec![0.0f32; geometry.input_len()];
+    let mut grad_x = crate::backend::cpu::pool::zeroed(geometry.input_len());
     grad_x
         .par_chunks_mut((in_group * pixels).max(1))
         .enumerate()
@@ -433,7 +433,7 @@ pub(super) fn pointwise_weight_backward(
         geometry.in_channels_per_group(),
         geometry.out_channels_per_group(),
     );
-    let mut grad_w = vec![0.0f32; geometry.weight_len()];
+    let mut grad_w = crate::backend::cpu::pool::zeroed(geometry.weight_len());
     grad_w
         .par_chunks_mut((out_group * in_group).max(1))
         .enumerate()

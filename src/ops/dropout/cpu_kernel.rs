@@ -21,7 +21,7 @@ fn splitmix64(seed: u64, index: u64) -> u64 {
 impl DropoutBackend for CpuBackend {
     fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage> {
         let keep_scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
-        let mut mask = vec![0.0f32; len];
+        let mut mask = crate::backend::cpu::pool::zeroed(len);
         mask.par_chunks_mut(PAR_CHUNK)
             .enumerate()
             .for_each(|(chunk, values)| {
