@@ -14,6 +14,7 @@ pub mod cli;
 pub mod error;
 pub mod io;
 pub mod ops;
+pub mod optim;
 pub mod tensor;
 pub mod testing;
 

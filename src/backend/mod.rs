@@ -12,8 +12,8 @@ use crate::error::Result;
 use crate::ops::{
     activation::ActivationBackend, conv::ConvBackend, dropout::DropoutBackend,
     elementwise::ElementwiseBackend, index::IndexBackend, interpolate::InterpolateBackend,
-    loss::LossBackend, matmul::MatmulBackend, norm::NormBackend, pool::PoolBackend,
-    reduce::ReduceBackend, shape::ShapeBackend, softmax::SoftmaxBackend,
+    loss::LossBackend, matmul::MatmulBackend, norm::NormBackend, optimizer::OptimizerBackend,
+    pool::PoolBackend, reduce::ReduceBackend, shape::ShapeBackend, softmax::SoftmaxBackend,
 };
 use crate::tensor::Storage;
 use std::fmt;
@@ -28,6 +28,7 @@ pub trait Backend:
     + SoftmaxBackend
     + LossBackend
     + NormBackend
+    + OptimizerBackend
     + DropoutBackend
     + MatmulBackend
     + ConvBackend

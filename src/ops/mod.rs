@@ -11,6 +11,7 @@ pub mod interpolate;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
+pub mod optimizer;
 pub mod pool;
 pub mod reduce;
 pub mod shape;

@@ -1,0 +1,6 @@
+//! CPU kernels of this family.
+
+use super::OptimizerBackend;
+use crate::backend::cpu::CpuBackend;
+
+impl OptimizerBackend for CpuBackend {}
