@@ -1,0 +1,19 @@
+//! The layers networks are built from, with PyTorch's parameter names, shapes and defaults.
+
+mod activation;
+mod conv;
+mod dropout;
+mod linear;
+mod norm;
+mod pool;
+mod sequential;
+mod upsample;
+
+pub use activation::{ActivationLayer, PReLU};
+pub use conv::{Conv2d, ConvTranspose2d};
+pub use dropout::{Dropout, Dropout2d};
+pub use linear::Linear;
+pub use norm::BatchNorm2d;
+pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d};
+pub use sequential::Sequential;
+pub use upsample::Upsample;

@@ -1,0 +1,1 @@
+//! Loading and saving a module's state dict (safetensors).
