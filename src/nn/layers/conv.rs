@@ -6,6 +6,24 @@ use crate::ops::conv::{Conv2dParams, ConvTranspose2dParams};
 use crate::tensor::Tensor;
 use std::any::Any;
 
+/// The group count, checked to divide both channel counts.
+fn check_groups(
+    layer: &'static str,
+    in_channels: usize,
+    out_channels: usize,
+    groups: usize,
+) -> Result<usize> {
+    if groups == 0 || !in_channels.is_multiple_of(groups) || !out_channels.is_multiple_of(groups) {
+        return Err(crate::Error::invalid(
+            layer,
+            format!(
+                "in {in_channels} and out {out_channels} channels must divide by groups {groups}"
+            ),
+        ));
+    }
+    Ok(groups)
+}
+
 /// `nn.Conv2d`: weight `[out, in/groups, kh, kw]`, optional bias `[out]`, initialised as
 /// PyTorch does (kaiming-uniform a=√5, bias U(±1/√fan_in)).
 pub struct Conv2d {
@@ -48,13 +66,7 @@ impl Conv2d {
         params: Conv2dParams,
         bias: bool,
     ) -> Result<Self> {
-        let groups = params.groups.max(1);
-        if in_channels % groups != 0 || out_channels % groups != 0 {
-            return Err(crate::Error::invalid(
-                "Conv2d",
-                format!("in {in_channels} and out {out_channels} channels must divide by groups {groups}"),
-            ));
-        }
+        let groups = check_groups("Conv2d", in_channels, out_channels, params.groups)?;
         let shape = [out_channels, in_channels / groups, kernel[0], kernel[1]];
         let weight = init::kaiming_uniform(shape, 5f32.sqrt())?.with_requires_grad(true);
         let fan_in = in_channels / groups * kernel[0] * kernel[1];
@@ -128,13 +140,7 @@ impl ConvTranspose2d {
         params: ConvTranspose2dParams,
         bias: bool,
     ) -> Result<Self> {
-        let groups = params.groups.max(1);
-        if in_channels % groups != 0 || out_channels % groups != 0 {
-            return Err(crate::Error::invalid(
-                "ConvTranspose2d",
-                format!("in {in_channels} and out {out_channels} channels must divide by groups {groups}"),
-            ));
-        }
+        let groups = check_groups("ConvTranspose2d", in_channels, out_channels, params.groups)?;
         let shape = [in_channels, out_channels / groups, kernel, kernel];
         let weight = init::kaiming_uniform(shape, 5f32.sqrt())?.with_requires_grad(true);
         let fan_in = out_channels / groups * kernel * kernel;
