@@ -98,6 +98,12 @@ pub trait Module: Any + Send + Sync {
     fn as_any(&self) -> &dyn Any;
 }
 
+impl std::fmt::Debug for dyn Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.type_name())
+    }
+}
+
 /// A train / eval flag that can be flipped through `&self` (PyTorch's `module.training`).
 #[derive(Debug)]
 pub struct TrainingFlag(AtomicBool);

@@ -1,0 +1,240 @@
+//! Modules and layers: state-dict names and order, train / eval, replacement by path, layer
+//! behaviour, and an end-to-end conv net step checked against PyTorch.
+
+use moeseg::nn::{
+    get_module, named_parameters, named_tensors, parameter_count, replace_module, set_training,
+    ActivationLayer, BatchNorm2d, Conv2d, MaxPool2d, Module, Role, Sequential, Upsample,
+};
+use moeseg::ops::interpolate::{InterpolateMode, Resize};
+use moeseg::ops::loss::CrossEntropyOptions;
+use moeseg::ops::pool::MaxPool2dParams;
+use moeseg::testing::{assert_close, Fixtures};
+use moeseg::{DType, Tensor};
+
+/// The net of `scripts/fixtures/convnet.py`, with the same child indices.
+fn convnet() -> Sequential {
+    Sequential::default()
+        .push(Conv2d::new(3, 8, 3, 1, 1, 1, 1, true).unwrap())
+        .push(BatchNorm2d::new(8).unwrap())
+        .push(ActivationLayer::relu())
+        .push(MaxPool2d(MaxPool2dParams::new(2)))
+        .push(Conv2d::new(8, 8, 3, 1, 2, 2, 1, true).unwrap())
+        .push(BatchNorm2d::new(8).unwrap())
+        .push(ActivationLayer::relu())
+        .push(Upsample {
+            resize: Resize::Scale([2.0, 2.0]),
+            mode: InterpolateMode::Bilinear {
+                align_corners: false,
+            },
+        })
+        .push(Conv2d::new(8, 5, 1, 1, 0, 1, 1, true).unwrap())
+}
+
+#[test]
+fn state_dict_names_order_and_roles_match_pytorch() {
+    let net = convnet();
+    let names: Vec<(String, Role)> = named_tensors(&net)
+        .into_iter()
+        .map(|(n, _, r)| (n, r))
+        .collect();
+    // PyTorch's order: each module's parameters, then its buffers, children in order.
+    let expected = [
+        ("0.weight", Role::Parameter),
+        ("0.bias", Role::Parameter),
+        ("1.weight", Role::Parameter),
+        ("1.bias", Role::Parameter),
+        ("1.running_mean", Role::Buffer(DType::F32)),
+        ("1.running_var", Role::Buffer(DType::F32)),
+        ("1.num_batches_tracked", Role::Buffer(DType::I64)),
+        ("4.weight", Role::Parameter),
+        ("4.bias", Role::Parameter),
+        ("5.weight", Role::Parameter),
+        ("5.bias", Role::Parameter),
+        ("5.running_mean", Role::Buffer(DType::F32)),
+        ("5.running_var", Role::Buffer(DType::F32)),
+        ("5.num_batches_tracked", Role::Buffer(DType::I64)),
+        ("8.weight", Role::Parameter),
+        ("8.bias", Role::Parameter),
+    ];
+    let expected: Vec<(String, Role)> = expected.iter().map(|(n, r)| (n.to_string(), *r)).collect();
+    assert_eq!(names, expected);
+    // 3·8·9+8 + 16 + 8·8·9+8 + 16 + 8·5+5 = 224 + 16 + 584 + 16 + 45
+    assert_eq!(parameter_count(&net), 885);
+    let fx = Fixtures::load("convnet").unwrap();
+    for (name, tensor, _) in named_tensors(&net) {
+        let reference = fx.get(&format!("init.{name}")).unwrap();
+        assert_eq!(tensor.shape(), reference.shape(), "{name}");
+    }
+}
+
+#[test]
+fn one_training_step_matches_pytorch() {
+    let fx = Fixtures::load("convnet").unwrap();
+    let net = convnet();
+    for (name, tensor, _) in named_tensors(&net) {
+        tensor
+            .replace_data(&fx.get(&format!("init.{name}")).unwrap())
+            .unwrap();
+    }
+    let (input, target) = (fx.get("input").unwrap(), fx.get("target").unwrap());
+    let loss = net
+        .forward(&input)
+        .unwrap()
+        .cross_entropy(&target, CrossEntropyOptions::default())
+        .unwrap();
+    assert_close(
+        "loss",
+        &loss.reshape(&[1]).unwrap(),
+        &fx.get("loss").unwrap(),
+        1e-5,
+        1e-6,
+    )
+    .unwrap();
+    loss.backward().unwrap();
+    let (lr, momentum, weight_decay) = (0.1f32, 0.9f32, 1e-4f32);
+    let _ = momentum; // first step: the momentum buffer is the (decayed) gradient itself
+    for (name, p) in named_parameters(&net) {
+        let grad = p.grad().unwrap();
+        assert_close(
+            &format!("grad.{name}"),
+            &grad,
+            &fx.get(&format!("grad.{name}")).unwrap(),
+            1e-4,
+            1e-6,
+        )
+        .unwrap();
+        let step =
+            moeseg::no_grad(|| grad.add(&p.mul_scalar(weight_decay)?)?.mul_scalar(lr)).unwrap();
+        p.replace_data(&p.sub(&step).unwrap()).unwrap();
+    }
+    for (name, t, _) in named_tensors(&net) {
+        assert_close(
+            &format!("after.{name}"),
+            &t,
+            &fx.get(&format!("after.{name}")).unwrap(),
+            1e-4,
+            1e-6,
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn training_loop_on_a_tiny_task_lowers_the_loss() {
+    moeseg::tensor::manual_seed(1);
+    let net = convnet();
+    let mut rng = moeseg::Rng::new(5);
+    // Task: the class of each pixel is the quadrant of its position; input channels encode
+    // the position plus noise, so the net must learn a spatial rule.
+    let (h, w) = (8, 8);
+    let mut images = vec![0.0; 4 * 3 * h * w];
+    let mut labels = vec![0.0; 4 * h * w];
+    for b in 0..4 {
+        for y in 0..h {
+            for x in 0..w {
+                let class = (y >= h / 2) as usize * 2 + (x >= w / 2) as usize;
+                labels[(b * h + y) * w + x] = class as f32;
+                images[((b * 3) * h + y) * w + x] = y as f32 / h as f32 + rng.normal(0.0, 0.05);
+                images[((b * 3 + 1) * h + y) * w + x] = x as f32 / w as f32 + rng.normal(0.0, 0.05);
+                images[((b * 3 + 2) * h + y) * w + x] = rng.normal(0.0, 0.05);
+            }
+        }
+    }
+    let images = Tensor::from_vec(images, [4, 3, h, w]).unwrap();
+    let labels = Tensor::from_vec(labels, [4, h, w]).unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..30 {
+        let loss = net
+            .forward(&images)
+            .unwrap()
+            .cross_entropy(&labels, CrossEntropyOptions::default())
+            .unwrap();
+        losses.push(loss.item().unwrap());
+        loss.backward().unwrap();
+        moeseg::no_grad(|| {
+            for (_, p) in named_parameters(&net) {
+                let g = p.grad().unwrap();
+                p.replace_data(&p.sub(&g.mul_scalar(0.1).unwrap()).unwrap())
+                    .unwrap();
+                p.clear_grad();
+            }
+        });
+    }
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    assert!(
+        last < 0.5 * first,
+        "loss went from {first} to {last}: {losses:?}"
+    );
+}
+
+#[test]
+fn train_eval_reaches_every_module_and_batch_norm_tracks_batches() {
+    let net = convnet();
+    let bn = |net: &Sequential| {
+        get_module(net, "1")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<BatchNorm2d>()
+            .unwrap()
+            .is_training()
+    };
+    assert!(bn(&net));
+    set_training(&net, false);
+    assert!(!bn(&net));
+    let x = Tensor::randn([2, 3, 6, 6], 0.0, 1.0, &mut moeseg::Rng::new(1)).unwrap();
+    // Eval: running stats untouched, output deterministic.
+    let a = net.forward(&x).unwrap().to_vec();
+    let b = net.forward(&x).unwrap().to_vec();
+    assert_eq!(a, b);
+    let count = |net: &Sequential| {
+        named_tensors(net)
+            .into_iter()
+            .find(|(n, ..)| n == "1.num_batches_tracked")
+            .unwrap()
+            .1
+            .item()
+            .unwrap()
+    };
+    assert_eq!(count(&net), 0.0);
+    set_training(&net, true);
+    net.forward(&x).unwrap();
+    net.forward(&x).unwrap();
+    assert_eq!(count(&net), 2.0);
+}
+
+#[test]
+fn batch_norm_cumulative_average_when_momentum_is_none() {
+    let bn = BatchNorm2d::with_options(1, 1e-5, None, false, true).unwrap();
+    let first = Tensor::from_vec(vec![1.0, 3.0], [2, 1, 1, 1]).unwrap();
+    let second = Tensor::from_vec(vec![5.0, 7.0], [2, 1, 1, 1]).unwrap();
+    bn.forward(&first).unwrap();
+    bn.forward(&second).unwrap();
+    // Cumulative average of the batch means 2 and 6 (hand-derived), starting from 0 with
+    // factor 1 then 1/2.
+    assert_eq!(bn.running_mean.as_ref().unwrap().to_vec(), vec![4.0]);
+    // Unbiased variances 2 and 2.
+    assert_eq!(bn.running_var.as_ref().unwrap().to_vec(), vec![2.0]);
+}
+
+#[test]
+fn modules_are_found_and_replaced_by_path_with_clear_errors() {
+    let mut net = Sequential::default()
+        .push(Conv2d::new(3, 4, 3, 1, 1, 1, 1, true).unwrap())
+        .push(Sequential::default().push(Conv2d::new(4, 4, 3, 1, 1, 1, 1, false).unwrap()));
+    assert_eq!(get_module(&net, "1.0").unwrap().type_name(), "Conv2d");
+    let err = get_module(&net, "1.3").unwrap_err().to_string();
+    assert!(
+        err.contains("`1.3`") && err.contains("children: 0"),
+        "{err}"
+    );
+    let old = replace_module(&mut net, "1.0", Box::new(ActivationLayer::relu())).unwrap();
+    assert_eq!(old.type_name(), "Conv2d");
+    assert_eq!(get_module(&net, "1.0").unwrap().type_name(), "ReLU");
+    let names: Vec<String> = named_parameters(&net).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, vec!["0.weight", "0.bias"]);
+    let err = replace_module(&mut net, "0.weight", Box::new(ActivationLayer::relu()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Conv2d") && err.contains("weight"), "{err}");
+    assert!(Conv2d::new(3, 4, 3, 1, 1, 1, 2, true).is_err());
+}
