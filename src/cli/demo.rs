@@ -7,13 +7,14 @@
 
 use crate::autograd::no_grad;
 use crate::error::Result;
-use crate::ops::conv::Conv2dParams;
+use crate::nn::{
+    named_parameters, parameter_count, set_training, ActivationLayer, BatchNorm2d, Conv2d,
+    MaxPool2d, Module, Sequential, Upsample,
+};
 use crate::ops::interpolate::{InterpolateMode, Resize};
 use crate::ops::loss::CrossEntropyOptions;
-use crate::ops::norm::BatchNormArgs;
 use crate::ops::pool::MaxPool2dParams;
 use crate::tensor::{Rng, Tensor};
-use crate::Device;
 use clap::Args;
 use std::time::Instant;
 
@@ -111,115 +112,23 @@ fn synthetic_batch(rng: &mut Rng, batch: usize, size: usize) -> Result<(Tensor, 
     ))
 }
 
-/// A conv layer's parameters with PyTorch's default init (kaiming-uniform a=√5, bias bound
-/// 1/√fan_in).
-struct ConvLayer {
-    weight: Tensor,
-    bias: Tensor,
-    params: Conv2dParams,
-}
-
-impl ConvLayer {
-    fn new(rng: &mut Rng, cin: usize, cout: usize, kernel: usize, dilation: usize) -> Result<Self> {
-        let fan_in = (cin * kernel * kernel) as f32;
-        let bound = 1.0 / fan_in.sqrt();
-        Ok(ConvLayer {
-            weight: Tensor::rand_uniform([cout, cin, kernel, kernel], -bound, bound, rng)?
-                .with_requires_grad(true),
-            bias: Tensor::rand_uniform([cout], -bound, bound, rng)?.with_requires_grad(true),
-            params: Conv2dParams::new(1, dilation * (kernel - 1) / 2, dilation, 1),
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.conv2d(&self.weight, Some(&self.bias), self.params)
-    }
-}
-
-/// BatchNorm2d with affine parameters and running statistics.
-struct BatchNorm {
-    weight: Tensor,
-    bias: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
-}
-
-impl BatchNorm {
-    fn new(channels: usize) -> Result<Self> {
-        let cpu = Device::Cpu;
-        Ok(BatchNorm {
-            weight: Tensor::ones([channels], &cpu)?.with_requires_grad(true),
-            bias: Tensor::zeros([channels], &cpu)?.with_requires_grad(true),
-            running_mean: Tensor::zeros([channels], &cpu)?,
-            running_var: Tensor::ones([channels], &cpu)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
-        x.batch_norm2d(BatchNormArgs {
-            running_mean: Some(&self.running_mean),
-            running_var: Some(&self.running_var),
-            weight: Some(&self.weight),
-            bias: Some(&self.bias),
-            training,
-            momentum: 0.1,
-            eps: 1e-5,
-        })
-    }
-}
-
-struct DemoNet {
-    conv1: ConvLayer,
-    bn1: BatchNorm,
-    conv2: ConvLayer,
-    bn2: BatchNorm,
-    classifier: ConvLayer,
-}
-
-impl DemoNet {
-    fn new(rng: &mut Rng) -> Result<Self> {
-        Ok(DemoNet {
-            conv1: ConvLayer::new(rng, 3, 16, 3, 1)?,
-            bn1: BatchNorm::new(16)?,
-            conv2: ConvLayer::new(rng, 16, 32, 3, 2)?,
-            bn2: BatchNorm::new(32)?,
-            classifier: ConvLayer::new(rng, 32, CLASSES, 1, 1)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
-        let h = self
-            .bn1
-            .forward(&self.conv1.forward(x)?, training)?
-            .relu()?;
-        let h = h.max_pool2d(MaxPool2dParams::new(2))?;
-        let h = self
-            .bn2
-            .forward(&self.conv2.forward(&h)?, training)?
-            .relu()?;
-        let h = h.interpolate(
-            Resize::Scale([2.0, 2.0]),
-            InterpolateMode::Bilinear {
+/// conv3×3-BN-ReLU → max-pool → dilated conv3×3-BN-ReLU → bilinear ×2 → conv1×1.
+fn demo_net() -> Result<Sequential> {
+    Ok(Sequential::default()
+        .push(Conv2d::new(3, 16, 3, 1, 1, 1, 1, true)?)
+        .push(BatchNorm2d::new(16)?)
+        .push(ActivationLayer::relu())
+        .push(MaxPool2d(MaxPool2dParams::new(2)))
+        .push(Conv2d::new(16, 32, 3, 1, 2, 2, 1, true)?)
+        .push(BatchNorm2d::new(32)?)
+        .push(ActivationLayer::relu())
+        .push(Upsample {
+            resize: Resize::Scale([2.0, 2.0]),
+            mode: InterpolateMode::Bilinear {
                 align_corners: false,
             },
-        )?;
-        self.classifier.forward(&h)
-    }
-
-    fn parameters(&self) -> Vec<&Tensor> {
-        vec![
-            &self.conv1.weight,
-            &self.conv1.bias,
-            &self.bn1.weight,
-            &self.bn1.bias,
-            &self.conv2.weight,
-            &self.conv2.bias,
-            &self.bn2.weight,
-            &self.bn2.bias,
-            &self.classifier.weight,
-            &self.classifier.bias,
-        ]
-    }
+        })
+        .push(Conv2d::new(32, CLASSES, 1, 1, 0, 1, 1, true)?))
 }
 
 /// Per-class IoU from predictions and labels (label 255 ignored); classes absent from both
@@ -256,20 +165,23 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
     let mut rng = Rng::new(args.seed);
     crate::tensor::manual_seed(args.seed);
-    let net = DemoNet::new(&mut rng)?;
-    let params = net.parameters();
+    let net = demo_net()?;
+    let params: Vec<Tensor> = named_parameters(&net).into_iter().map(|(_, p)| p).collect();
     let mut velocity: Vec<Option<Tensor>> = vec![None; params.len()];
     let (val_images, val_labels) =
         synthetic_batch(&mut Rng::new(args.seed ^ 0xdead_beef), 16, args.size)?;
-    let evaluate = |net: &DemoNet| -> Result<f32> {
-        no_grad(|| {
-            let logits = net.forward(&val_images, false)?;
-            let prediction = logits.argmax(1, false)?;
+    let evaluate = |net: &Sequential| -> Result<f32> {
+        set_training(net, false);
+        let miou = no_grad(|| {
+            let prediction = net.forward(&val_images)?.argmax(1, false)?;
             Ok(mean_iou(&prediction.to_vec(), &val_labels.to_vec()))
-        })
+        });
+        set_training(net, true);
+        miou
     };
     println!(
-        "moeseg demo: {} steps of batch {} at {}x{}, {} classes, SGD lr {} momentum 0.9 (CPU, {} threads)",
+        "moeseg demo: {} parameters, {} steps of batch {} at {}x{}, {} classes, SGD lr {} momentum 0.9 (CPU, {} threads)",
+        parameter_count(&net),
         args.steps,
         args.batch,
         args.size,
@@ -283,7 +195,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     for step in 1..=args.steps {
         let (images, labels) = synthetic_batch(&mut rng, args.batch, args.size)?;
         let loss = net
-            .forward(&images, true)?
+            .forward(&images)?
             .cross_entropy(&labels, CrossEntropyOptions::default())?;
         loss.backward()?;
         no_grad(|| -> Result<()> {
