@@ -61,8 +61,8 @@ impl SafetensorsFile {
     /// Maps and validates `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file =
-            std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
         let file_len = file
             .metadata()
             .map_err(|e| Error::file(path, format!("cannot stat: {e}")))?
