@@ -63,7 +63,11 @@ fn replay<O: GroupOptions>(fx: &Fixtures, case: &str, options: [O; 2]) {
             .collect();
         set_grads(&grads);
         for (p, g) in &grads {
-            assert_eq!(p.grad().unwrap().to_vec(), g.to_vec(), "{case}: grad is not g");
+            assert_eq!(
+                p.grad().unwrap().to_vec(),
+                g.to_vec(),
+                "{case}: grad is not g"
+            );
         }
         opt.step().unwrap();
         for (n, p) in &params {
@@ -72,7 +76,11 @@ fn replay<O: GroupOptions>(fx: &Fixtures, case: &str, options: [O; 2]) {
         }
     }
     assert_eq!(opt.param_step("w"), Some(STEPS as u64));
-    assert_eq!(opt.param_step("b"), Some(STEPS as u64 - 1), "b has no grad at step 2");
+    assert_eq!(
+        opt.param_step("b"),
+        Some(STEPS as u64 - 1),
+        "b has no grad at step 2"
+    );
 }
 
 fn sgd(lr: f64, weight_decay: f64, momentum: f64, dampening: f64, nesterov: bool) -> SgdOptions {
@@ -88,7 +96,11 @@ fn sgd(lr: f64, weight_decay: f64, momentum: f64, dampening: f64, nesterov: bool
 #[test]
 fn sgd_matches_pytorch() {
     let fx = fixtures();
-    replay(&fx, "sgd_plain", [SgdOptions::new(0.1), SgdOptions::new(0.03)]);
+    replay(
+        &fx,
+        "sgd_plain",
+        [SgdOptions::new(0.1), SgdOptions::new(0.03)],
+    );
     replay(
         &fx,
         "sgd_momentum",
@@ -110,7 +122,11 @@ fn sgd_matches_pytorch() {
 #[test]
 fn adam_and_adamw_match_pytorch() {
     let fx = fixtures();
-    replay(&fx, "adam", [AdamOptions::new(1e-2), AdamOptions::new(3e-3)]);
+    replay(
+        &fx,
+        "adam",
+        [AdamOptions::new(1e-2), AdamOptions::new(3e-3)],
+    );
     let adam_wd = |lr, weight_decay| AdamOptions {
         betas: (0.8, 0.99),
         eps: 1e-6,
@@ -128,7 +144,11 @@ fn adam_and_adamw_match_pytorch() {
         weight_decay,
         ..AdamOptions::new(lr)
     };
-    replay(&fx, "adam_amsgrad", [amsgrad(1e-2, 0.0), amsgrad(3e-3, 1e-2)]);
+    replay(
+        &fx,
+        "adam_amsgrad",
+        [amsgrad(1e-2, 0.0), amsgrad(3e-3, 1e-2)],
+    );
 }
 
 #[test]
@@ -174,13 +194,16 @@ fn schedules_match_pytorch() {
 /// Fresh parameters from a seed, in a model-like named list.
 fn model(seed: u64) -> Vec<(String, Tensor)> {
     let mut rng = Rng::new(seed);
-    [("backbone.conv.weight", vec![3, 2, 3]), ("head.bias", vec![4])]
-        .into_iter()
-        .map(|(n, s)| {
-            let t = Tensor::randn(s, 0.0, 1.0, &mut rng).unwrap();
-            (n.to_string(), t.with_requires_grad(true))
-        })
-        .collect()
+    [
+        ("backbone.conv.weight", vec![3, 2, 3]),
+        ("head.bias", vec![4]),
+    ]
+    .into_iter()
+    .map(|(n, s)| {
+        let t = Tensor::randn(s, 0.0, 1.0, &mut rng).unwrap();
+        (n.to_string(), t.with_requires_grad(true))
+    })
+    .collect()
 }
 
 /// Deterministic gradients for step `step`; the bias gets none on step 2.
@@ -262,13 +285,21 @@ fn check_resume<O: GroupOptions>(name: &str, options: [O; 2]) {
     let (opt_c, _) = run(&resumed, 4..6, Some(&loaded));
 
     for ((n, a), (_, c)) in straight.iter().zip(&resumed) {
-        assert_eq!(a.to_vec(), c.to_vec(), "{name}: parameter {n} differs after resuming");
+        assert_eq!(
+            a.to_vec(),
+            c.to_vec(),
+            "{name}: parameter {n} differs after resuming"
+        );
     }
     let (state_a, state_c) = (opt_a.state_tensors(), opt_c.state_tensors());
     assert_eq!(state_a.len(), state_c.len());
     for ((ka, a), (kc, c)) in state_a.iter().zip(&state_c) {
         assert_eq!(ka, kc);
-        assert_eq!(a.to_vec(), c.to_vec(), "{name}: {ka} differs after resuming");
+        assert_eq!(
+            a.to_vec(),
+            c.to_vec(),
+            "{name}: {ka} differs after resuming"
+        );
     }
     assert_eq!(opt_a.lrs(), opt_c.lrs());
 }
@@ -340,12 +371,18 @@ fn invalid_hyper_parameters_are_rejected_with_their_name() {
     let err = Sgd::with_params(twice, SgdOptions::new(0.1)).err().unwrap();
     assert!(err.to_string().contains("`again`"), "{err}");
     let non_leaf = vec![("x".to_string(), params[0].1.mul_scalar(2.0).unwrap())];
-    let err = Sgd::with_params(non_leaf, SgdOptions::new(0.1)).err().unwrap();
+    let err = Sgd::with_params(non_leaf, SgdOptions::new(0.1))
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("leaf"), "{err}");
 
     let mut opt = Sgd::with_params(params.clone(), SgdOptions::new(0.1)).unwrap();
     assert!(opt.set_lr(f64::NAN).is_err());
-    assert!(opt.set_group_lr(1, 0.1).unwrap_err().to_string().contains("group 1"));
+    assert!(opt
+        .set_group_lr(1, 0.1)
+        .unwrap_err()
+        .to_string()
+        .contains("group 1"));
     assert!(LrScheduler::new(LrSchedule::poly(0), &mut opt).is_err());
     assert!(LrScheduler::new(LrSchedule::Constant.with_warmup(3, 0.0), &mut opt).is_err());
 }
@@ -377,21 +414,31 @@ fn loading_a_bad_checkpoint_names_the_key_and_changes_nothing() {
         ..SgdOptions::new(0.1)
     };
     let mut opt = Sgd::with_params(params.clone(), options).unwrap();
-    let grads: Vec<(&Tensor, Tensor)> = params.iter().map(|(_, p)| (p, p.ones_like().unwrap())).collect();
+    let grads: Vec<(&Tensor, Tensor)> = params
+        .iter()
+        .map(|(_, p)| (p, p.ones_like().unwrap()))
+        .collect();
     set_grads(&grads);
     opt.step().unwrap();
     let good: BTreeMap<String, Tensor> = opt.state_tensors().into_iter().collect();
     let load_err = |tensors: &BTreeMap<String, Tensor>| {
         let mut fresh = Sgd::with_params(params.clone(), options).unwrap();
         let err = fresh.load_state(tensors).unwrap_err().to_string();
-        assert_eq!(fresh.param_step("head.bias"), Some(0), "state changed on error");
+        assert_eq!(
+            fresh.param_step("head.bias"),
+            Some(0),
+            "state changed on error"
+        );
         err
     };
 
     let mut missing = good.clone();
     missing.remove("optim.state.head.bias.momentum_buffer");
     let err = load_err(&missing);
-    assert!(err.contains("optim.state.head.bias.momentum_buffer"), "{err}");
+    assert!(
+        err.contains("optim.state.head.bias.momentum_buffer"),
+        "{err}"
+    );
 
     let mut misshaped = good.clone();
     misshaped.insert(
@@ -399,10 +446,16 @@ fn loading_a_bad_checkpoint_names_the_key_and_changes_nothing() {
         Tensor::zeros([5], &Default::default()).unwrap(),
     );
     let err = load_err(&misshaped);
-    assert!(err.contains("head.bias.momentum_buffer") && err.contains("[5]"), "{err}");
+    assert!(
+        err.contains("head.bias.momentum_buffer") && err.contains("[5]"),
+        "{err}"
+    );
 
     let mut extra = good.clone();
-    extra.insert("optim.state.decoder.weight.step".into(), Tensor::scalar(1.0));
+    extra.insert(
+        "optim.state.decoder.weight.step".into(),
+        Tensor::scalar(1.0),
+    );
     let err = load_err(&extra);
     assert!(err.contains("optim.state.decoder.weight.step"), "{err}");
 

@@ -1,6 +1,6 @@
 //! Adam and AdamW (`torch.optim.Adam` / `AdamW`), with optional amsgrad.
 
-use super::sgd::read_flag;
+use super::checkpoint::read_flag;
 use super::{check_non_negative, GroupOptimizer, GroupOptions};
 use crate::error::Result;
 use crate::ops::optimizer::{adam_update, AdamHyper, AdamMomentTensors};
@@ -88,7 +88,9 @@ impl GroupOptions for AdamOptions {
         check_non_negative("weight_decay", self.weight_decay)?;
         for (i, beta) in [self.betas.0, self.betas.1].into_iter().enumerate() {
             if !(0.0..1.0).contains(&beta) {
-                return Err(format!("beta parameter at index {i} must be in [0, 1), got {beta}"));
+                return Err(format!(
+                    "beta parameter at index {i} must be in [0, 1), got {beta}"
+                ));
             }
         }
         Ok(())
@@ -135,7 +137,10 @@ impl GroupOptions for AdamOptions {
             ("beta2", self.betas.1),
             ("eps", self.eps),
             ("weight_decay", self.weight_decay),
-            ("decoupled_weight_decay", self.decoupled_weight_decay as u8 as f64),
+            (
+                "decoupled_weight_decay",
+                self.decoupled_weight_decay as u8 as f64,
+            ),
             ("amsgrad", self.amsgrad as u8 as f64),
         ]
     }

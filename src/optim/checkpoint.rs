@@ -110,6 +110,21 @@ impl<'a> StateReader<'a> {
     }
 }
 
+/// Reads a 0 / 1 flag.
+pub(crate) fn read_flag(
+    read: &mut dyn FnMut(&'static str) -> Result<f64>,
+    name: &'static str,
+) -> Result<bool> {
+    match read(name)? {
+        0.0 => Ok(false),
+        1.0 => Ok(true),
+        other => Err(Error::invalid(
+            "load_state",
+            format!("flag `{name}` should be 0 or 1, got {other}"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,7 +140,11 @@ mod tests {
         }));
         for x in values {
             let t = encode_scalar(x);
-            assert_eq!(decode_scalar("x", &t).unwrap().to_bits(), x.to_bits(), "{x:e}");
+            assert_eq!(
+                decode_scalar("x", &t).unwrap().to_bits(),
+                x.to_bits(),
+                "{x:e}"
+            );
         }
         assert_eq!(decode_scalar("x", &Tensor::scalar(2.5)).unwrap(), 2.5);
         let err = decode_scalar("optim.x", &Tensor::zeros([2], &Default::default()).unwrap());

@@ -156,7 +156,10 @@ impl<O: GroupOptions> GroupOptimizer<O> {
     /// leaf, or a name or tensor that appears twice.
     pub fn new(groups: Vec<ParamGroup<O>>) -> Result<Self> {
         if groups.is_empty() {
-            return Err(Error::invalid(O::NAME, "needs at least one parameter group"));
+            return Err(Error::invalid(
+                O::NAME,
+                "needs at least one parameter group",
+            ));
         }
         let mut names = BTreeSet::new();
         let mut ids = BTreeSet::new();
@@ -220,13 +223,16 @@ impl<O: GroupOptions> GroupOptimizer<O> {
 
     /// Every parameter with its group's options and its slot.
     fn params(&self) -> impl Iterator<Item = (&O, &(String, Tensor), &ParamSlot<O::State>)> {
-        self.groups.iter().zip(&self.slots).flat_map(|(group, slots)| {
-            group
-                .params
-                .iter()
-                .zip(slots)
-                .map(move |(param, slot)| (&group.options, param, slot))
-        })
+        self.groups
+            .iter()
+            .zip(&self.slots)
+            .flat_map(|(group, slots)| {
+                group
+                    .params
+                    .iter()
+                    .zip(slots)
+                    .map(move |(param, slot)| (&group.options, param, slot))
+            })
     }
 }
 

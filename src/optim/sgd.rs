@@ -1,8 +1,9 @@
 //! Stochastic gradient descent with momentum, dampening, Nesterov momentum and weight decay
 //! (`torch.optim.SGD`).
 
+use super::checkpoint::read_flag;
 use super::{check_non_negative, GroupOptimizer, GroupOptions};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::optimizer::{sgd_update, SgdHyper};
 use crate::tensor::Tensor;
 
@@ -144,20 +145,5 @@ impl GroupOptions for SgdOptions {
             false => None,
         };
         Ok(SgdState { momentum_buffer })
-    }
-}
-
-/// Reads a 0 / 1 flag.
-pub(super) fn read_flag(
-    read: &mut dyn FnMut(&'static str) -> Result<f64>,
-    name: &'static str,
-) -> Result<bool> {
-    match read(name)? {
-        0.0 => Ok(false),
-        1.0 => Ok(true),
-        other => Err(Error::invalid(
-            "load_state",
-            format!("flag `{name}` should be 0 or 1, got {other}"),
-        )),
     }
 }

@@ -1,4 +1,6 @@
 //! CPU kernels of this family: one parallel pass over the elements computing every output.
+//! `mul_add` marks each fused multiply-add of PyTorch's kernels (a libm call unless the build
+//! enables the `fma` target feature).
 
 use super::{AdamHyper, AdamMoments, OptimizerBackend, SgdHyper};
 use crate::backend::cpu::{pool, CpuBackend, PAR_CHUNK};
@@ -51,10 +53,7 @@ fn host_slices<'a, const N: usize>(
         if data.len() != len {
             return Err(Error::shape(
                 op,
-                format!(
-                    "{name} has {} elements, the parameter {len}",
-                    data.len()
-                ),
+                format!("{name} has {} elements, the parameter {len}", data.len()),
             ));
         }
         *slot = data;
@@ -65,9 +64,9 @@ fn host_slices<'a, const N: usize>(
 /// PyTorch's `lerp(start, end, weight)`: the form that is exact at the nearer end.
 fn lerp(start: f32, end: f32, weight: f32) -> f32 {
     if weight.abs() < 0.5 {
-        start + weight * (end - start)
+        weight.mul_add(end - start, start)
     } else {
-        end - (end - start) * (1.0 - weight)
+        (start - end).mul_add(1.0 - weight, end)
     }
 }
 
@@ -84,7 +83,7 @@ impl OptimizerBackend for CpuBackend {
         let [p, g] = host_slices(OP, param.len(), [("param", param), ("grad", grad)])?;
         let decayed = move |p: f32, g: f32| {
             if s.weight_decay != 0.0 {
-                g + s.weight_decay * p
+                s.weight_decay.mul_add(p, g)
             } else {
                 g
             }
@@ -92,26 +91,26 @@ impl OptimizerBackend for CpuBackend {
         // The step direction from the (weight-decayed) gradient and the new buffer.
         let direction = move |g: f32, buf: f32| {
             if hyper.nesterov {
-                g + s.momentum * buf
+                s.momentum.mul_add(buf, g)
             } else {
                 buf
             }
         };
         if hyper.momentum == 0.0 {
-            let [p] = fused_map([p, g], |[p, g]| [p + s.neg_lr * decayed(p, g)]);
+            let [p] = fused_map([p, g], |[p, g]| [s.neg_lr.mul_add(decayed(p, g), p)]);
             return Ok((Storage::cpu(p), None));
         }
         let [p, buf] = match momentum_buffer {
             None => fused_map([p, g], |[p, g]| {
                 let g = decayed(p, g);
-                [p + s.neg_lr * direction(g, g), g]
+                [s.neg_lr.mul_add(direction(g, g), p), g]
             }),
             Some(buf) => {
                 let [buf] = host_slices(OP, param.len(), [("momentum buffer", buf)])?;
                 fused_map([p, g, buf], |[p, g, buf]| {
                     let g = decayed(p, g);
-                    let buf = buf * s.momentum + s.grad_scale * g;
-                    [p + s.neg_lr * direction(g, buf), buf]
+                    let buf = s.grad_scale.mul_add(g, buf * s.momentum);
+                    [s.neg_lr.mul_add(direction(g, buf), p), buf]
                 })
             }
         };
@@ -140,12 +139,12 @@ impl OptimizerBackend for CpuBackend {
         // Weight decay, moments and (given the normaliser v̂) the new parameter, in torch's order.
         let moments_of = move |p: f32, g: f32, m: f32, v: f32| {
             let g = if s.grad_weight_decay != 0.0 {
-                g + s.grad_weight_decay * p
+                s.grad_weight_decay.mul_add(p, g)
             } else {
                 g
             };
             let m = lerp(m, g, s.one_minus_beta1);
-            let v = v * s.beta2 + s.one_minus_beta2 * g * g;
+            let v = (s.one_minus_beta2 * g).mul_add(g, v * s.beta2);
             (m, v)
         };
         let new_param = move |p: f32, m: f32, v_hat: f32| {
@@ -156,7 +155,10 @@ impl OptimizerBackend for CpuBackend {
             (false, _) => None,
             (true, Some(max)) => Some(host_slices(OP, param.len(), [("max_exp_avg_sq", max)])?),
             (true, None) => {
-                return Err(Error::invalid(OP, "amsgrad needs the max_exp_avg_sq buffer"));
+                return Err(Error::invalid(
+                    OP,
+                    "amsgrad needs the max_exp_avg_sq buffer",
+                ));
             }
         };
         Ok(match max_exp_avg_sq {

@@ -5,7 +5,9 @@
 //! path. Hyper-parameters are f64 like Python floats; the scalar math PyTorch does in Python
 //! (bias corrections, step size) happens in f64 in [`SgdHyper::scalars`] /
 //! [`AdamHyper::scalars`], and the results are rounded to f32 where PyTorch hands them to a
-//! tensor op, so every backend runs the same f32 element formula.
+//! tensor op, so every backend runs the same f32 element formula. `a + b·c` steps are fused
+//! multiply-adds, as in PyTorch's compiled CPU kernels (and CUDA's default contraction): SGD then
+//! matches PyTorch bit for bit and Adam to an ulp.
 
 mod cpu_kernel;
 
@@ -244,7 +246,10 @@ pub fn adam_update(
     match (&moments.max_exp_avg_sq, hyper.amsgrad) {
         (Some(max), _) => check_operand(OP, param, "max_exp_avg_sq", max)?,
         (None, true) => {
-            return Err(Error::invalid(OP, "amsgrad needs the max_exp_avg_sq buffer"));
+            return Err(Error::invalid(
+                OP,
+                "amsgrad needs the max_exp_avg_sq buffer",
+            ));
         }
         (None, false) => {}
     }
