@@ -8,6 +8,7 @@ use moeseg::nn::{
 use moeseg::ops::interpolate::{InterpolateMode, Resize};
 use moeseg::ops::loss::CrossEntropyOptions;
 use moeseg::ops::pool::MaxPool2dParams;
+use moeseg::optim::{Optimizer, Sgd, SgdOptions};
 use moeseg::testing::{assert_close, Fixtures};
 use moeseg::{DType, Tensor};
 
@@ -91,8 +92,6 @@ fn one_training_step_matches_pytorch() {
     )
     .unwrap();
     loss.backward().unwrap();
-    let (lr, momentum, weight_decay) = (0.1f32, 0.9f32, 1e-4f32);
-    let _ = momentum; // first step: the momentum buffer is the (decayed) gradient itself
     for (name, p) in named_parameters(&net) {
         let grad = p.grad().unwrap();
         assert_close(
@@ -103,10 +102,14 @@ fn one_training_step_matches_pytorch() {
             1e-6,
         )
         .unwrap();
-        let step =
-            moeseg::no_grad(|| grad.add(&p.mul_scalar(weight_decay)?)?.mul_scalar(lr)).unwrap();
-        p.replace_data(&p.sub(&step).unwrap()).unwrap();
     }
+    let options = SgdOptions {
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        ..SgdOptions::new(0.1)
+    };
+    let mut sgd = Sgd::with_params(named_parameters(&net), options).unwrap();
+    sgd.step().unwrap();
     for (name, t, _) in named_tensors(&net) {
         assert_close(
             &format!("after.{name}"),
@@ -142,6 +145,7 @@ fn training_loop_on_a_tiny_task_lowers_the_loss() {
     }
     let images = Tensor::from_vec(images, [4, 3, h, w]).unwrap();
     let labels = Tensor::from_vec(labels, [4, h, w]).unwrap();
+    let mut sgd = Sgd::with_params(named_parameters(&net), SgdOptions::new(0.1)).unwrap();
     let mut losses = Vec::new();
     for _ in 0..30 {
         let loss = net
@@ -151,14 +155,8 @@ fn training_loop_on_a_tiny_task_lowers_the_loss() {
             .unwrap();
         losses.push(loss.item().unwrap());
         loss.backward().unwrap();
-        moeseg::no_grad(|| {
-            for (_, p) in named_parameters(&net) {
-                let g = p.grad().unwrap();
-                p.replace_data(&p.sub(&g.mul_scalar(0.1).unwrap()).unwrap())
-                    .unwrap();
-                p.clear_grad();
-            }
-        });
+        sgd.step().unwrap();
+        sgd.zero_grad();
     }
     let (first, last) = (losses[0], *losses.last().unwrap());
     assert!(

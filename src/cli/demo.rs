@@ -3,7 +3,7 @@
 //! Images are noisy, textured backgrounds with rectangles and discs of three classes whose
 //! colours overlap, so the net needs both colour and local context. The net is
 //! conv3×3-BN-ReLU → max-pool → dilated conv3×3-BN-ReLU → bilinear ×2 → conv1×1, trained with
-//! SGD + momentum on cross-entropy (ignore index 255 on a one-pixel border).
+//! SGD + momentum with a poly learning-rate schedule on cross-entropy (ignore index 255 on a one-pixel border).
 
 use crate::autograd::no_grad;
 use crate::error::Result;
@@ -14,6 +14,7 @@ use crate::nn::{
 use crate::ops::interpolate::{InterpolateMode, Resize};
 use crate::ops::loss::CrossEntropyOptions;
 use crate::ops::pool::MaxPool2dParams;
+use crate::optim::{LrSchedule, LrScheduler, Optimizer, Sgd, SgdOptions};
 use crate::tensor::{Rng, Tensor};
 use clap::Args;
 use std::time::Instant;
@@ -166,8 +167,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let mut rng = Rng::new(args.seed);
     crate::tensor::manual_seed(args.seed);
     let net = demo_net()?;
-    let params: Vec<Tensor> = named_parameters(&net).into_iter().map(|(_, p)| p).collect();
-    let mut velocity: Vec<Option<Tensor>> = vec![None; params.len()];
+    let options = SgdOptions {
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        ..SgdOptions::new(args.lr as f64)
+    };
+    let mut sgd = Sgd::with_params(named_parameters(&net), options)?;
+    let mut schedule = LrScheduler::new(LrSchedule::poly(args.steps as u64), &mut sgd)?;
     let (val_images, val_labels) =
         synthetic_batch(&mut Rng::new(args.seed ^ 0xdead_beef), 16, args.size)?;
     let evaluate = |net: &Sequential| -> Result<f32> {
@@ -180,7 +186,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         miou
     };
     println!(
-        "moeseg demo: {} parameters, {} steps of batch {} at {}x{}, {} classes, SGD lr {} momentum 0.9 (CPU, {} threads)",
+        "moeseg demo: {} parameters, {} steps of batch {} at {}x{}, {} classes, SGD lr {} momentum 0.9, poly schedule (CPU, {} threads)",
         parameter_count(&net),
         args.steps,
         args.batch,
@@ -198,19 +204,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             .forward(&images)?
             .cross_entropy(&labels, CrossEntropyOptions::default())?;
         loss.backward()?;
-        no_grad(|| -> Result<()> {
-            for (param, v) in params.iter().zip(velocity.iter_mut()) {
-                let Some(grad) = param.grad() else { continue };
-                let new_v = match v.take() {
-                    Some(old) => old.mul_scalar(0.9)?.add(&grad)?,
-                    None => grad,
-                };
-                param.replace_data(&param.sub(&new_v.mul_scalar(args.lr)?)?)?;
-                *v = Some(new_v);
-                param.clear_grad();
-            }
-            Ok(())
-        })?;
+        sgd.step()?;
+        sgd.zero_grad();
+        schedule.step(&mut sgd)?;
         if step == 1 || step % 20 == 0 || step == args.steps {
             println!(
                 "step {step:>4}  loss {:.4}  ({:.1} s)",
