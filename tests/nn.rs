@@ -236,3 +236,84 @@ fn modules_are_found_and_replaced_by_path_with_clear_errors() {
     assert!(err.contains("Conv2d") && err.contains("weight"), "{err}");
     assert!(Conv2d::new(3, 4, 3, 1, 1, 1, 2, true).is_err());
 }
+
+/// Trains `net` for the given steps on deterministic per-step batches.
+fn train_steps(
+    net: &Sequential,
+    sgd: &mut Sgd,
+    schedule: &mut moeseg::optim::LrScheduler,
+    steps: std::ops::Range<u64>,
+) {
+    for step in steps {
+        let mut rng = moeseg::Rng::new(100 + step);
+        let x = Tensor::randn([2, 3, 6, 6], 0.0, 1.0, &mut rng).unwrap();
+        let labels: Vec<f32> = (0..72).map(|_| rng.below(5) as f32).collect();
+        let y = Tensor::from_vec(labels, [2, 6, 6]).unwrap();
+        let loss = net
+            .forward(&x)
+            .unwrap()
+            .cross_entropy(&y, CrossEntropyOptions::default())
+            .unwrap();
+        loss.backward().unwrap();
+        sgd.step().unwrap();
+        sgd.zero_grad();
+        schedule.step(sgd).unwrap();
+    }
+}
+
+#[test]
+fn a_checkpoint_of_model_optimizer_and_schedule_resumes_exactly() {
+    use moeseg::nn::state_dict::{load_state_dict, save_checkpoint, LoadOptions};
+    use moeseg::optim::{LrSchedule, LrScheduler};
+    let options = SgdOptions {
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        ..SgdOptions::new(0.05)
+    };
+    let fresh = || {
+        moeseg::tensor::manual_seed(9);
+        let net = convnet();
+        let mut sgd = Sgd::with_params(named_parameters(&net), options).unwrap();
+        let schedule = LrScheduler::new(LrSchedule::poly(6), &mut sgd).unwrap();
+        (net, sgd, schedule)
+    };
+    // Uninterrupted: 4 steps.
+    let (net_a, mut sgd_a, mut sched_a) = fresh();
+    train_steps(&net_a, &mut sgd_a, &mut sched_a, 0..4);
+    // Interrupted after 2 steps, saved, restored into fresh objects, 2 more steps.
+    let (net_b, mut sgd_b, mut sched_b) = fresh();
+    train_steps(&net_b, &mut sgd_b, &mut sched_b, 0..2);
+    let dir = std::env::temp_dir().join(format!("moeseg-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("last.safetensors");
+    let extra: Vec<(String, Tensor, DType)> = sgd_b
+        .state_tensors()
+        .into_iter()
+        .chain(sched_b.state_tensors())
+        .map(|(name, t)| (name, t, DType::F32))
+        .collect();
+    save_checkpoint(&path, &net_b, &extra).unwrap();
+
+    moeseg::tensor::manual_seed(12345); // a different init, overwritten by the checkpoint
+    let net_c = convnet();
+    let mut sgd_c = Sgd::with_params(named_parameters(&net_c), options).unwrap();
+    let mut sched_c = LrScheduler::new(LrSchedule::poly(6), &mut sgd_c).unwrap();
+    let load = LoadOptions {
+        skip_unexpected_prefixes: vec!["optim.".into(), "scheduler.".into()],
+        ..LoadOptions::default()
+    };
+    load_state_dict(&net_c, &path, load).unwrap();
+    let all: std::collections::BTreeMap<String, Tensor> = moeseg::io::safetensors::load(&path)
+        .unwrap()
+        .into_iter()
+        .map(|(k, (t, _))| (k, t))
+        .collect();
+    sgd_c.load_state(&all).unwrap();
+    sched_c.load_state(&all).unwrap();
+    train_steps(&net_c, &mut sgd_c, &mut sched_c, 2..4);
+    for ((name, a, _), (_, c, _)) in named_tensors(&net_a).into_iter().zip(named_tensors(&net_c)) {
+        assert_eq!(a.to_vec(), c.to_vec(), "{name} differs after resuming");
+    }
+    assert_eq!(sgd_a.lrs(), sgd_c.lrs());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
