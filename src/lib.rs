@@ -13,6 +13,7 @@ pub mod backend;
 pub mod cli;
 pub mod error;
 pub mod io;
+pub mod moe;
 pub mod nn;
 pub mod ops;
 pub mod optim;

@@ -13,7 +13,9 @@ use crate::ops::{
     activation::ActivationBackend, conv::ConvBackend, dropout::DropoutBackend,
     elementwise::ElementwiseBackend, index::IndexBackend, interpolate::InterpolateBackend,
     loss::LossBackend, matmul::MatmulBackend, norm::NormBackend, optimizer::OptimizerBackend,
-    pool::PoolBackend, reduce::ReduceBackend, shape::ShapeBackend, softmax::SoftmaxBackend,
+    patch_grid::PatchGridBackend, pool::PoolBackend, reduce::ReduceBackend,
+    routed_conv::RoutedConvBackend, shape::ShapeBackend, softmax::SoftmaxBackend,
+    topk_gate::TopkGateBackend,
 };
 use crate::tensor::Storage;
 use std::fmt;
@@ -36,6 +38,9 @@ pub trait Backend:
     + InterpolateBackend
     + ShapeBackend
     + IndexBackend
+    + PatchGridBackend
+    + TopkGateBackend
+    + RoutedConvBackend
     + Send
     + Sync
 {
