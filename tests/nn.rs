@@ -317,3 +317,50 @@ fn a_checkpoint_of_model_optimizer_and_schedule_resumes_exactly() {
     assert_eq!(sgd_a.lrs(), sgd_c.lrs());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn simple_layers_follow_pytorch_defaults_and_modes() {
+    use moeseg::nn::{ConvTranspose2d, Dropout, Linear, PReLU};
+    use moeseg::ops::conv::ConvTranspose2dParams;
+    moeseg::tensor::manual_seed(4);
+    // Linear(20, 3): weight and bias within 1/√20 (kaiming-uniform a=√5).
+    let linear = Linear::new(20, 3, true).unwrap();
+    let bound = 1.0 / 20f32.sqrt();
+    assert!(linear.weight.to_vec().iter().all(|v| v.abs() <= bound));
+    assert!(linear
+        .bias
+        .as_ref()
+        .unwrap()
+        .to_vec()
+        .iter()
+        .all(|v| v.abs() <= bound));
+    let y = linear
+        .forward(&Tensor::ones([2, 5, 20], &moeseg::Device::Cpu).unwrap())
+        .unwrap();
+    assert_eq!(y.dims(), &[2, 5, 3]);
+    // ConvTranspose2d(4, 6, 3): weight [4, 6, 3, 3], PyTorch's fan-in is 6·9.
+    let params = ConvTranspose2dParams {
+        stride: [2, 2],
+        padding: [1, 1],
+        output_padding: [1, 1],
+        ..ConvTranspose2dParams::default()
+    };
+    let up = ConvTranspose2d::new(4, 6, 3, params, true).unwrap();
+    assert_eq!(up.weight.dims(), &[4, 6, 3, 3]);
+    let bound = 1.0 / 54f32.sqrt();
+    assert!(up.weight.to_vec().iter().all(|v| v.abs() <= bound));
+    let x = Tensor::ones([1, 4, 5, 7], &moeseg::Device::Cpu).unwrap();
+    assert_eq!(up.forward(&x).unwrap().dims(), &[1, 6, 10, 14]);
+    // PReLU: default slope 0.25 on negatives.
+    let prelu = PReLU::new(1, 0.25).unwrap();
+    let v = Tensor::from_vec(vec![-2.0, 3.0], [1, 2]).unwrap();
+    assert_eq!(prelu.forward(&v).unwrap().to_vec(), vec![-0.5, 3.0]);
+    // Dropout: identity in eval, zeros some elements in training.
+    let dropout = Dropout::new(0.5).unwrap();
+    let ones = Tensor::ones([1000], &moeseg::Device::Cpu).unwrap();
+    let trained = dropout.forward(&ones).unwrap().to_vec();
+    assert!(trained.iter().any(|&v| v == 0.0) && trained.iter().any(|&v| v == 2.0));
+    set_training(&dropout, false);
+    assert_eq!(dropout.forward(&ones).unwrap().to_vec(), vec![1.0; 1000]);
+    assert!(Dropout::new(1.5).is_err());
+}
