@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use layers::{
     ActivationLayer, AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, ConvTranspose2d, Dropout,
-    Dropout2d, Linear, MaxPool2d, MaxUnpool2d, PReLU, Sequential, Upsample,
+    Dropout2d, Linear, MaxPool2d, MaxUnpool2d, ModuleList, PReLU, Sequential, Upsample,
 };
 
 /// What a named tensor of a module is.

@@ -15,5 +15,5 @@ pub use dropout::{Dropout, Dropout2d};
 pub use linear::Linear;
 pub use norm::BatchNorm2d;
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d};
-pub use sequential::Sequential;
+pub use sequential::{ModuleList, Sequential};
 pub use upsample::Upsample;
