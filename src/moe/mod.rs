@@ -1,2 +1,22 @@
 //! Mixture-of-Experts layers for CNN segmentation (`../shared/spec/moe.md`): PatchConvMoE, its
 //! gates, balancing losses and routing statistics.
+//!
+//! - [`gate`]: the gate networks (`gap_linear`, `conv_gap`, `2conv_gap`, `3conv_gap`), tokens →
+//!   logits, with PyTorch's state-dict keys.
+//! - [`balance`]: the load-balancing losses on the clean routing probabilities.
+//! - [`selection`]: noisy top-k selection scores and the per-expert capacity.
+//! - [`stats`]: routing statistics over an evaluation set (usage, NRE, TEC, co-activation,
+//!   expert×class).
+//!
+//! The PyTorch reference of the whole layer, and the fixtures the Rust layer is checked
+//! against, are in `scripts/fixtures/moe.py`.
+
+pub mod balance;
+pub mod gate;
+pub mod selection;
+pub mod stats;
+
+pub use balance::{entropy, BalanceInputs, BalanceLoss};
+pub use gate::{Gate, GateConfig, GateKind};
+pub use selection::{capacity, noisy_selection};
+pub use stats::{RoutingReport, RoutingStats};
