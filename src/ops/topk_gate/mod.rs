@@ -60,7 +60,8 @@ pub struct TopkGate {
     pub weights: Tensor,
     /// `[E]` assignments per expert (`k` per token); no gradient.
     pub counts: Tensor,
-    /// `[E]` tokens whose first choice is each expert; no gradient.
+    /// `[E]` tokens whose first choice `indices[t, 0]` is each expert (after any capacity
+    /// re-assignment; the Switch loss's `f_e` and the TEC statistic); no gradient.
     pub top1_counts: Tensor,
 }
 
