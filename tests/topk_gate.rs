@@ -324,9 +324,18 @@ fn bad_arguments_are_errors_naming_the_problem() {
         shape.contains("[5, 3]") || shape.contains("5, 3"),
         "{shape}"
     );
-    // c·E = 2·4 = 8 < k·T = 2·5 = 10.
-    let capacity = message(logits.topk_gate(params(2, false, 2), None));
-    for part in ["c = 2", "E = 4", "k = 2", "T = 5"] {
-        assert!(capacity.contains(part), "{capacity}");
+}
+
+#[test]
+fn a_capacity_too_small_overflows_instead_of_dropping_tokens() {
+    // c·E = 2·4 = 8 < k·T = 2·5 = 10: every token still gets 2 distinct experts, and the
+    // assignments that find no room go over capacity (moe.md: no token is ever dropped).
+    let logits = randn(&[5, 4], 1);
+    let gate = logits.topk_gate(params(2, false, 2), None).unwrap();
+    let counts = gate.counts.to_vec();
+    assert_eq!(counts.iter().sum::<f32>(), 10.0);
+    assert!(counts.iter().any(|&c| c > 2.0), "{counts:?}");
+    for pair in gate.indices.to_vec().chunks(2) {
+        assert_ne!(pair[0], pair[1]);
     }
 }

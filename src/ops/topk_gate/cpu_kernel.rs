@@ -2,7 +2,7 @@
 //! weights) except the choice under a capacity, which serves tokens one after another because
 //! each token's room depends on the tokens before it.
 
-use super::{capacity_error, TopkGateBackend, TopkGateParams, TopkGateStorages};
+use super::{TopkGateBackend, TopkGateParams, TopkGateStorages};
 use crate::backend::cpu::{pool, CpuBackend, PAR_CHUNK};
 use crate::error::{Error, Result};
 use crate::tensor::Storage;
@@ -38,14 +38,13 @@ impl TopkGateBackend for CpuBackend {
         let scores: &[f32] = selection.unwrap_or(&probs);
         let mut indices = pool::uninit(tokens * k);
         if params.capacity == 0 {
-            // Cannot fail: every token has E ≥ k experts to choose from.
-            let _ = indices
+            indices
                 .par_chunks_mut(k)
                 .zip(scores.par_chunks(experts))
                 .with_min_len(rows_per_task)
-                .try_for_each(|(chosen, row)| choose_experts(row, chosen, |_| true));
+                .for_each(|(chosen, row)| choose_experts(row, chosen, |_| true));
         } else {
-            choose_with_capacity(scores, &mut indices, tokens, experts, params)?;
+            choose_with_capacity(scores, &mut indices, experts, params);
         }
 
         let mut weights = pool::uninit(tokens * k);
@@ -147,57 +146,47 @@ fn ranks_above(a: f32, b: f32) -> bool {
 }
 
 /// Fills `chosen` slot by slot with the highest-scoring expert of `scores` that is not chosen
-/// yet and `has_room`; scanning experts in increasing order and replacing only on a strictly
-/// better score sends ties to the lower index. `Err(slot)` when no expert qualifies.
-fn choose_experts(
-    scores: &[f32],
-    chosen: &mut [f32],
-    has_room: impl Fn(usize) -> bool,
-) -> std::result::Result<(), usize> {
+/// yet and `has_room`; when every unchosen expert is full, the slot takes the highest-scoring
+/// unchosen expert anyway (it goes over capacity: no token is ever dropped, moe.md §1.4, as in
+/// the PyTorch reference `scripts/fixtures/moe.py`). Scanning experts in increasing order and
+/// replacing only on a strictly better score sends ties to the lower index.
+fn choose_experts(scores: &[f32], chosen: &mut [f32], has_room: impl Fn(usize) -> bool) {
     for slot in 0..chosen.len() {
-        let mut best: Option<usize> = None;
-        for (e, &score) in scores.iter().enumerate() {
-            let taken = chosen[..slot].iter().any(|&c| c as usize == e);
-            if taken || !has_room(e) {
-                continue;
+        let best_where = |room_needed: bool| {
+            let mut best: Option<usize> = None;
+            for (e, &score) in scores.iter().enumerate() {
+                let taken = chosen[..slot].iter().any(|&c| c as usize == e);
+                if taken || (room_needed && !has_room(e)) {
+                    continue;
+                }
+                if best.is_none_or(|b| ranks_above(score, scores[b])) {
+                    best = Some(e);
+                }
             }
-            if best.is_none_or(|b| ranks_above(score, scores[b])) {
-                best = Some(e);
-            }
-        }
-        chosen[slot] = best.ok_or(slot)? as f32;
+            best
+        };
+        // k ≤ E is validated, so an unchosen expert always exists.
+        let best = best_where(true).or_else(|| best_where(false)).unwrap_or(0);
+        chosen[slot] = best as f32;
     }
-    Ok(())
 }
 
-/// The choice under a per-expert capacity: tokens in order, each taking the best experts that
-/// still have room (moe.md §1.4: overflow goes to the next-best expert, no token is dropped).
+/// The choice under a per-expert capacity: tokens in order, each slot taking the best expert
+/// that still has room (overflow goes to the next-best expert with room; if none has room, to
+/// the best unchosen one).
 fn choose_with_capacity(
     scores: &[f32],
     indices: &mut [f32],
-    tokens: usize,
     experts: usize,
     params: TopkGateParams,
-) -> Result<()> {
+) {
     let mut load = vec![0usize; experts];
-    for (t, (chosen, row)) in indices
-        .chunks_mut(params.k)
-        .zip(scores.chunks(experts))
-        .enumerate()
-    {
-        if let Err(slot) = choose_experts(row, chosen, |e| load[e] < params.capacity) {
-            return Err(capacity_error(
-                params,
-                experts,
-                tokens,
-                &format!("; token {t} slot {slot} finds every expert it has not chosen full"),
-            ));
-        }
+    for (chosen, row) in indices.chunks_mut(params.k).zip(scores.chunks(experts)) {
+        choose_experts(row, chosen, |e| load[e] < params.capacity);
         for &e in chosen.iter() {
             load[e as usize] += 1;
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -207,37 +196,33 @@ mod tests {
     #[test]
     fn topk_gate_choice_breaks_ties_low_and_ranks_nan_first() {
         let mut chosen = [0.0; 3];
-        choose_experts(&[0.5, 0.7, 0.7, 0.1], &mut chosen, |_| true).unwrap();
+        choose_experts(&[0.5, 0.7, 0.7, 0.1], &mut chosen, |_| true);
         assert_eq!(chosen, [1.0, 2.0, 0.0]);
-        choose_experts(&[0.5, f32::NAN, 0.9, f32::NAN], &mut chosen, |_| true).unwrap();
+        choose_experts(&[0.5, f32::NAN, 0.9, f32::NAN], &mut chosen, |_| true);
         assert_eq!(chosen, [1.0, 3.0, 2.0]);
     }
 
     #[test]
-    fn topk_gate_choice_skips_full_experts_and_reports_the_slot() {
+    fn topk_gate_choice_skips_full_experts_then_falls_back_to_the_best_unchosen() {
         let mut chosen = [0.0; 2];
-        choose_experts(&[0.9, 0.8, 0.1], &mut chosen, |e| e != 0).unwrap();
+        choose_experts(&[0.9, 0.8, 0.1], &mut chosen, |e| e != 0);
         assert_eq!(chosen, [1.0, 2.0]);
-        assert_eq!(
-            choose_experts(&[0.9, 0.8, 0.1], &mut chosen, |e| e == 1),
-            Err(1)
-        );
+        // Only expert 1 has room: slot 0 takes it, slot 1 falls back to the best of the rest.
+        choose_experts(&[0.9, 0.8, 0.1], &mut chosen, |e| e == 1);
+        assert_eq!(chosen, [1.0, 0.0]);
     }
 
     #[test]
-    fn topk_gate_greedy_capacity_dead_end_is_an_error_naming_the_token() {
-        // c·E = k·T = 6, yet the greedy order leaves token 2 only its own first choice.
+    fn topk_gate_greedy_capacity_dead_end_overflows_instead_of_dropping() {
+        // c·E = k·T = 6, yet the greedy order leaves token 2 only its own first choice with
+        // room: its second slot goes over capacity to its best unchosen expert.
         let scores = [0.5, 0.3, 0.2, 0.5, 0.3, 0.2, 0.2, 0.3, 0.5];
         let mut indices = [0.0; 6];
         let params = TopkGateParams {
             capacity: 2,
             ..TopkGateParams::new(2)
         };
-        let err = choose_with_capacity(&scores, &mut indices, 3, 3, params).unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.contains("c = 2") && text.contains("token 2 slot 1"),
-            "{text}"
-        );
+        choose_with_capacity(&scores, &mut indices, 3, params);
+        assert_eq!(indices, [0.0, 1.0, 0.0, 1.0, 2.0, 1.0]);
     }
 }

@@ -83,8 +83,7 @@ pub struct TopkGateStorages {
 pub trait TopkGateBackend {
     /// Everything of the forward in one call: `probs = softmax(logits)` (stable, per token),
     /// the choice made on `selection` (or on `probs` when `None`), the weights and both count
-    /// vectors (see the module doc). Fails when a capacity leaves a token's slot without an
-    /// expert that has room.
+    /// vectors (see the module doc).
     fn topk_gate_forward(
         &self,
         logits: &Storage,
@@ -117,8 +116,9 @@ impl Tensor {
     /// a NaN score counts as larger than every number (as in [`Tensor::topk`]). With a
     /// capacity `c > 0` tokens are served in order `t = 0..T`, each token's slots in rank
     /// order, each slot taking the best expert this token has not chosen yet whose count is
-    /// below `c`; it is an error when no such expert is left (always when `c·E < k·T`, and in
-    /// rare greedy dead ends for `k > 1`).
+    /// below `c`; when no such expert is left (always when `c·E < k·T`, and in rare greedy
+    /// dead ends for `k > 1`) the slot takes the best expert not chosen yet, over capacity, so
+    /// no token is dropped (as the PyTorch reference in `scripts/fixtures/moe.py`).
     pub fn topk_gate(
         &self,
         params: TopkGateParams,
@@ -127,7 +127,7 @@ impl Tensor {
         const OP: &str = "topk_gate";
         self.expect_rank(OP, "logits", 2)?;
         let (tokens, experts) = (self.dims()[0], self.dims()[1]);
-        check_params(params, tokens, experts)?;
+        check_params(params, experts)?;
         if let Some(selection) = selection {
             self.same_device(OP, selection)?;
             if selection.shape() != self.shape() {
@@ -201,12 +201,11 @@ impl Tensor {
     }
 }
 
-/// Checks `k`, `eps` and that a capacity can hold all `k·T` assignments.
-fn check_params(params: TopkGateParams, tokens: usize, experts: usize) -> Result<()> {
+/// Checks `k` and `eps`. Any capacity is accepted: when a token finds every unchosen expert
+/// full, it goes over capacity rather than being dropped.
+fn check_params(params: TopkGateParams, experts: usize) -> Result<()> {
     const OP: &str = "topk_gate";
-    let TopkGateParams {
-        k, capacity, eps, ..
-    } = params;
+    let TopkGateParams { k, eps, .. } = params;
     if k == 0 || k > experts {
         return Err(Error::invalid(
             OP,
@@ -219,28 +218,5 @@ fn check_params(params: TopkGateParams, tokens: usize, experts: usize) -> Result
             format!("eps = {eps} must be finite and non-negative"),
         ));
     }
-    if capacity > 0 && capacity * experts < k * tokens {
-        return Err(capacity_error(params, experts, tokens, ""));
-    }
     Ok(())
-}
-
-/// The error for a capacity too small to place every token's `k` choices; `detail` is
-/// appended (which token got stuck, when the kernel finds out).
-pub(crate) fn capacity_error(
-    params: TopkGateParams,
-    experts: usize,
-    tokens: usize,
-    detail: &str,
-) -> Error {
-    let TopkGateParams { k, capacity, .. } = params;
-    Error::invalid(
-        "topk_gate",
-        format!(
-            "capacity c = {capacity} per expert cannot place k = {k} distinct experts for each of \
-             T = {tokens} tokens over E = {experts} experts (c·E = {}, k·T = {}){detail}",
-            capacity * experts,
-            k * tokens
-        ),
-    )
 }
