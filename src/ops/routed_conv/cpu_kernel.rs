@@ -407,7 +407,7 @@ fn expert_convolutions(
         .tiles
         .par_iter()
         .for_each_init(Scratch::default, |buffers, tile| {
-            let out_ptr = out_ptr;
+            let ptr = out_ptr; // the whole `SendPtr`, not its raw field
             let segments = tiles.segments(plan, tile);
             let cols = tile.columns.len();
             let weight = &weights[tile.expert * weight_len..][..weight_len];
@@ -436,7 +436,7 @@ fn expert_convolutions(
                         // Cout, positions ⊂ 0..P), and each (assignment, channel, position) is
                         // written by exactly one task: the tile owning that column of the one
                         // expert the assignment is routed to. `out` outlives the loop.
-                        let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(at), len) };
+                        let row = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(at), len) };
                         for (y, &v) in row.iter_mut().zip(&values[seg.offset..seg.offset + len]) {
                             *y = v + b;
                         }
