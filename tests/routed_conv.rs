@@ -266,11 +266,12 @@ fn repeated_expert_in_one_token_adds_up() {
 
 #[test]
 fn large_tokens_split_into_several_column_tiles() {
-    // K = 32·9 = 288 im2col rows, 22×22 outputs per token: tiles both span and split tokens.
+    // K = 32·9 = 288 im2col rows allow 910 columns per tile: the 32×32 outputs of a token are
+    // split in two tiles (small tokens elsewhere share tiles).
     let ids: Vec<usize> = (0..16).map(|i| (i * 5 + i / 3) % 4).collect();
     let case = Case::new(
-        "E=4 k=2 32→16 24x24 tokens",
-        [8, 32, 24, 24],
+        "E=4 k=2 32→16 34x34 tokens",
+        [8, 32, 34, 34],
         4,
         16,
         [3, 3],
