@@ -14,7 +14,7 @@ use std::ops::Range;
 
 /// Column-buffer budget per task in elements (1 MiB of f32): a tile of output positions has
 /// at most this many im2col entries, whatever the image size.
-pub(super) const COL_TILE_ELEMS: usize = 1 << 18;
+pub(crate) const COL_TILE_ELEMS: usize = 1 << 18;
 
 /// Fewest output positions per tile (narrower GEMMs waste their packing).
 const MIN_TILE_POSITIONS: usize = 64;
@@ -61,7 +61,7 @@ struct Scratch {
 }
 
 /// `buffer[..len]`, grown as needed.
-fn scratch(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(crate) fn scratch(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buffer.len() < len {
         buffer.resize(len, 0.0);
     }
@@ -244,21 +244,7 @@ pub(super) fn stride1_input_backward(
     if padding.iter().any(|&v| v < 0) {
         return None;
     }
-    let (in_group, out_group, taps) = (
-        geometry.in_channels_per_group(),
-        geometry.out_channels_per_group(),
-        geometry.taps(),
-    );
-    let mut flipped = crate::backend::cpu::pool::zeroed(weight.len());
-    for (row, flipped_row) in flipped.chunks_mut(out_group * taps).enumerate() {
-        let (group, c) = (row / in_group, row % in_group);
-        for (o, flipped_taps) in flipped_row.chunks_mut(taps).enumerate() {
-            let source = &weight[((group * out_group + o) * in_group + c) * taps..][..taps];
-            for (f, &w) in flipped_taps.iter_mut().zip(source.iter().rev()) {
-                *f = w;
-            }
-        }
-    }
+    let flipped = flipped_weight(geometry, weight);
     let adjoint = Conv2dGeometry {
         batch: geometry.batch,
         in_channels: geometry.out_channels,
@@ -272,6 +258,27 @@ pub(super) fn stride1_input_backward(
         },
     };
     Some(forward(&adjoint, grad_out, &flipped, None, col_budget))
+}
+
+/// The weight of the adjoint convolution of a stride-1 conv: `W'[g·Cin/g + c, o, tap] =
+/// W[g·Cout/g + o, c, taps − 1 − tap]` (kernel flipped, channel roles swapped within each group).
+pub(crate) fn flipped_weight(geometry: &Conv2dGeometry, weight: &[f32]) -> Vec<f32> {
+    let (in_group, out_group, taps) = (
+        geometry.in_channels_per_group(),
+        geometry.out_channels_per_group(),
+        geometry.taps(),
+    );
+    let mut flipped = crate::backend::cpu::pool::zeroed(weight.len());
+    for (row, flipped_row) in flipped.chunks_mut((out_group * taps).max(1)).enumerate() {
+        let (group, c) = (row / in_group, row % in_group);
+        for (o, flipped_taps) in flipped_row.chunks_mut(taps).enumerate() {
+            let source = &weight[((group * out_group + o) * in_group + c) * taps..][..taps];
+            for (f, &w) in flipped_taps.iter_mut().zip(source.iter().rev()) {
+                *f = w;
+            }
+        }
+    }
+    flipped
 }
 
 /// Weight gradient of a general convolution: the (image, tile) items are cut into a fixed

@@ -8,7 +8,7 @@ use std::ops::Range;
 /// Kernel tap `tap = ki·kw + kj` on output row `oh`: output columns `ow_start..ow_end` read
 /// input row `ih` at columns `iw_start + (ow − ow_start)·stride_w`, all inside the image.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct TapRow {
+pub(crate) struct TapRow {
     pub tap: usize,
     pub oh: usize,
     pub ih: usize,
@@ -40,7 +40,7 @@ fn valid_outputs(
 
 /// Calls `f` for every kernel tap (outer loop) and output row (inner loop) touching the
 /// flattened output positions `positions` (`oh·Wo + ow`), restricted to taps inside the input.
-pub(super) fn for_each_tap_row(
+pub(crate) fn for_each_tap_row(
     geometry: &Conv2dGeometry,
     positions: Range<usize>,
     mut f: impl FnMut(TapRow),

@@ -9,8 +9,8 @@
 
 mod cpu_kernel;
 mod depthwise;
-mod gemm_paths;
-mod im2col;
+pub(crate) mod gemm_paths;
+pub(crate) mod im2col;
 #[cfg(test)]
 mod tests;
 

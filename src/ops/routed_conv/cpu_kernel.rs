@@ -1,6 +1,569 @@
-//! CPU kernels of this family.
+//! CPU kernels of the routed convolution.
+//!
+//! Every kernel starts from the [`RoutingPlan`] (assignments grouped by expert). An expert's
+//! *columns* are the output positions of all its assignments, flattened `i·P + p` (i-th
+//! assignment, position `p` of `P`); they are cut into [`ColumnTile`]s whose im2col buffer
+//! stays within a fixed budget, and a tile may span several small tokens so the GEMMs stay
+//! wide. Tasks (expert, tile) run in parallel; each builds its tile's im2col straight from the
+//! tokens it covers (no per-expert copies of the tokens) and multiplies by the expert's weight.
+//!
+//! - forward: slot outputs `s[a] = W_e · col + b_e` written per assignment, then combined per
+//!   token in slot order;
+//! - tokens gradient: the adjoint of a VALID stride-1 conv is a fully padded conv with the
+//!   flipped kernel, so it is the same expert engine run on `∂L/∂y` with flipped weights,
+//!   combined with the routing weights;
+//! - weights gradient: per expert, `Σ_tiles (w·∂L/∂y)[:, tile] · colᵀ`, tiles gathered into a
+//!   fixed set of chunks whose partial sums are added in order (deterministic);
+//! - biases and routing-weight gradients: per-token channel sums and dot products.
 
-use super::RoutedConvBackend;
-use crate::backend::cpu::CpuBackend;
+use super::{RoutedConvBackend, RoutedConvGeometry, RoutingPlan};
+use crate::backend::cpu::gemm::{gemm, Operand};
+use crate::backend::cpu::{pool, CpuBackend, SendPtr, PAR_CHUNK};
+use crate::error::{Error, Result};
+use crate::ops::conv::gemm_paths::{flipped_weight, scratch, COL_TILE_ELEMS};
+use crate::ops::conv::im2col::for_each_tap_row;
+use crate::ops::conv::{Conv2dGeometry, Conv2dParams};
+use crate::tensor::Storage;
+use rayon::prelude::*;
+use std::ops::Range;
 
-impl RoutedConvBackend for CpuBackend {}
+/// Fewest columns per tile (narrower GEMMs waste their packing).
+const MIN_TILE_COLUMNS: usize = 64;
+
+/// Budget (elements) for the per-chunk partial weight gradients.
+const WEIGHT_PARTIALS_ELEMS: usize = 1 << 24;
+
+impl RoutedConvBackend for CpuBackend {
+    fn routed_conv_expert_outputs(
+        &self,
+        tokens: &Storage,
+        weights: &Storage,
+        biases: Option<&Storage>,
+        indices: &Storage,
+        geometry: RoutedConvGeometry,
+    ) -> Result<Storage> {
+        let op = "routed_conv_expert_outputs";
+        let conv = geometry.token_conv();
+        let plan = routing_plan(op, indices, &geometry)?;
+        let tokens = cpu_slice(op, "tokens", tokens, geometry.tokens_len())?;
+        let weights = cpu_slice(op, "weights", weights, stacked_weight_len(&geometry))?;
+        let biases = biases
+            .map(|b| cpu_slice(op, "biases", b, geometry.experts * geometry.out_channels))
+            .transpose()?;
+        let out = expert_convolutions(&conv, tokens, weights, biases, &plan);
+        Ok(Storage::cpu(out))
+    }
+
+    fn routed_conv_combine(
+        &self,
+        slot_outputs: &Storage,
+        routing_weights: &Storage,
+        geometry: RoutedConvGeometry,
+    ) -> Result<Storage> {
+        let op = "routed_conv_combine";
+        let slots = cpu_slice(
+            op,
+            "slot outputs",
+            slot_outputs,
+            geometry.slot_outputs_len(),
+        )?;
+        let routing = cpu_slice(
+            op,
+            "routing weights",
+            routing_weights,
+            routing_len(&geometry),
+        )?;
+        let per_token = geometry.token_conv().output_len();
+        Ok(Storage::cpu(combine(
+            slots,
+            routing,
+            geometry.slots,
+            per_token,
+        )))
+    }
+
+    fn routed_conv_tokens_backward(
+        &self,
+        grad_out: &Storage,
+        weights: &Storage,
+        indices: &Storage,
+        routing_weights: &Storage,
+        geometry: RoutedConvGeometry,
+    ) -> Result<Storage> {
+        let op = "routed_conv_tokens_backward";
+        let conv = geometry.token_conv();
+        let plan = routing_plan(op, indices, &geometry)?;
+        let grad_out = cpu_slice(op, "grad_out", grad_out, geometry.output_len())?;
+        let weights = cpu_slice(op, "weights", weights, stacked_weight_len(&geometry))?;
+        let routing = cpu_slice(
+            op,
+            "routing weights",
+            routing_weights,
+            routing_len(&geometry),
+        )?;
+        let weight_len = geometry.expert_weight_len();
+        let flipped: Vec<f32> = weights
+            .par_chunks(weight_len.max(1))
+            .flat_map_iter(|w| flipped_weight(&conv, w))
+            .collect();
+        let slot_grads = expert_convolutions(&adjoint(&conv), grad_out, &flipped, None, &plan);
+        let per_token = conv.input_len();
+        Ok(Storage::cpu(combine(
+            &slot_grads,
+            routing,
+            geometry.slots,
+            per_token,
+        )))
+    }
+
+    fn routed_conv_expert_weights_backward(
+        &self,
+        grad_out: &Storage,
+        tokens: &Storage,
+        indices: &Storage,
+        routing_weights: &Storage,
+        geometry: RoutedConvGeometry,
+    ) -> Result<Storage> {
+        let op = "routed_conv_expert_weights_backward";
+        let plan = routing_plan(op, indices, &geometry)?;
+        let grad_out = cpu_slice(op, "grad_out", grad_out, geometry.output_len())?;
+        let tokens = cpu_slice(op, "tokens", tokens, geometry.tokens_len())?;
+        let routing = cpu_slice(
+            op,
+            "routing weights",
+            routing_weights,
+            routing_len(&geometry),
+        )?;
+        let grad =
+            expert_weight_gradients(&geometry.token_conv(), grad_out, tokens, routing, &plan);
+        Ok(Storage::cpu(grad))
+    }
+
+    fn routed_conv_expert_biases_backward(
+        &self,
+        grad_out: &Storage,
+        indices: &Storage,
+        routing_weights: &Storage,
+        geometry: RoutedConvGeometry,
+    ) -> Result<Storage> {
+        let op = "routed_conv_expert_biases_backward";
+        let plan = routing_plan(op, indices, &geometry)?;
+        let grad_out = cpu_slice(op, "grad_out", grad_out, geometry.output_len())?;
+        let routing = cpu_slice(
+            op,
+            "routing weights",
+            routing_weights,
+            routing_len(&geometry),
+        )?;
+        let channels = geometry.out_channels;
+        let pixels = geometry.out_size[0] * geometry.out_size[1];
+        // s[t, o] = Σ_p ∂L/∂y[t, o, p], then ∂b_e[o] = Σ_{a of e, in order} w[a]·s[t(a), o].
+        let mut sums = pool::uninit(geometry.tokens * channels);
+        sums.par_iter_mut()
+            .zip(grad_out.par_chunks(pixels.max(1)))
+            .for_each(|(s, row)| *s = row.iter().sum());
+        let mut grad = pool::zeroed(geometry.experts * channels);
+        grad.par_chunks_mut(channels.max(1))
+            .enumerate()
+            .for_each(|(e, grad_e)| {
+                for &a in plan.assignments_of(e) {
+                    let t = plan.token_of(a);
+                    for (g, &s) in grad_e.iter_mut().zip(&sums[t * channels..]) {
+                        *g += routing[a] * s;
+                    }
+                }
+            });
+        Ok(Storage::cpu(grad))
+    }
+
+    fn routed_conv_routing_weights_backward(
+        &self,
+        grad_out: &Storage,
+        slot_outputs: &Storage,
+        geometry: RoutedConvGeometry,
+    ) -> Result<Storage> {
+        let op = "routed_conv_routing_weights_backward";
+        let grad_out = cpu_slice(op, "grad_out", grad_out, geometry.output_len())?;
+        let slots = cpu_slice(
+            op,
+            "slot outputs",
+            slot_outputs,
+            geometry.slot_outputs_len(),
+        )?;
+        let per_token = geometry.token_conv().output_len();
+        let k = geometry.slots;
+        // ⟨∂L/∂y[t], s[t, j]⟩ over fixed chunks, each summed in f64, chunks added in order.
+        let mut grad = pool::uninit(geometry.tokens * k);
+        grad.par_iter_mut().enumerate().for_each(|(a, g)| {
+            let dy = &grad_out[(a / k) * per_token..][..per_token];
+            let s = &slots[a * per_token..][..per_token];
+            let partials: Vec<f64> = dy
+                .par_chunks(PAR_CHUNK)
+                .zip(s.par_chunks(PAR_CHUNK))
+                .map(|(x, y)| x.iter().zip(y).map(|(&x, &y)| x as f64 * y as f64).sum())
+                .collect();
+            *g = partials.iter().sum::<f64>() as f32;
+        });
+        Ok(Storage::cpu(grad))
+    }
+}
+
+/// The host slice of `storage`, checked to hold `len` elements.
+fn cpu_slice<'a>(
+    op: &'static str,
+    name: &str,
+    storage: &'a Storage,
+    len: usize,
+) -> Result<&'a [f32]> {
+    let data = storage.as_cpu(op)?;
+    if data.len() != len {
+        return Err(Error::shape(
+            op,
+            format!("{name} has {} elements, expected {len}", data.len()),
+        ));
+    }
+    Ok(data)
+}
+
+fn routing_plan(
+    op: &'static str,
+    indices: &Storage,
+    geometry: &RoutedConvGeometry,
+) -> Result<RoutingPlan> {
+    let indices = cpu_slice(op, "indices", indices, routing_len(geometry))?;
+    RoutingPlan::new(indices, geometry.tokens, geometry.slots, geometry.experts)
+}
+
+fn routing_len(geometry: &RoutedConvGeometry) -> usize {
+    geometry.tokens * geometry.slots
+}
+
+fn stacked_weight_len(geometry: &RoutedConvGeometry) -> usize {
+    geometry.experts * geometry.expert_weight_len()
+}
+
+/// The convolution whose forward is the input gradient of the VALID stride-1 `conv`: input
+/// and output swap roles, padded by `dilation·(k − 1)` on every side (used with
+/// [`flipped_weight`]).
+fn adjoint(conv: &Conv2dGeometry) -> Conv2dGeometry {
+    let [dh, dw] = conv.params.dilation;
+    let reach = [dh * (conv.kernel[0] - 1), dw * (conv.kernel[1] - 1)];
+    Conv2dGeometry {
+        batch: 1,
+        in_channels: conv.out_channels,
+        in_size: conv.out_size,
+        out_channels: conv.in_channels,
+        kernel: conv.kernel,
+        out_size: conv.in_size,
+        params: Conv2dParams {
+            padding: [reach[0], reach[0], reach[1], reach[1]],
+            ..conv.params
+        },
+    }
+}
+
+/// `y[t] = Σ_j w[t, j] · slots[t, j]` for `[T, k, per_token]` slots, in slot order; parallel
+/// over tokens and chunks of each token.
+fn combine(slots: &[f32], routing: &[f32], k: usize, per_token: usize) -> Vec<f32> {
+    let tokens = routing.len() / k.max(1);
+    let mut out = pool::uninit(tokens * per_token);
+    out.par_chunks_mut(per_token.max(1))
+        .enumerate()
+        .for_each(|(t, y)| {
+            y.par_chunks_mut(PAR_CHUNK)
+                .enumerate()
+                .for_each(|(chunk, y)| {
+                    y.fill(0.0);
+                    for j in 0..k {
+                        let w = routing[t * k + j];
+                        let s = &slots[(t * k + j) * per_token + chunk * PAR_CHUNK..];
+                        for (y, &s) in y.iter_mut().zip(s) {
+                            *y += w * s;
+                        }
+                    }
+                });
+        });
+    out
+}
+
+/// A range of one expert's columns (`i·P + p`: position `p` of its i-th assignment).
+#[derive(Clone, Debug)]
+struct ColumnTile {
+    expert: usize,
+    columns: Range<usize>,
+}
+
+/// The part of a tile inside one assignment: positions `positions` of assignment `assignment`
+/// (token `token`) are the tile's columns `offset..offset + positions.len()`.
+#[derive(Clone, Debug)]
+struct Segment {
+    assignment: usize,
+    token: usize,
+    positions: Range<usize>,
+    offset: usize,
+}
+
+/// All experts' columns cut into tiles of at most `tile_len` columns.
+struct ColumnTiles {
+    positions: usize,
+    tiles: Vec<ColumnTile>,
+}
+
+impl ColumnTiles {
+    /// Tiles whose im2col buffer (`col_rows` rows) stays within [`COL_TILE_ELEMS`] and, when
+    /// there are enough columns, that give at least `min_tasks` tiles; aligned with tokens
+    /// (several whole tokens, or equal parts of one), which keeps the GEMMs regular: tiles
+    /// straddling token boundaries measured ~1.5× slower.
+    fn new(plan: &RoutingPlan, positions: usize, col_rows: usize, min_tasks: usize) -> Self {
+        let positions = positions.max(1);
+        let columns = |e| plan.assignments_of(e).len() * positions;
+        let total: usize = (0..plan.experts()).map(columns).sum();
+        let by_memory = (COL_TILE_ELEMS / col_rows.max(1)).max(MIN_TILE_COLUMNS);
+        let by_parallelism = total.div_ceil(min_tasks.max(1)).max(MIN_TILE_COLUMNS);
+        let longest = by_memory.min(by_parallelism);
+        // Align tiles with tokens: whole tokens when they fit, else equal parts of one token.
+        let tile_len = if longest >= positions {
+            longest / positions * positions
+        } else {
+            positions.div_ceil(positions.div_ceil(longest))
+        };
+        // Units of whole tokens, each cut into tiles (one per unit unless a token is split).
+        let unit = tile_len.max(positions);
+        let mut tiles = Vec::new();
+        for expert in 0..plan.experts() {
+            let end = columns(expert);
+            for unit_start in (0..end).step_by(unit) {
+                let unit_end = (unit_start + unit).min(end);
+                for start in (unit_start..unit_end).step_by(tile_len) {
+                    let columns = start..(start + tile_len).min(unit_end);
+                    tiles.push(ColumnTile { expert, columns });
+                }
+            }
+        }
+        ColumnTiles { positions, tiles }
+    }
+
+    /// The segments of `tile`, in column order.
+    fn segments(&self, plan: &RoutingPlan, tile: &ColumnTile) -> Vec<Segment> {
+        let (p, Range { start, end }) = (self.positions, tile.columns.clone());
+        let assignments = plan.assignments_of(tile.expert);
+        (start / p..end.div_ceil(p))
+            .map(|i| {
+                let (first, last) = (start.max(i * p), end.min((i + 1) * p));
+                let assignment = assignments[i];
+                Segment {
+                    assignment,
+                    token: plan.token_of(assignment),
+                    positions: first - i * p..last - i * p,
+                    offset: first - start,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The im2col matrix `[Cin/g · taps, cols]` of group `group` over a tile's segments, read
+/// straight from `source` (`[T, Cin, in_pixels]`); zero where a tap falls in the padding.
+fn im2col_tile(
+    conv: &Conv2dGeometry,
+    source: &[f32],
+    group: usize,
+    segments: &[Segment],
+    cols: usize,
+    col: &mut [f32],
+) {
+    let (in_group, taps, in_pixels) = (conv.in_channels_per_group(), conv.taps(), conv.in_pixels());
+    let (out_width, in_width) = (conv.out_size[1], conv.in_size[1]);
+    if conv.params.padding != [0; 4] {
+        col.fill(0.0);
+    }
+    for seg in segments {
+        let x = &source[(seg.token * conv.in_channels + group * in_group) * in_pixels..];
+        for (plane, rows) in x
+            .chunks(in_pixels)
+            .zip(col.chunks_mut(taps * cols))
+            .take(in_group)
+        {
+            for_each_tap_row(conv, seg.positions.clone(), |r| {
+                let at =
+                    r.tap * cols + seg.offset + r.oh * out_width + r.ow_start - seg.positions.start;
+                rows[at..at + r.len()]
+                    .copy_from_slice(&plane[r.ih * in_width + r.iw_start..][..r.len()]);
+            });
+        }
+    }
+}
+
+/// Reusable per-worker buffers.
+#[derive(Default)]
+struct Scratch {
+    col: Vec<f32>,
+    block: Vec<f32>,
+}
+
+/// `out[a] = b_e + conv_e(source[token(a)])` for every assignment `a` of `plan` (shape
+/// `[T·k, Cout, P]`, `conv` the per-token geometry): per (expert, tile) and group, im2col, one
+/// GEMM `W_e,g · col`, and the block's pieces written to the assignments' output rows.
+fn expert_convolutions(
+    conv: &Conv2dGeometry,
+    source: &[f32],
+    weights: &[f32],
+    biases: Option<&[f32]>,
+    plan: &RoutingPlan,
+) -> Vec<f32> {
+    let (groups, k, weight_len) = (conv.params.groups, conv.col_rows(), conv.weight_len());
+    let (out_group, pixels) = (conv.out_channels_per_group(), conv.out_pixels());
+    let tiles = ColumnTiles::new(plan, pixels, k, 4 * rayon::current_num_threads());
+    let mut out = pool::uninit(plan.assignment_count() * conv.output_len());
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    tiles
+        .tiles
+        .par_iter()
+        .for_each_init(Scratch::default, |buffers, tile| {
+            let ptr = out_ptr; // the whole `SendPtr`, not its raw field
+            let segments = tiles.segments(plan, tile);
+            let cols = tile.columns.len();
+            let weight = &weights[tile.expert * weight_len..][..weight_len];
+            for group in 0..groups {
+                let col = scratch(&mut buffers.col, k * cols);
+                im2col_tile(conv, source, group, &segments, cols, col);
+                let block = scratch(&mut buffers.block, out_group * cols);
+                gemm(
+                    out_group,
+                    cols,
+                    k,
+                    Operand::plain(&weight[group * out_group * k..][..out_group * k]),
+                    Operand::plain(&buffers.col[..k * cols]),
+                    block,
+                    0.0,
+                );
+                for seg in &segments {
+                    for (o, values) in block.chunks(cols).enumerate() {
+                        let channel = group * out_group + o;
+                        let b =
+                            biases.map_or(0.0, |b| b[tile.expert * conv.out_channels + channel]);
+                        let at = (seg.assignment * conv.out_channels + channel) * pixels
+                            + seg.positions.start;
+                        let len = seg.positions.len();
+                        // SAFETY: `at..at + len` lies inside `out` (assignment < T·k, channel <
+                        // Cout, positions ⊂ 0..P), and each (assignment, channel, position) is
+                        // written by exactly one task: the tile owning that column of the one
+                        // expert the assignment is routed to. `out` outlives the loop.
+                        let row = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(at), len) };
+                        for (y, &v) in row.iter_mut().zip(&values[seg.offset..seg.offset + len]) {
+                            *y = v + b;
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// `∂L/∂W_e = Σ_{a of e} w[a] · ∂L/∂y[t(a)] ⋆ im2col(tokens[t(a)])ᵀ`, `[E, weight_len]`: each
+/// chunk of consecutive tiles of one expert accumulates a partial gradient, and each expert's
+/// partials are added in chunk order.
+fn expert_weight_gradients(
+    conv: &Conv2dGeometry,
+    grad_out: &[f32],
+    tokens: &[f32],
+    routing: &[f32],
+    plan: &RoutingPlan,
+) -> Vec<f32> {
+    let threads = rayon::current_num_threads();
+    let (groups, k, weight_len) = (conv.params.groups, conv.col_rows(), conv.weight_len());
+    let (out_group, pixels) = (conv.out_channels_per_group(), conv.out_pixels());
+    let tiles = ColumnTiles::new(plan, pixels, k, 2 * threads);
+    let max_partials = (WEIGHT_PARTIALS_ELEMS / weight_len.max(1)).clamp(1, 2 * threads);
+    let per_chunk = tiles.tiles.len().div_ceil(max_partials).max(1);
+    // Chunks: runs of at most `per_chunk` consecutive tiles of the same expert.
+    let mut chunks: Vec<(usize, Range<usize>)> = Vec::new();
+    for (i, tile) in tiles.tiles.iter().enumerate() {
+        match chunks.last_mut() {
+            Some((e, range)) if *e == tile.expert && range.len() < per_chunk => range.end = i + 1,
+            _ => chunks.push((tile.expert, i..i + 1)),
+        }
+    }
+    let partials: Vec<Vec<f32>> = chunks
+        .par_iter()
+        .map(|(_, range)| {
+            let mut partial = pool::zeroed(weight_len);
+            let mut buffers = Scratch::default();
+            for tile in &tiles.tiles[range.clone()] {
+                let segments = tiles.segments(plan, tile);
+                let cols = tile.columns.len();
+                for group in 0..groups {
+                    let col = scratch(&mut buffers.col, k * cols);
+                    im2col_tile(conv, tokens, group, &segments, cols, col);
+                    // (w·∂L/∂y)[group's channels, tile columns]
+                    let block = scratch(&mut buffers.block, out_group * cols);
+                    for seg in &segments {
+                        let w = routing[seg.assignment];
+                        let len = seg.positions.len();
+                        for (o, row) in block.chunks_mut(cols).enumerate() {
+                            let channel = group * out_group + o;
+                            let dy = &grad_out[(seg.token * conv.out_channels + channel)
+                                * pixels
+                                + seg.positions.start..][..len];
+                            for (b, &g) in row[seg.offset..seg.offset + len].iter_mut().zip(dy) {
+                                *b = w * g;
+                            }
+                        }
+                    }
+                    gemm(
+                        out_group,
+                        k,
+                        cols,
+                        Operand::plain(&buffers.block[..out_group * cols]),
+                        Operand::transposed(&buffers.col[..k * cols]),
+                        &mut partial[group * out_group * k..][..out_group * k],
+                        1.0,
+                    );
+                }
+            }
+            partial
+        })
+        .collect();
+    let mut grad = pool::zeroed(plan.experts() * weight_len);
+    grad.par_chunks_mut(weight_len.max(1))
+        .enumerate()
+        .for_each(|(e, grad_e)| {
+            for ((_, _), partial) in chunks.iter().zip(&partials).filter(|((c, _), _)| *c == e) {
+                for (g, &p) in grad_e.iter_mut().zip(partial) {
+                    *g += p;
+                }
+            }
+        });
+    grad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Expert 0 has assignments 0, 2, 3 (three tokens of `positions` columns each).
+    fn plan() -> RoutingPlan {
+        RoutingPlan::new(&[0.0, 1.0, 0.0, 0.0], 4, 1, 2).unwrap()
+    }
+
+    #[test]
+    fn small_tokens_share_tiles_and_large_ones_are_split() {
+        // 40 positions, a memory bound of 87 columns: whole tokens, two per tile.
+        let tiles = ColumnTiles::new(&plan(), 40, 3000, 1);
+        let first = &tiles.tiles[0];
+        assert_eq!((first.expert, first.columns.clone()), (0, 0..80));
+        let segments = tiles.segments(&plan(), first);
+        assert_eq!(segments.len(), 2);
+        assert_eq!((segments[1].token, segments[1].offset), (2, 40));
+        // 1000 positions with a 455-column memory bound: each token in 3 tiles of 334.
+        let tiles = ColumnTiles::new(&plan(), 1000, 576, 1);
+        let expert0: Vec<_> = tiles.tiles.iter().filter(|t| t.expert == 0).collect();
+        assert_eq!(expert0.len(), 9);
+        let segments = tiles.segments(&plan(), expert0[4]);
+        assert_eq!(segments.len(), 1);
+        assert_eq!(
+            (segments[0].token, segments[0].positions.clone()),
+            (2, 334..668)
+        );
+    }
+}
