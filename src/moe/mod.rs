@@ -5,6 +5,8 @@
 //!   logits, with PyTorch's state-dict keys.
 //! - [`balance`]: the load-balancing losses on the clean routing probabilities.
 //! - [`selection`]: noisy top-k selection scores and the per-expert capacity.
+//! - [`patch_conv_moe`]: the PatchConvMoE layer (also image-level ConvMoE), its replacement of
+//!   a conv by path and the network-wide balancing loss.
 //! - [`stats`]: routing statistics over an evaluation set (usage, NRE, TEC, co-activation,
 //!   expert×class).
 //!
@@ -13,10 +15,15 @@
 
 pub mod balance;
 pub mod gate;
+pub mod patch_conv_moe;
 pub mod selection;
 pub mod stats;
 
 pub use balance::{entropy, BalanceInputs, BalanceLoss};
 pub use gate::{Gate, GateConfig, GateKind};
+pub use patch_conv_moe::{
+    balance_loss, replace_conv_with_moe, ExpertInit, Granularity, PatchConvMoE, PatchConvMoeConfig,
+    RoutingRecord,
+};
 pub use selection::{capacity, noisy_selection};
 pub use stats::{RoutingReport, RoutingStats};
