@@ -441,3 +441,116 @@ fn replacement_by_path_fixed_expert_and_reduction() {
     assert!(moe.set_fixed_expert(Some(4)).is_err());
     moe.set_fixed_expert(None).unwrap();
 }
+
+#[test]
+fn labels_reach_the_patch_grid_and_routing_stats_are_collected() {
+    use moeseg::moe::{collect_routing_stats, token_class_histograms};
+    use moeseg::ops::patch_grid::PatchGrid;
+    // Labels 4×4 over a 2×2 feature map cut into 1×1 patches: each 2×2 label block is a token.
+    #[rustfmt::skip]
+    let labels = Tensor::from_vec(vec![
+        0.0, 0.0, 1.0, 1.0,
+        0.0, 255.0, 1.0, 2.0,
+        2.0, 2.0, 0.0, 0.0,
+        2.0, 2.0, 0.0, 1.0,
+    ], [1, 4, 4]).unwrap();
+    let grid = PatchGrid::from_grid(1, 3, 2, 2, 2, [0, 0]).unwrap();
+    let hist = token_class_histograms(&labels, grid, 3).unwrap();
+    #[rustfmt::skip]
+    let expected = vec![
+        3.0, 0.0, 0.0, // top-left: three 0s and one ignored pixel
+        0.0, 3.0, 1.0, // top-right
+        0.0, 0.0, 4.0, // bottom-left
+        3.0, 1.0, 0.0, // bottom-right
+    ];
+    assert_eq!(hist.to_vec(), expected);
+
+    moeseg::tensor::manual_seed(8);
+    let mut net = Sequential::default().push(Conv2d::new(3, 4, 3, 1, 1, 1, 1, true).unwrap());
+    let config = PatchConvMoeConfig {
+        num_experts: 4,
+        k: 2,
+        granularity: Granularity::Grid(2),
+        ..PatchConvMoeConfig::default()
+    };
+    replace_conv_with_moe(&mut net, "0", config).unwrap();
+    let mut stats = std::collections::BTreeMap::new();
+    for seed in 0..3 {
+        let x = randn(&[2, 3, 8, 8], seed);
+        let labels =
+            Tensor::from_vec((0..128).map(|i| (i % 3) as f32).collect(), [2, 8, 8]).unwrap();
+        net.forward(&x).unwrap();
+        collect_routing_stats(&net, Some(&labels), 3, &mut stats).unwrap();
+    }
+    let report = stats["0"].report();
+    assert_eq!(report.tokens, 3 * 2 * 4);
+    let usage_total: f64 = report.usage.iter().sum();
+    assert!((usage_total - 1.0).abs() < 1e-9, "{:?}", report.usage);
+    assert!(report.nre > 0.0 && report.nre <= 1.0);
+}
+
+#[test]
+fn noisy_top_k_changes_choices_in_training_only() {
+    moeseg::tensor::manual_seed(3);
+    let conv = Conv2d::new(4, 4, 3, 1, 1, 1, 1, true).unwrap();
+    let config = PatchConvMoeConfig {
+        num_experts: 8,
+        k: 2,
+        granularity: Granularity::Grid(4),
+        noise_std: 1.0,
+        ..PatchConvMoeConfig::default()
+    };
+    let layer = PatchConvMoE::from_conv(&conv, config).unwrap();
+    let x = randn(&[4, 4, 16, 16], 1);
+    let choices = |seed: u64| {
+        moeseg::tensor::manual_seed(seed);
+        layer.forward(&x).unwrap();
+        layer.last_routing().unwrap().indices.to_vec()
+    };
+    set_training(&layer, true);
+    let (a, b) = (choices(1), choices(2));
+    assert_ne!(
+        a, b,
+        "noise of std 1 on 64 tokens should change some choice"
+    );
+    set_training(&layer, false);
+    assert_eq!(choices(1), choices(2), "no noise in eval");
+}
+
+#[test]
+fn copy_init_starts_every_expert_as_the_replaced_conv() {
+    use moeseg::moe::ExpertInit;
+    moeseg::tensor::manual_seed(4);
+    let conv = Conv2d::new(3, 5, 3, 1, 1, 1, 1, true).unwrap();
+    let config = PatchConvMoeConfig {
+        num_experts: 4,
+        k: 2,
+        init: ExpertInit::Copy { noise_std: 0.0 },
+        ..PatchConvMoeConfig::default()
+    };
+    let layer = PatchConvMoE::from_conv(&conv, config).unwrap();
+    let x = randn(&[2, 3, 9, 10], 2);
+    // Identical experts and weights summing to S/(S + 1e-5): the conv's output up to ~1e-5.
+    let expected = conv.forward(&x).unwrap();
+    assert_close(
+        "copy init",
+        &layer.forward(&x).unwrap(),
+        &expected,
+        1e-4,
+        1e-5,
+    )
+    .unwrap();
+    let noisy = PatchConvMoE::from_conv(
+        &conv,
+        PatchConvMoeConfig {
+            init: ExpertInit::Copy { noise_std: 0.01 },
+            ..config
+        },
+    )
+    .unwrap();
+    let w0 = noisy.expert(0).unwrap().weight.to_vec();
+    let w1 = noisy.expert(1).unwrap().weight.to_vec();
+    assert_ne!(w0, w1);
+    let base = conv.weight.to_vec();
+    assert!(w0.iter().zip(&base).all(|(a, b)| (a - b).abs() < 0.1));
+}

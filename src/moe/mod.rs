@@ -22,8 +22,8 @@ pub mod stats;
 pub use balance::{entropy, BalanceInputs, BalanceLoss};
 pub use gate::{Gate, GateConfig, GateKind};
 pub use patch_conv_moe::{
-    balance_loss, replace_conv_with_moe, ExpertInit, Granularity, PatchConvMoE, PatchConvMoeConfig,
-    RoutingRecord,
+    balance_loss, collect_routing_stats, replace_conv_with_moe, token_class_histograms, ExpertInit,
+    Granularity, PatchConvMoE, PatchConvMoeConfig, RoutingRecord,
 };
 pub use selection::{capacity, noisy_selection};
 pub use stats::{RoutingReport, RoutingStats};

@@ -4,6 +4,7 @@
 //! reassembled. The same layer is the image-level ConvMoE with [`Granularity::Image`].
 
 use crate::error::{Error, Result};
+use crate::moe::RoutingStats;
 use crate::moe::{capacity, noisy_selection, BalanceInputs, BalanceLoss, Gate, GateConfig};
 use crate::nn::{
     get_module, init, replace_module, Conv2d, Module, ModuleList, OwnTensor, TrainingFlag,
@@ -14,6 +15,7 @@ use crate::ops::routed_conv::RoutedConvParams;
 use crate::ops::topk_gate::TopkGateParams;
 use crate::tensor::{with_default_rng, Tensor};
 use std::any::Any;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 /// How the feature map is cut into tokens.
@@ -117,8 +119,7 @@ impl PatchConvMoE {
     pub fn from_conv(conv: &Conv2d, config: PatchConvMoeConfig) -> Result<Self> {
         let kernel = conv.kernel_size();
         let params = conv.params;
-        let halo = size_preserving_halo(kernel, params)?;
-        let _ = halo;
+        size_preserving_halo(kernel, params)?;
         if config.num_experts == 0 || config.k == 0 || config.k > config.num_experts {
             return Err(Error::invalid(
                 "PatchConvMoE",
@@ -128,7 +129,7 @@ impl PatchConvMoE {
                 ),
             ));
         }
-        let (cin, cout) = (conv.in_channels(), conv.out_channels());
+        let cin = conv.in_channels();
         let mut experts: Vec<Box<dyn Module>> = Vec::with_capacity(config.num_experts);
         for _ in 0..config.num_experts {
             experts.push(Box::new(expert_copy(conv, config.init)?));
@@ -137,7 +138,6 @@ impl PatchConvMoE {
             .shared_expert
             .then(|| expert_copy(conv, config.init))
             .transpose()?;
-        let _ = cout;
         Ok(PatchConvMoE {
             experts: ModuleList::new(experts),
             gate: Gate::new(config.gate, cin, config.num_experts)?,
@@ -430,4 +430,73 @@ pub fn balance_loss(root: &dyn Module) -> Result<Option<Tensor>> {
         Some(e) => Err(e),
         None => Ok(total),
     }
+}
+
+/// Per-token class histograms `[T, classes]` for a routing grid: each labelled pixel of
+/// `labels [B, H, W]` (values ≥ `classes`, e.g. 255, are ignored) is brought to the feature map
+/// the grid cuts (pixel `(y, x)` lands on feature row `⌊y·h/H⌋`, column `⌊x·w/W⌋`) and counted
+/// for the token whose patch holds it.
+pub fn token_class_histograms(labels: &Tensor, grid: PatchGrid, classes: usize) -> Result<Tensor> {
+    labels.expect_rank("token_class_histograms", "labels", 3)?;
+    let [batch, height, width] = [labels.dims()[0], labels.dims()[1], labels.dims()[2]];
+    if batch != grid.batch || height == 0 || width == 0 {
+        return Err(Error::shape(
+            "token_class_histograms",
+            format!(
+                "labels {} do not fit a routing grid of batch {}",
+                labels.shape(),
+                grid.batch
+            ),
+        ));
+    }
+    let (rows, cols) = (grid.rows(), grid.cols());
+    let mut histograms = vec![0.0f32; grid.tokens() * classes];
+    let values = labels.to_vec();
+    for b in 0..batch {
+        for y in 0..height {
+            let row = (y * grid.height / height) / grid.patch[0];
+            for x in 0..width {
+                let class = values[(b * height + y) * width + x];
+                if !(class >= 0.0 && (class as usize) < classes) {
+                    continue;
+                }
+                let col = (x * grid.width / width) / grid.patch[1];
+                let token = (b * rows + row) * cols + col;
+                histograms[token * classes + class as usize] += 1.0;
+            }
+        }
+    }
+    Tensor::from_vec(histograms, [grid.tokens(), classes])
+}
+
+/// Adds the last routing of every PatchConvMoE under `root` to `stats` (keyed by the layer's
+/// path, created on first use), with the class histograms of `labels` when given: the
+/// collection hook of the routing analysis (moe.md §4). Only counts are kept, no per-token data.
+pub fn collect_routing_stats(
+    root: &dyn Module,
+    labels: Option<&Tensor>,
+    classes: usize,
+    stats: &mut BTreeMap<String, RoutingStats>,
+) -> Result<()> {
+    let mut records = Vec::new();
+    crate::nn::visit_modules(root, &mut |path, m| {
+        if let Some(moe) = m.as_any().downcast_ref::<PatchConvMoE>() {
+            if let Some(record) = moe.last_routing() {
+                records.push((path.to_string(), moe.config.num_experts, record));
+            }
+        }
+    });
+    for (path, experts, record) in records {
+        let histograms = labels
+            .map(|l| token_class_histograms(l, record.grid, classes))
+            .transpose()?;
+        let entry = match stats.entry(path) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(RoutingStats::new(experts, classes)?)
+            }
+        };
+        entry.update(&record.indices, histograms.as_ref())?;
+    }
+    Ok(())
 }
