@@ -2,11 +2,16 @@
 //!
 //! Images are noisy, textured backgrounds with rectangles and discs of three classes whose
 //! colours overlap, so the net needs both colour and local context. The net is
-//! conv3×3-BN-ReLU → max-pool → dilated conv3×3-BN-ReLU → bilinear ×2 → conv1×1, trained with
-//! SGD + momentum with a poly learning-rate schedule on cross-entropy (ignore index 255 on a one-pixel border).
+//! conv3×3-BN-ReLU → max-pool → dilated conv3×3-BN-ReLU → bilinear ×2 → conv1×1, with the
+//! dilated conv replaced by a PatchConvMoE (4 experts, top-2, 2×2 grid). It trains with SGD +
+//! momentum and a poly learning-rate schedule on cross-entropy (ignore index 255 on a one-pixel
+//! border) plus the MoE balancing loss, and prints the routing statistics before and after.
 
 use crate::autograd::no_grad;
 use crate::error::Result;
+use crate::moe::{
+    balance_loss, collect_routing_stats, replace_conv_with_moe, Granularity, PatchConvMoeConfig,
+};
 use crate::nn::{
     named_parameters, parameter_count, set_training, ActivationLayer, BatchNorm2d, Conv2d,
     MaxPool2d, Module, Sequential, Upsample,
@@ -17,10 +22,13 @@ use crate::ops::pool::MaxPool2dParams;
 use crate::optim::{LrSchedule, LrScheduler, Optimizer, Sgd, SgdOptions};
 use crate::tensor::{Rng, Tensor};
 use clap::Args;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 const CLASSES: usize = 4;
 const IGNORE: f32 = 255.0;
+/// The conv replaced by a PatchConvMoE layer.
+const MOE_PATH: &str = "4";
 
 /// Options of `moeseg demo`.
 #[derive(Args, Debug, Clone)]
@@ -166,7 +174,16 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
     let mut rng = Rng::new(args.seed);
     crate::tensor::manual_seed(args.seed);
-    let net = demo_net()?;
+    let mut net = demo_net()?;
+    // The dilated 3×3 conv becomes a PatchConvMoE: 4 experts, top-2, a 2×2 patch grid.
+    let moe = PatchConvMoeConfig {
+        num_experts: 4,
+        k: 2,
+        granularity: Granularity::Grid(2),
+        alpha: 0.01,
+        ..PatchConvMoeConfig::default()
+    };
+    replace_conv_with_moe(&mut net, MOE_PATH, moe)?;
     let options = SgdOptions {
         momentum: 0.9,
         weight_decay: 1e-4,
@@ -180,6 +197,17 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         set_training(net, false);
         let miou = no_grad(|| {
             let prediction = net.forward(&val_images)?.argmax(1, false)?;
+            let mut stats = BTreeMap::new();
+            collect_routing_stats(net, Some(&val_labels), CLASSES, &mut stats)?;
+            if let Some(s) = stats.get(MOE_PATH) {
+                let usage: Vec<String> = s.usage().iter().map(|u| format!("{u:.2}")).collect();
+                println!(
+                    "  routing of `{MOE_PATH}`: usage [{}], NRE {:.3}, TEC {:.3}",
+                    usage.join(", "),
+                    s.nre(),
+                    s.tec()
+                );
+            }
             Ok(mean_iou(&prediction.to_vec(), &val_labels.to_vec()))
         });
         set_training(net, true);
@@ -200,9 +228,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let start = Instant::now();
     for step in 1..=args.steps {
         let (images, labels) = synthetic_batch(&mut rng, args.batch, args.size)?;
-        let loss = net
+        let task = net
             .forward(&images)?
             .cross_entropy(&labels, CrossEntropyOptions::default())?;
+        let loss = match balance_loss(&net)? {
+            Some(balance) => task.add(&balance)?,
+            None => task,
+        };
         loss.backward()?;
         sgd.step()?;
         sgd.zero_grad();
