@@ -46,6 +46,13 @@ impl OwnTensor {
         }
     }
 
+    /// `weight` and, when present, `bias` parameters (conv and linear layers).
+    pub fn weight_and_bias(weight: &Tensor, bias: Option<&Tensor>) -> Vec<Self> {
+        let mut out = vec![Self::parameter("weight", weight)];
+        out.extend(bias.map(|b| Self::parameter("bias", b)));
+        out
+    }
+
     /// A buffer entry stored as `dtype`.
     pub fn buffer(name: &'static str, tensor: &Tensor, dtype: DType) -> Self {
         OwnTensor {

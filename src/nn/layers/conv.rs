@@ -107,11 +107,7 @@ impl Module for Conv2d {
     }
 
     fn own_tensors(&self) -> Vec<OwnTensor> {
-        let mut out = vec![OwnTensor::parameter("weight", &self.weight)];
-        if let Some(b) = &self.bias {
-            out.push(OwnTensor::parameter("bias", b));
-        }
-        out
+        OwnTensor::weight_and_bias(&self.weight, self.bias.as_ref())
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -175,11 +171,7 @@ impl Module for ConvTranspose2d {
     }
 
     fn own_tensors(&self) -> Vec<OwnTensor> {
-        let mut out = vec![OwnTensor::parameter("weight", &self.weight)];
-        if let Some(b) = &self.bias {
-            out.push(OwnTensor::parameter("bias", b));
-        }
-        out
+        OwnTensor::weight_and_bias(&self.weight, self.bias.as_ref())
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -36,11 +36,7 @@ impl Module for Linear {
     }
 
     fn own_tensors(&self) -> Vec<OwnTensor> {
-        let mut out = vec![OwnTensor::parameter("weight", &self.weight)];
-        if let Some(b) = &self.bias {
-            out.push(OwnTensor::parameter("bias", b));
-        }
-        out
+        OwnTensor::weight_and_bias(&self.weight, self.bias.as_ref())
     }
 
     fn as_any(&self) -> &dyn Any {
