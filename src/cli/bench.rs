@@ -105,8 +105,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 /// Gate calls per timed run (one call takes microseconds).
 const GATE_CALLS: usize = 100;
 
-/// Median of `repeats` wall times in milliseconds, after one warm-up run.
-fn median_ms(repeats: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
+/// Median and best of `repeats` wall times, in milliseconds.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    median: f64,
+    best: f64,
+}
+
+impl Timing {
+    fn scaled(self, factor: f64) -> Timing {
+        Timing {
+            median: self.median * factor,
+            best: self.best * factor,
+        }
+    }
+}
+
+/// Times `repeats` runs after one warm-up run. The median is the reported figure; the best
+/// (minimum) is printed next to it because a shared machine's load only ever adds time.
+fn time_runs(repeats: usize, mut run: impl FnMut() -> Result<()>) -> Result<Timing> {
     run()?;
     let mut times: Vec<f64> = Vec::with_capacity(repeats);
     for _ in 0..repeats {
@@ -116,10 +133,14 @@ fn median_ms(repeats: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64>
     }
     times.sort_by(f64::total_cmp);
     let mid = times.len() / 2;
-    Ok(if times.len() % 2 == 1 {
+    let median = if times.len() % 2 == 1 {
         times[mid]
     } else {
         0.5 * (times[mid - 1] + times[mid])
+    };
+    Ok(Timing {
+        median,
+        best: times.first().copied().unwrap_or(f64::NAN),
     })
 }
 
@@ -128,10 +149,10 @@ fn gigabytes_per_second(floats: usize, ms: f64) -> f64 {
     (4 * floats) as f64 / (ms * 1e-3) / 1e9
 }
 
-/// One printed row: name, median ms, comparison.
+/// One printed row: name, times, comparison (computed on the medians).
 struct Row {
     name: &'static str,
-    ms: f64,
+    ms: Timing,
     note: String,
 }
 
@@ -184,7 +205,7 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
     let tokens_len = tokens_count * channels * th * tw;
     let patches_len = tokens_count * channels * grid.patch[0] * grid.patch[1];
     let input = x.detach();
-    let split_ms = median_ms(args.repeats, || {
+    let split = time_runs(args.repeats, || {
         no_grad(|| input.patch_split(grid)).map(drop)
     })?;
     let patches = Tensor::randn(
@@ -193,11 +214,11 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
         1.0,
         &mut rng,
     )?;
-    let reassemble_ms = median_ms(args.repeats, || {
+    let reassemble = time_runs(args.repeats, || {
         no_grad(|| patches.patch_reassemble(grid)).map(drop)
     })?;
     let source = vec![1.0f32; tokens_len];
-    let copy_ms = median_ms(args.repeats, || {
+    let copy = time_runs(args.repeats, || {
         let mut out = vec![0.0f32; tokens_len];
         out.par_chunks_mut(1 << 16)
             .zip(source.par_chunks(1 << 16))
@@ -205,12 +226,12 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
         std::hint::black_box(&out);
         Ok(())
     })?;
-    let copy_rate = gigabytes_per_second(2 * tokens_len, copy_ms);
-    let split_rate = gigabytes_per_second(map_len + tokens_len, split_ms);
-    let reassemble_rate = gigabytes_per_second(patches_len + map_len, reassemble_ms);
+    let copy_rate = gigabytes_per_second(2 * tokens_len, copy.median);
+    let split_rate = gigabytes_per_second(map_len + tokens_len, split.median);
+    let reassemble_rate = gigabytes_per_second(patches_len + map_len, reassemble.median);
     rows.push(Row {
         name: "patch_split (halo 1)",
-        ms: split_ms,
+        ms: split,
         note: format!(
             "{split_rate:6.1} GB/s = {:5.1}% of copy",
             100.0 * split_rate / copy_rate
@@ -218,7 +239,7 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
     });
     rows.push(Row {
         name: "patch_reassemble",
-        ms: reassemble_ms,
+        ms: reassemble,
         note: format!(
             "{reassemble_rate:6.1} GB/s = {:5.1}% of copy",
             100.0 * reassemble_rate / copy_rate
@@ -226,7 +247,7 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
     });
     rows.push(Row {
         name: "copy (fresh output)",
-        ms: copy_ms,
+        ms: copy,
         note: format!(
             "{copy_rate:6.1} GB/s ({:.1} MB read + written)",
             (8 * tokens_len) as f64 / 1e6
@@ -236,16 +257,17 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
     // (b) Fused top-k gating on [T, E] logits.
     let logits = Tensor::randn([tokens_count, experts], 0.0, 2.0, &mut rng)?;
     let gate_params = TopkGateParams::new(k);
-    let gate_ms = median_ms(args.repeats, || {
+    let gate = time_runs(args.repeats, || {
         for _ in 0..GATE_CALLS {
             no_grad(|| logits.topk_gate(gate_params, None)).map(drop)?;
         }
         Ok(())
-    })? / GATE_CALLS as f64;
+    })?
+    .scaled(1.0 / GATE_CALLS as f64);
     rows.push(Row {
         name: "topk_gate [T, E]",
-        ms: gate_ms,
-        note: format!("{:.1} µs per call", gate_ms * 1e3),
+        ms: gate,
+        note: format!("{:.1} µs per call", gate.median * 1e3),
     });
 
     // (c) Routed dispatch forward vs the dense conv on the whole map.
@@ -262,7 +284,7 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
         .collect();
     let indices = Tensor::from_vec(ids, [tokens_count, k])?;
     let routing = Tensor::rand_uniform([tokens_count, k], 0.1, 1.0, &mut rng)?;
-    let dispatch_ms = median_ms(args.repeats, || {
+    let dispatch = time_runs(args.repeats, || {
         no_grad(|| {
             tokens.dispatch_routed_conv(
                 &expert_weights,
@@ -274,13 +296,13 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
         })
         .map(drop)
     })?;
-    let dense_fwd_ms = median_ms(args.repeats, || no_grad(|| conv.forward(&input)).map(drop))?;
+    let dense_fwd = time_runs(args.repeats, || no_grad(|| conv.forward(&input)).map(drop))?;
     rows.push(Row {
         name: "dispatch_routed_conv fwd",
-        ms: dispatch_ms,
+        ms: dispatch,
         note: format!(
             "{:.2}× of k × dense (ideal 1; padded map {}×{} vs {height}×{width})",
-            dispatch_ms / (k as f64 * dense_fwd_ms),
+            dispatch.median / (k as f64 * dense_fwd.median),
             grid.padded_size()[0],
             grid.padded_size()[1]
         ),
@@ -288,10 +310,10 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
 
     // (d) The whole layer and the dense conv, forward (eval, no graph) and forward + backward.
     set_training(&layer, false);
-    let layer_fwd_ms = median_ms(args.repeats, || no_grad(|| layer.forward(&input)).map(drop))?;
+    let layer_fwd = time_runs(args.repeats, || no_grad(|| layer.forward(&input)).map(drop))?;
     set_training(&layer, true);
     let layer_params = named_parameters(&layer);
-    let layer_fwd_bwd_ms = median_ms(args.repeats, || {
+    let layer_fwd_bwd = time_runs(args.repeats, || {
         let y = layer.forward(&x)?;
         let mut loss = y.mul(&upstream)?.sum_all()?;
         if let Some(record) = layer.last_routing() {
@@ -307,7 +329,7 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
         .map(|r| expert_usage(&r.indices.to_vec(), experts))
         .unwrap_or_default();
     let conv_params = named_parameters(&conv);
-    let dense_fwd_bwd_ms = median_ms(args.repeats, || {
+    let dense_fwd_bwd = time_runs(args.repeats, || {
         conv.forward(&x)?.mul(&upstream)?.sum_all()?.backward()?;
         x.clear_grad();
         conv_params.iter().for_each(|(_, p)| p.clear_grad());
@@ -315,46 +337,66 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
     })?;
     rows.push(Row {
         name: "dense conv fwd",
-        ms: dense_fwd_ms,
+        ms: dense_fwd,
         note: String::new(),
     });
     rows.push(Row {
         name: "PatchConvMoE fwd",
-        ms: layer_fwd_ms,
+        ms: layer_fwd,
         note: format!(
             "{:.2}× dense, {:.2}× k × dense",
-            layer_fwd_ms / dense_fwd_ms,
-            layer_fwd_ms / (k as f64 * dense_fwd_ms)
+            layer_fwd.median / dense_fwd.median,
+            layer_fwd.median / (k as f64 * dense_fwd.median)
         ),
     });
     rows.push(Row {
         name: "dense conv fwd+bwd",
-        ms: dense_fwd_bwd_ms,
+        ms: dense_fwd_bwd,
         note: String::new(),
     });
     rows.push(Row {
         name: "PatchConvMoE fwd+bwd",
-        ms: layer_fwd_bwd_ms,
+        ms: layer_fwd_bwd,
         note: format!(
             "{:.2}× dense, {:.2}× k × dense (train; assignments per expert {usage:?})",
-            layer_fwd_bwd_ms / dense_fwd_bwd_ms,
-            layer_fwd_bwd_ms / (k as f64 * dense_fwd_bwd_ms)
+            layer_fwd_bwd.median / dense_fwd_bwd.median,
+            layer_fwd_bwd.median / (k as f64 * dense_fwd_bwd.median)
         ),
     });
 
-    println!("\n  {:<26} {:>10}  comparison", "part", "median ms");
-    for row in &rows {
-        println!("  {:<26} {:>10.3}  {}", row.name, row.ms, row.note);
-    }
     println!(
-        "\nshape={} batch={batch} threads={} split_ms={split_ms:.3} reassemble_ms={reassemble_ms:.3} \
-         copy_ms={copy_ms:.3} gate_us={:.2} dispatch_fwd_ms={dispatch_ms:.3} \
-         layer_fwd_ms={layer_fwd_ms:.3} layer_fwd_bwd_ms={layer_fwd_bwd_ms:.3} \
-         dense_fwd_ms={dense_fwd_ms:.3} dense_fwd_bwd_ms={dense_fwd_bwd_ms:.3}",
+        "\n  {:<26} {:>10} {:>10}  comparison (on the medians)",
+        "part", "median ms", "best ms"
+    );
+    for row in &rows {
+        println!(
+            "  {:<26} {:>10.3} {:>10.3}  {}",
+            row.name, row.ms.median, row.ms.best, row.note
+        );
+    }
+    let mut summary = format!(
+        "shape={} batch={batch} threads={} gate_us={:.2}",
         args.shape.name(),
         rayon::current_num_threads(),
-        gate_ms * 1e3,
+        gate.median * 1e3
     );
+    let keyed = [
+        ("split", split),
+        ("reassemble", reassemble),
+        ("copy", copy),
+        ("dispatch_fwd", dispatch),
+        ("layer_fwd", layer_fwd),
+        ("layer_fwd_bwd", layer_fwd_bwd),
+        ("dense_fwd", dense_fwd),
+        ("dense_fwd_bwd", dense_fwd_bwd),
+    ];
+    for (key, timing) in keyed {
+        summary.push_str(&format!(" {key}_ms={:.3}", timing.median));
+    }
+    for (key, timing) in &keyed[4..] {
+        summary.push_str(&format!(" {key}_best_ms={:.3}", timing.best));
+    }
+    println!("\n{summary}");
     Ok(())
 }
 
