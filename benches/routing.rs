@@ -6,13 +6,26 @@
 //! - `dense`: every expert's `conv2d` on every token, weighted by
 //!   `C[t, e] = Σ_j w[t, j]·[indices[t, j] = e]` and summed (what an unoptimised MoE does).
 //!
-//! Each is timed forward only (no graph) and forward + backward. `cargo bench --bench routing`
-//! prints criterion's times, then a best-of-5 summary with the dense / routed ratio (the ideal
-//! is E/k = 4).
+//! Each is timed forward only (no graph) and forward + backward.
+//!
+//! A second group times the PatchConvMoE pieces at the `small` shape of `moeseg bench routing`
+//! (a 3×3 conv of 64 channels on [2, 64, 64, 128], E = 8, k = 2, a 3×3 grid, 2conv_gap gate,
+//! entropy loss): `patch_split` (halo 1), `patch_reassemble`, the fused `topk_gate` on the
+//! [18, 8] logits, the whole layer forward (eval, no graph) and forward + backward (train,
+//! `Σ(y·g) + balance loss`), and the dense conv forward + backward next to it.
+//!
+//! `cargo bench --bench routing` prints criterion's times, then a best-of-5 summary with the
+//! dense / routed ratio (the ideal is E/k = 4) and the layer / dense conv ratio. For the full
+//! table at the real placements, and PyTorch side by side, see `moeseg bench routing --help`
+//! and `scripts/bench_moe_torch.py`.
 
 use criterion::{criterion_group, Criterion};
+use moeseg::moe::{PatchConvMoE, PatchConvMoeConfig};
+use moeseg::nn::{named_parameters, set_training, Conv2d, Module};
 use moeseg::ops::conv::Conv2dParams;
+use moeseg::ops::patch_grid::PatchGrid;
 use moeseg::ops::routed_conv::RoutedConvParams;
+use moeseg::ops::topk_gate::TopkGateParams;
 use moeseg::{no_grad, Device, Rng, Tensor};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -159,17 +172,107 @@ fn workloads() -> Vec<Workload> {
     ]
 }
 
+/// The `small` shape of `moeseg bench routing`: `[B, C, H, W]`.
+const LAYER_MAP: [usize; 4] = [2, 64, 64, 128];
+
+/// The PatchConvMoE pieces and the whole layer at [`LAYER_MAP`], next to the dense conv.
+fn layer_workloads() -> Vec<Workload> {
+    let [batch, channels, height, width] = LAYER_MAP;
+    moeseg::tensor::manual_seed(2);
+    let mut rng = Rng::new(2);
+    let conv = Conv2d::new(channels, channels, 3, 1, 1, 1, 1, true).expect("conv");
+    let layer =
+        PatchConvMoE::from_conv(&conv, PatchConvMoeConfig::default()).expect("PatchConvMoE");
+    let x = Tensor::randn(LAYER_MAP, 0.0, 1.0, &mut rng)
+        .expect("input")
+        .with_requires_grad(true);
+    let g = Tensor::randn(LAYER_MAP, 0.0, 1.0, &mut rng).expect("upstream");
+    let grid = PatchGrid::from_grid(batch, channels, height, width, 3, [1, 1]).expect("grid");
+    let patches = Tensor::randn(
+        [grid.tokens(), channels, grid.patch[0], grid.patch[1]],
+        0.0,
+        1.0,
+        &mut rng,
+    )
+    .expect("patches");
+    let logits = Tensor::randn([grid.tokens(), EXPERTS], 0.0, 2.0, &mut rng).expect("logits");
+    let input = x.detach();
+    let (split_input, fwd_input) = (input.clone(), input);
+    let eval_layer = std::sync::Arc::new(layer);
+    let train_layer = eval_layer.clone();
+    let (x_layer, g_layer) = (x.clone(), g.clone());
+    let layer_params = named_parameters(&*train_layer);
+    let conv_params = named_parameters(&conv);
+    vec![
+        (
+            "patch_split_halo1",
+            Box::new(move || {
+                black_box(no_grad(|| split_input.patch_split(grid)).expect("split"));
+            }),
+        ),
+        (
+            "patch_reassemble",
+            Box::new(move || {
+                black_box(no_grad(|| patches.patch_reassemble(grid)).expect("reassemble"));
+            }),
+        ),
+        (
+            "topk_gate_t18_e8",
+            Box::new(move || {
+                black_box(no_grad(|| logits.topk_gate(TopkGateParams::new(SLOTS), None)).ok());
+            }),
+        ),
+        (
+            "layer_forward",
+            Box::new(move || {
+                set_training(&*eval_layer, false);
+                black_box(no_grad(|| eval_layer.forward(&fwd_input)).expect("layer"));
+            }),
+        ),
+        (
+            "layer_forward_backward",
+            Box::new(move || {
+                set_training(&*train_layer, true);
+                let y = train_layer.forward(&x_layer).expect("layer");
+                let balance = train_layer.last_routing().expect("routing").balance_loss;
+                let loss = y.mul(&g_layer).and_then(|l| l.sum_all()?.add(&balance));
+                loss.expect("loss").backward().expect("backward");
+                x_layer.clear_grad();
+                layer_params.iter().for_each(|(_, p)| p.clear_grad());
+            }),
+        ),
+        (
+            "dense_conv_forward_backward",
+            Box::new(move || {
+                let y = conv.forward(&x).expect("conv");
+                let loss = y.mul(&g).and_then(|l| l.sum_all()).expect("loss");
+                loss.backward().expect("backward");
+                x.clear_grad();
+                conv_params.iter().for_each(|(_, p)| p.clear_grad());
+            }),
+        ),
+    ]
+}
+
 fn routing(c: &mut Criterion) {
     let mut group = c.benchmark_group("routing_e8_k2_t36_64ch_22x22");
     for (name, run) in workloads() {
         group.bench_function(name, |b| b.iter(&run));
     }
     group.finish();
+    let mut group = c.benchmark_group("patch_conv_moe_small_2x64x64x128");
+    for (name, run) in layer_workloads() {
+        group.bench_function(name, |b| b.iter(&run));
+    }
+    group.finish();
 }
 
-/// Best-of-5 wall times and the dense / routed ratios.
+/// Best-of-5 wall times, the dense / routed ratios and the layer / dense conv ratio.
 fn summary() {
     let timed: Vec<(&str, f64)> = workloads()
+        .into_iter()
+        .chain(layer_workloads())
+        .collect::<Vec<_>>()
         .iter()
         .map(|(name, run)| {
             run();
@@ -189,7 +292,7 @@ fn summary() {
         rayon::current_num_threads()
     );
     for (name, ms) in &timed {
-        println!("  {name:<26} {ms:8.2} ms");
+        println!("  {name:<28} {ms:9.3} ms");
     }
     for pass in ["forward", "forward_backward"] {
         let time = |kind: &str| {
@@ -204,6 +307,17 @@ fn summary() {
             EXPERTS / SLOTS
         );
     }
+    let time = |name: &str| {
+        timed
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(f64::NAN, |(_, ms)| *ms)
+    };
+    println!(
+        "  {:<26} layer / dense conv = {:.2}× (ideal ≈ k = {SLOTS})",
+        "layer_forward_backward",
+        time("layer_forward_backward") / time("dense_conv_forward_backward")
+    );
 }
 
 criterion_group! {

@@ -1,6 +1,7 @@
 //! The `moeseg` command line. Until training lands, the default command is `demo`: a small
 //! conv net trained on a synthetic segmentation task on the CPU, exercising the engine end to end.
 
+mod bench;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,9 @@ enum Command {
     /// Train a small conv-BN-ReLU-pool-upsample net on a synthetic segmentation task (CPU) and
     /// report its loss curve and mIoU: forward, backward and SGD through the whole engine.
     Demo(demo::DemoArgs),
+    /// Benchmarks on the CPU backend (`moeseg bench routing`: PatchConvMoE's pieces and whole
+    /// layer next to a plain copy and the dense conv of the same shape).
+    Bench(bench::BenchArgs),
 }
 
 /// Parses the arguments and runs the chosen command.
@@ -25,6 +29,7 @@ pub fn run() -> crate::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Demo(args)) => demo::run(&args),
+        Some(Command::Bench(args)) => bench::run(&args),
         None => demo::run(&demo::DemoArgs::default()),
     }
 }
