@@ -49,6 +49,11 @@ pub enum Error {
     /// The requested feature is not available on this device / build.
     #[error("{0}")]
     Unsupported(String),
+
+    /// CUDA runtime trouble: a library not found, no device, a kernel that does not compile.
+    /// (No `From` impl: a second `From` would break `?` type inference in closures elsewhere.)
+    #[error(transparent)]
+    Cuda(crate::backend::cuda::CudaError),
 }
 
 impl Error {
