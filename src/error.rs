@@ -51,9 +51,10 @@ pub enum Error {
     Unsupported(String),
 
     /// CUDA runtime trouble: a library not found, no device, a kernel that does not compile.
-    /// (No `From` impl: a second `From` would break `?` type inference in closures elsewhere.)
+    /// Boxed, and built with [`Error::cuda`]: no `From` impl, since a second `From` would break
+    /// `?` type inference in closures elsewhere.
     #[error(transparent)]
-    Cuda(crate::backend::cuda::CudaError),
+    Cuda(Box<crate::backend::cuda::CudaError>),
 }
 
 impl Error {
@@ -71,6 +72,11 @@ impl Error {
             op,
             msg: msg.into(),
         }
+    }
+
+    /// Shorthand for [`Error::Cuda`].
+    pub fn cuda(error: crate::backend::cuda::CudaError) -> Self {
+        Error::Cuda(Box::new(error))
     }
 
     /// Shorthand for [`Error::File`].

@@ -9,7 +9,7 @@
 //! written the compile still succeeds and [`Compiled::cache_note`] says why.
 
 use super::libraries::{self, NvrtcInfo};
-use super::{kernel_source, CudaError};
+use super::{kernel_source, CompileFailure, CudaError};
 use cudarc::nvrtc::sys::{self as nvrtc_sys, nvrtcProgram, nvrtcResult};
 use std::collections::HashMap;
 use std::ffi::{c_char, CString};
@@ -430,14 +430,14 @@ fn nvrtc_compile(
         )
         .map(|bytes| trim_nul(&bytes))
         .unwrap_or_else(|e| format!("(no log: {e})"));
-        return Err(CudaError::Compile {
+        return Err(CudaError::Compile(Box::new(CompileFailure {
             file: file.to_string(),
             arch: arch.to_string(),
             version: nvrtc.version_string(),
             status: format!("{status:?}"),
             options: options.to_vec(),
             log,
-        });
+        })));
     }
     let bytes = match format {
         OutputFormat::Ptx => read_output(

@@ -117,7 +117,7 @@ fn probe(ordinal: usize) -> Result<usize, Unavailable> {
         Unavailable {
             one_line: format!(
                 "no CUDA driver (libcuda.so.1 not found in {searched} places searched; \
-                 `--device cuda` lists them)"
+                 requesting `cuda` lists them)"
             ),
             detail: format!("no CUDA driver: {e}"),
         }

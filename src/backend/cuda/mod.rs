@@ -64,16 +64,9 @@ pub enum CudaError {
     #[error("kernel family `{family}` is not embedded (kernels/*.cu has: {})", known.join(", "))]
     UnknownKernel { family: String, known: Vec<String> },
 
-    /// NVRTC rejected a kernel file; `log` is NVRTC's log (errors name `file` and the line).
-    #[error("NVRTC {version}: {file} does not compile for {arch} ({status}), options {options:?}:\n{log}")]
-    Compile {
-        file: String,
-        arch: String,
-        version: String,
-        status: String,
-        options: Vec<String>,
-        log: String,
-    },
+    /// NVRTC rejected a kernel file; the log names the file and the line.
+    #[error("{0}")]
+    Compile(Box<CompileFailure>),
 
     /// An NVRTC call other than the compile failed.
     #[error("NVRTC: {call} failed for {file}: {status}")]
@@ -82,4 +75,22 @@ pub enum CudaError {
         call: &'static str,
         status: String,
     },
+}
+
+/// A kernel file NVRTC rejected: what was compiled, how, and NVRTC's log.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "NVRTC {version}: {file} does not compile for {arch} ({status}), options {options:?}:\n{log}"
+)]
+pub struct CompileFailure {
+    /// The kernel file name NVRTC saw, e.g. `patch_grid.cu`.
+    pub file: String,
+    pub arch: String,
+    /// NVRTC's version, `13.0`.
+    pub version: String,
+    /// NVRTC's status, e.g. `NVRTC_ERROR_COMPILATION`.
+    pub status: String,
+    pub options: Vec<String>,
+    /// NVRTC's log: `file(line): error: ...`.
+    pub log: String,
 }
