@@ -49,6 +49,12 @@ pub enum Error {
     /// The requested feature is not available on this device / build.
     #[error("{0}")]
     Unsupported(String),
+
+    /// CUDA runtime trouble: a library not found, no device, a kernel that does not compile.
+    /// Boxed, and built with [`Error::cuda`]: no `From` impl, since a second `From` would break
+    /// `?` type inference in closures elsewhere.
+    #[error(transparent)]
+    Cuda(Box<crate::backend::cuda::CudaError>),
 }
 
 impl Error {
@@ -66,6 +72,11 @@ impl Error {
             op,
             msg: msg.into(),
         }
+    }
+
+    /// Shorthand for [`Error::Cuda`].
+    pub fn cuda(error: crate::backend::cuda::CudaError) -> Self {
+        Error::Cuda(Box::new(error))
     }
 
     /// Shorthand for [`Error::File`].

@@ -7,6 +7,7 @@
 //! backend will in `ops/<family>/cuda_kernel.rs`.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 use crate::ops::{

@@ -1,0 +1,96 @@
+//! The CUDA runtime foundation: finding the CUDA libraries without panicking
+//! ([`libraries`]), choosing a device ([`device`]), and compiling the kernel families of
+//! `kernels/*.cu` with NVRTC, cached in memory and on disk ([`compile`]).
+//!
+//! cudarc loads libcuda and libnvrtc at run time (`dynamic-loading`), so this code is built on
+//! every machine; it checks that a library is present before the first call into it, because
+//! cudarc panics when it is not. The op-family kernels of a `Device::Cuda` backend build on
+//! this module.
+
+pub mod compile;
+pub mod device;
+pub mod libraries;
+
+pub use compile::{Arch, Compiled, KernelCompiler, KernelImage, Origin, OutputFormat};
+pub use device::{select, DeviceRequest, Selected};
+pub use libraries::{cuda_driver, nvrtc, DriverInfo, NvrtcInfo};
+
+/// The kernel sources embedded by `build.rs`.
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+
+/// Every kernel family `kernels/<family>.cu` as `(family, source)`, sorted by family.
+pub use embedded::KERNELS;
+
+/// The source of kernel family `family` (`kernels/<family>.cu`), or an error naming the
+/// families that exist.
+pub fn kernel_source(family: &str) -> Result<&'static str, CudaError> {
+    KERNELS
+        .iter()
+        .find(|(name, _)| *name == family)
+        .map(|(_, source)| *source)
+        .ok_or_else(|| CudaError::UnknownKernel {
+            family: family.to_string(),
+            known: KERNELS.iter().map(|(name, _)| name.to_string()).collect(),
+        })
+}
+
+/// What can go wrong on the CUDA side, with what was looked for and where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CudaError {
+    /// A CUDA library (libnvrtc, libcuda) is not in any of the searched places.
+    #[error("{library} not found; looked in:\n  - {}", searched.join("\n  - "))]
+    LibraryNotFound {
+        /// The library looked for, e.g. `libnvrtc.so.13`.
+        library: &'static str,
+        /// Every place searched, each with what was found there.
+        searched: Vec<String>,
+    },
+
+    /// A device request that is not `auto`, `cpu`, `cuda` or `cuda:N`.
+    #[error("device `{request}`: {msg}")]
+    InvalidRequest { request: String, msg: String },
+
+    /// The CUDA device asked for cannot be used (no driver, no device, ordinal out of range).
+    #[error("device `{request}` is not available: {msg}")]
+    DeviceUnavailable { request: String, msg: String },
+
+    /// An architecture name that is not `sm_XY` (`sm_80`, `sm_90`, `sm_90a`, ...).
+    #[error("GPU architecture `{0}` is not of the form sm_80, sm_90, sm_90a, ...")]
+    InvalidArch(String),
+
+    /// No kernel family of that name is embedded.
+    #[error("kernel family `{family}` is not embedded (kernels/*.cu has: {})", known.join(", "))]
+    UnknownKernel { family: String, known: Vec<String> },
+
+    /// NVRTC rejected a kernel file; the log names the file and the line.
+    #[error("{0}")]
+    Compile(Box<CompileFailure>),
+
+    /// An NVRTC call other than the compile failed.
+    #[error("NVRTC: {call} failed for {file}: {status}")]
+    Nvrtc {
+        file: String,
+        call: &'static str,
+        status: String,
+    },
+}
+
+/// A kernel file NVRTC rejected: what was compiled, how, and NVRTC's log.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "NVRTC {version}: {file} does not compile for {arch} ({status}), options {options:?}:\n{log}"
+)]
+pub struct CompileFailure {
+    /// The kernel file name NVRTC saw, e.g. `patch_grid.cu`.
+    pub file: String,
+    pub arch: String,
+    /// NVRTC's version, `13.0`.
+    pub version: String,
+    /// NVRTC's status, e.g. `NVRTC_ERROR_COMPILATION`.
+    pub status: String,
+    pub options: Vec<String>,
+    /// NVRTC's log: `file(line): error: ...`.
+    pub log: String,
+}
