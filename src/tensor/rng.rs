@@ -1,7 +1,7 @@
 //! Seeded random numbers so runs are reproducible: xoshiro256** seeded through SplitMix64,
-//! Box–Muller normals, and a process-wide default generator (`torch.manual_seed`).
+//! Box–Muller normals, and a per-thread default generator (`torch.manual_seed`).
 
-use std::sync::Mutex;
+use std::cell::RefCell;
 
 /// A small, fast, seedable generator (xoshiro256**).
 #[derive(Clone, Debug)]
@@ -85,25 +85,27 @@ impl Rng {
     }
 }
 
-static DEFAULT_RNG: Mutex<Option<Rng>> = Mutex::new(None);
-
-/// Seeds the process-wide default generator used by dropout and by initialisers that are not
-/// given a generator (`torch.manual_seed`). Unseeded, it starts from seed 0.
-pub fn manual_seed(seed: u64) {
-    let mut guard = match DEFAULT_RNG.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
-    *guard = Some(Rng::new(seed));
+thread_local! {
+    /// The default generator of this thread (seed 0 until [`manual_seed`]).
+    static DEFAULT_RNG: RefCell<Rng> = RefCell::new(Rng::new(0));
 }
 
-/// Runs `f` with the default generator.
+/// Seeds the default generator used by dropout and by initialisers that are not given a
+/// generator (`torch.manual_seed`). It is per thread: the thread that builds and trains a model
+/// gets a reproducible stream whatever other threads (tests, data loaders) draw.
+pub fn manual_seed(seed: u64) {
+    DEFAULT_RNG.with(|rng| *rng.borrow_mut() = Rng::new(seed));
+}
+
+/// Runs `f` with this thread's default generator. (The generator is moved out while `f` runs,
+/// so a nested call cannot fail a borrow; it would see a seed-0 stream, so don't nest.)
 pub fn with_default_rng<R>(f: impl FnOnce(&mut Rng) -> R) -> R {
-    let mut guard = match DEFAULT_RNG.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
-    f(guard.get_or_insert_with(|| Rng::new(0)))
+    DEFAULT_RNG.with(|cell| {
+        let mut rng = cell.replace(Rng::new(0));
+        let result = f(&mut rng);
+        cell.replace(rng);
+        result
+    })
 }
 
 #[cfg(test)]
@@ -126,5 +128,19 @@ mod tests {
         let u: Vec<f32> = (0..1000).map(|_| a.uniform(-2.0, 3.0)).collect();
         assert!(u.iter().all(|&v| (-2.0..3.0).contains(&v)));
         assert_ne!(Rng::new(1).next_u64(), Rng::new(2).next_u64());
+    }
+
+    #[test]
+    fn manual_seed_makes_the_default_stream_reproducible_per_thread() {
+        manual_seed(77);
+        let first: Vec<u64> = (0..4).map(|_| with_default_rng(|r| r.next_u64())).collect();
+        // Another thread drawing from its own default generator does not disturb this one.
+        std::thread::spawn(|| with_default_rng(|r| r.next_u64()))
+            .join()
+            .unwrap();
+        manual_seed(77);
+        let again: Vec<u64> = (0..4).map(|_| with_default_rng(|r| r.next_u64())).collect();
+        assert_eq!(first, again);
+        assert_eq!(first[0], Rng::new(77).next_u64());
     }
 }
