@@ -554,3 +554,65 @@ fn copy_init_starts_every_expert_as_the_replaced_conv() {
     let base = conv.weight.to_vec();
     assert!(w0.iter().zip(&base).all(|(a, b)| (a - b).abs() < 0.1));
 }
+
+#[test]
+fn several_moe_layers_in_one_network_train_together() {
+    use moeseg::ops::loss::CrossEntropyOptions;
+    use moeseg::optim::{Optimizer, Sgd, SgdOptions};
+    moeseg::tensor::manual_seed(12);
+    let mut net = Sequential::default()
+        .push(Conv2d::new(3, 8, 3, 1, 1, 1, 1, true).unwrap())
+        .push(ActivationLayer::relu())
+        .push(Conv2d::new(8, 8, 3, 1, 1, 1, 1, true).unwrap())
+        .push(ActivationLayer::relu())
+        .push(Conv2d::new(8, 3, 1, 1, 0, 1, 1, true).unwrap());
+    for (path, granularity) in [("2", Granularity::Grid(2)), ("4", Granularity::Image)] {
+        let config = PatchConvMoeConfig {
+            num_experts: 4,
+            k: 2,
+            granularity,
+            alpha: 0.1,
+            ..PatchConvMoeConfig::default()
+        };
+        replace_conv_with_moe(&mut net, path, config).unwrap();
+    }
+    let mut sgd = Sgd::with_params(named_parameters(&net), SgdOptions::new(0.05)).unwrap();
+    let x = randn(&[4, 3, 8, 8], 1);
+    let labels =
+        Tensor::from_vec((0..256).map(|i| ((i / 8) % 3) as f32).collect(), [4, 8, 8]).unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..15 {
+        let task = net
+            .forward(&x)
+            .unwrap()
+            .cross_entropy(&labels, CrossEntropyOptions::default())
+            .unwrap();
+        // Both layers contribute their weighted balancing loss.
+        let per_layer: Vec<f32> = ["2", "4"]
+            .iter()
+            .map(|p| {
+                let m = get_module(&net, p)
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<PatchConvMoE>()
+                    .unwrap();
+                m.last_routing().unwrap().balance_loss.item().unwrap()
+            })
+            .collect();
+        let balance = balance_loss(&net).unwrap().unwrap();
+        assert!((balance.item().unwrap() - per_layer.iter().sum::<f32>()).abs() < 1e-6);
+        let loss = task.add(&balance).unwrap();
+        losses.push(task.item().unwrap());
+        loss.backward().unwrap();
+        // Every expert that was routed to and both gates received gradients.
+        let gate_grads = named_parameters(&net)
+            .into_iter()
+            .filter(|(n, _)| n.contains(".gate."))
+            .filter(|(_, p)| p.grad().is_some())
+            .count();
+        assert!(gate_grads >= 2, "both gates get gradients");
+        sgd.step().unwrap();
+        sgd.zero_grad();
+    }
+    assert!(losses.last().unwrap() < &losses[0], "{losses:?}");
+}
