@@ -39,7 +39,9 @@ enum NodeKind {
 
 static NEXT_NODE: AtomicU64 = AtomicU64::new(1);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks a mutex, recovering the value if a panicking thread poisoned it (the engine's locks
+/// guard plain data that stays valid).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),

@@ -3,6 +3,7 @@
 //! a gate routes each token to its top-k experts, and the weighted expert outputs are
 //! reassembled. The same layer is the image-level ConvMoE with [`Granularity::Image`].
 
+use crate::autograd::lock;
 use crate::error::{Error, Result};
 use crate::moe::RoutingStats;
 use crate::moe::{capacity, noisy_selection, BalanceInputs, BalanceLoss, Gate, GateConfig};
@@ -324,13 +325,6 @@ impl Module for PatchConvMoE {
 
     fn as_any(&self) -> &dyn Any {
         self
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

@@ -37,11 +37,7 @@ fn pool() -> &'static Mutex<Pool> {
 }
 
 fn with_pool<R>(f: impl FnOnce(&mut Pool) -> R) -> R {
-    let mut guard = match pool().lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    f(&mut guard)
+    f(&mut crate::autograd::lock(pool()))
 }
 
 fn reuse(len: usize) -> Option<Vec<f32>> {

@@ -20,7 +20,8 @@ pub(super) fn forward(
         geometry.in_size[1],
         geometry.params.stride[1],
     ];
-    let mut out = crate::backend::cpu::pool::zeroed(geometry.output_len());
+    // Every plane is filled with its bias first, so the buffer needs no zeroing.
+    let mut out = crate::backend::cpu::pool::uninit(geometry.output_len());
     out.par_chunks_mut(out_pixels.max(1))
         .enumerate()
         .for_each(|(plane_index, out_plane)| {
