@@ -7,18 +7,23 @@
 //! - [`backend`]: the [`backend::Backend`] trait and the CPU backend.
 //! - [`ops`]: every op, one folder per family (forward, backward, kernels).
 //! - [`io`]: safetensors reading and atomic writing.
+//! - [`nn`], [`moe`], [`models`]: layers, PatchConvMoE, the six segmentation networks.
+//! - [`data`], [`train`], [`cli`]: datasets, training and evaluation, the `moeseg` binary.
 
 pub mod autograd;
 pub mod backend;
 pub mod cli;
+pub mod data;
 pub mod error;
 pub mod io;
+pub mod models;
 pub mod moe;
 pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod tensor;
 pub mod testing;
+pub mod train;
 
 pub use autograd::{no_grad, NoGradGuard};
 pub use backend::Device;

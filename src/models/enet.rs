@@ -1,0 +1,9 @@
+//! enet (see `../shared/spec/networks.md`).
+
+use super::{ModelConfig, SegNet};
+use crate::error::Result;
+
+/// Builds enet with fresh weights.
+pub fn build(_config: &ModelConfig) -> Result<Box<dyn SegNet>> {
+    Err(super::not_yet("enet"))
+}

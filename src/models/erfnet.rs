@@ -1,0 +1,9 @@
+//! erfnet (see `../shared/spec/networks.md`).
+
+use super::{ModelConfig, SegNet};
+use crate::error::Result;
+
+/// Builds erfnet with fresh weights.
+pub fn build(_config: &ModelConfig) -> Result<Box<dyn SegNet>> {
+    Err(super::not_yet("erfnet"))
+}

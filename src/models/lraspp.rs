@@ -1,0 +1,9 @@
+//! lraspp (see `../shared/spec/networks.md`).
+
+use super::{ModelConfig, SegNet};
+use crate::error::Result;
+
+/// Builds lraspp with fresh weights.
+pub fn build(_config: &ModelConfig) -> Result<Box<dyn SegNet>> {
+    Err(super::not_yet("lraspp"))
+}

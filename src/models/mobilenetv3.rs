@@ -1,0 +1,1 @@
+//! MobileNetV3-Large backbone with torchvision key names (LR-ASPP).

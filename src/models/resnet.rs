@@ -1,0 +1,1 @@
+//! ResNet-50/101 backbone with torchvision key names (DeepLabv3+, PSPNet).

@@ -1,0 +1,1 @@
+//! Evaluation metrics: the confusion matrix, per-class IoU and mIoU as Cityscapes computes them.

@@ -1,0 +1,4 @@
+//! Training and evaluation: presets, the training loop, checkpoints, metrics and plots.
+
+pub mod metrics;
+pub mod plots;
