@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+pub mod model_tools;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,14 @@ enum Command {
     /// Benchmarks on the CPU backend (`moeseg bench routing`: PatchConvMoE's pieces and whole
     /// layer next to a plain copy and the dense conv of the same shape).
     Bench(bench::BenchArgs),
+    /// Print a network's state-dict keys, shapes and dtypes (the manifest format) and counts.
+    Inspect(model_tools::InspectArgs),
+    /// Count parameters (total, active) and multiply-accumulates at an input size, with and
+    /// without the MoE layers.
+    Flops(model_tools::FlopsArgs),
+    /// Run a network on a safetensors input and write the logits (and, with --train, the loss,
+    /// gradients and updated buffers): the parity check against PyTorch.
+    Forward(model_tools::ForwardArgs),
 }
 
 /// Parses the arguments and runs the chosen command.
@@ -30,6 +39,9 @@ pub fn run() -> crate::Result<()> {
     match cli.command {
         Some(Command::Demo(args)) => demo::run(&args),
         Some(Command::Bench(args)) => bench::run(&args),
+        Some(Command::Inspect(args)) => model_tools::run_inspect(&args),
+        Some(Command::Flops(args)) => model_tools::run_flops(&args),
+        Some(Command::Forward(args)) => model_tools::run_forward(&args),
         None => demo::run(&demo::DemoArgs::default()),
     }
 }

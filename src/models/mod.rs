@@ -4,11 +4,13 @@
 //! Every network maps `[B, 3, H, W]` ImageNet-normalised RGB to logits `[B, C, H, W]`; its state
 //! dict has exactly the keys, shapes and order of `../shared/manifests/<net>.tsv`.
 
+pub mod complexity;
 pub mod deeplabv3plus;
 pub mod enet;
 pub mod erfnet;
 pub mod lraspp;
 pub mod mobilenetv3;
+pub mod placement;
 pub mod pspnet;
 pub mod resnet;
 pub mod unet;
@@ -18,6 +20,9 @@ use crate::nn::Module;
 use crate::tensor::Tensor;
 use std::fmt;
 use std::str::FromStr;
+
+pub use complexity::{complexity, Complexity};
+pub use placement::{load_imagenet_backbone, place_moe, MoePlacement};
 
 /// An auxiliary output used only by the training loss (PSPNet's `aux` head).
 pub struct AuxOutput {

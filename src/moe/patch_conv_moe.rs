@@ -188,6 +188,18 @@ impl PatchConvMoE {
         })
     }
 
+    /// Parameters of the `E − k` experts a token does not use (the gap between the total and
+    /// the *active* parameter count of the network summaries).
+    pub fn inactive_parameter_count(&self) -> usize {
+        let per_expert = self
+            .experts
+            .items
+            .first()
+            .map_or(0, |expert| crate::nn::parameter_count(expert.as_ref()));
+        let unused = self.config.num_experts.saturating_sub(self.config.k);
+        unused * per_expert
+    }
+
     fn expert_conv(&self, e: usize) -> Result<&Conv2d> {
         self.experts
             .items

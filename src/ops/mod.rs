@@ -9,6 +9,7 @@ pub mod elementwise;
 pub mod index;
 pub mod interpolate;
 pub mod loss;
+pub mod macs;
 pub mod matmul;
 pub mod norm;
 pub mod optimizer;

@@ -217,6 +217,16 @@ impl Tensor {
         let op = "conv2d";
         let geometry = conv2d_geometry(self, weight, params)?;
         check_devices_and_bias(op, self, weight, bias, geometry.out_channels)?;
+        if super::macs::record(geometry.output_len() * geometry.col_rows()) {
+            let out_size = geometry.out_size;
+            let shape = [
+                geometry.batch,
+                geometry.out_channels,
+                out_size[0],
+                out_size[1],
+            ];
+            return Tensor::zeros(shape, &self.device());
+        }
         let backend = self.backend();
         let bias_storage = bias.map(Tensor::storage);
         let out = backend.conv2d(
@@ -275,6 +285,12 @@ impl Tensor {
         let geometry = conv_transpose2d_geometry(self, weight, params, output_size)?;
         // The adjoint convolution maps the output back onto `self`: its "input" is our output.
         check_devices_and_bias(op, self, weight, bias, geometry.in_channels)?;
+        // One MAC per (input pixel, input channel, output channel of its group, tap).
+        if super::macs::record(geometry.output_len() * geometry.col_rows()) {
+            let in_size = geometry.in_size;
+            let shape = [geometry.batch, geometry.in_channels, in_size[0], in_size[1]];
+            return Tensor::zeros(shape, &self.device());
+        }
         let out =
             self.backend()
                 .conv2d_input_backward(&self.storage(), &weight.storage(), geometry)?;

@@ -195,6 +195,18 @@ impl Tensor {
     ) -> Result<Tensor> {
         let geometry =
             routed_conv_geometry(self, experts, biases, indices, routing_weights, params)?;
+        let per_token = geometry.token_conv();
+        if super::macs::record(
+            geometry.tokens * geometry.slots * per_token.output_len() * per_token.col_rows(),
+        ) {
+            let shape = [
+                geometry.tokens,
+                geometry.out_channels,
+                geometry.out_size[0],
+                geometry.out_size[1],
+            ];
+            return Tensor::zeros(shape, &self.device());
+        }
         RoutingPlan::new(
             &indices.to_vec(),
             geometry.tokens,

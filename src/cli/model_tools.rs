@@ -1,0 +1,373 @@
+//! `moeseg inspect`, `moeseg flops` and `moeseg forward`: a network's parameter keys, its
+//! parameter and MAC counts, and a safetensors-in, safetensors-out forward (and training step)
+//! for parity checks against PyTorch.
+
+use crate::error::{Error, Result};
+use crate::io::safetensors::{save, SafetensorsFile};
+use crate::models::{
+    build, complexity, place_moe, Complexity, ModelConfig, ModelName, MoePlacement, SegNet,
+};
+use crate::moe::{
+    balance_loss, BalanceLoss, GateConfig, GateKind, Granularity, PatchConvMoeConfig,
+};
+use crate::nn::state_dict::{load_state_dict, LoadOptions};
+use crate::nn::{named_tensors, set_training, Role};
+use crate::ops::loss::CrossEntropyOptions;
+use crate::tensor::{DType, Tensor};
+use clap::Args;
+use std::path::PathBuf;
+
+/// The network and its MoE layers, shared by `inspect`, `flops` and `forward`.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Network: enet, erfnet, unet, lraspp, deeplabv3plus or pspnet.
+    #[arg(long)]
+    pub model: ModelName,
+    /// Output classes.
+    #[arg(long, default_value_t = 19)]
+    pub num_classes: usize,
+    /// ResNet depth of DeepLabv3+'s backbone (50 or 101).
+    #[arg(long, default_value_t = 50)]
+    pub backbone_depth: usize,
+    /// Replace the stride-1 conv at this parameter path by a PatchConvMoE (repeatable);
+    /// `default` is the network's default placement (e.g. `regular5_1.ext_conv2.0` for ENet).
+    #[arg(long = "moe", value_name = "PATH")]
+    pub moe: Vec<String>,
+    /// Experts per MoE layer (E).
+    #[arg(long, default_value_t = 8)]
+    pub experts: usize,
+    /// Experts per token (k).
+    #[arg(long, default_value_t = 2)]
+    pub k: usize,
+    /// Cut the feature map into a g×g grid of patches.
+    #[arg(long, default_value_t = 3, conflicts_with = "patch_size")]
+    pub grid: usize,
+    /// Patches of an explicit size in pixels, `HxW` (instead of `--grid`).
+    #[arg(long, value_name = "HxW")]
+    pub patch_size: Option<String>,
+    /// Gate network: gap_linear, conv_gap, 2conv_gap or 3conv_gap.
+    #[arg(long, default_value = "2conv_gap")]
+    pub gate: GateKind,
+    /// Kernel of the gate's convs for 2conv_gap / 3conv_gap (1 or 3).
+    #[arg(long)]
+    pub gate_kernel: Option<usize>,
+    /// Balancing loss: switch, entropy, importance, column_entropy or none.
+    #[arg(long, default_value = "entropy")]
+    pub loss: BalanceLoss,
+    /// Weight of the balancing loss.
+    #[arg(long, default_value_t = 1.0)]
+    pub alpha: f32,
+}
+
+impl ModelArgs {
+    /// The MoE placements the flags describe (empty without `--moe`).
+    pub fn placements(&self) -> Result<Vec<MoePlacement>> {
+        let granularity = match &self.patch_size {
+            Some(text) => Granularity::PatchSize(parse_size("--patch-size", text)?),
+            None => Granularity::Grid(self.grid),
+        };
+        let config = PatchConvMoeConfig {
+            num_experts: self.experts,
+            k: self.k,
+            granularity,
+            gate: GateConfig {
+                kind: self.gate,
+                kernel: self.gate_kernel,
+            },
+            loss: self.loss,
+            alpha: self.alpha,
+            ..PatchConvMoeConfig::default()
+        };
+        Ok(self
+            .moe
+            .iter()
+            .map(|path| MoePlacement {
+                path: match path.as_str() {
+                    "default" => self.model.default_moe_path().to_string(),
+                    other => other.to_string(),
+                },
+                config,
+            })
+            .collect())
+    }
+
+    /// Builds the network with its MoE layers.
+    pub fn build(&self) -> Result<(Box<dyn SegNet>, Vec<MoePlacement>)> {
+        let config = ModelConfig {
+            num_classes: self.num_classes,
+            backbone_depth: self.backbone_depth,
+        };
+        let mut net = build(self.model, &config)?;
+        let placements = self.placements()?;
+        place_moe(net.as_mut(), &placements)?;
+        Ok((net, placements))
+    }
+
+    /// `enet` or `enet-moe (regular5_1.ext_conv2.0, E=8 k=2 g=3 2conv_gap)`.
+    fn title(&self, placements: &[MoePlacement]) -> String {
+        if placements.is_empty() {
+            return self.model.to_string();
+        }
+        let parts: Vec<String> = placements.iter().map(MoePlacement::describe).collect();
+        format!("{}-moe ({})", self.model, parts.join("; "))
+    }
+}
+
+/// Parses `HxW` (also `H,W`) into `[H, W]`.
+pub fn parse_size(flag: &str, text: &str) -> Result<[usize; 2]> {
+    let parts: Vec<&str> = text.split(['x', 'X', ',']).collect();
+    match parts.as_slice() {
+        [h, w] => match (h.trim().parse::<usize>(), w.trim().parse::<usize>()) {
+            (Ok(h), Ok(w)) if h > 0 && w > 0 => Ok([h, w]),
+            _ => Err(Error::invalid(
+                "arguments",
+                format!("{flag} `{text}`: expected two positive integers like 512x1024"),
+            )),
+        },
+        _ => Err(Error::invalid(
+            "arguments",
+            format!("{flag} `{text}`: expected HxW, e.g. 512x1024"),
+        )),
+    }
+}
+
+/// Options of `moeseg inspect`.
+#[derive(Args, Debug, Clone)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// The manifest text of a network: `key<TAB>[shape]<TAB>dtype` in state-dict order, then the
+/// counts (the format of `../shared/manifests/<net>.tsv`).
+pub fn manifest(args: &ModelArgs) -> Result<String> {
+    let (net, placements) = args.build()?;
+    let mut out = format!(
+        "# {}  num_classes={}  (state_dict order)\n# key\tshape\tdtype\n",
+        args.title(&placements),
+        args.num_classes
+    );
+    let (mut parameters, mut buffers) = (0, 0);
+    for (name, tensor, role) in named_tensors(net.as_ref()) {
+        let dtype = match role {
+            Role::Parameter => {
+                parameters += 1;
+                DType::F32
+            }
+            Role::Buffer(dtype) => {
+                buffers += 1;
+                dtype
+            }
+        };
+        let dims: Vec<String> = tensor.dims().iter().map(usize::to_string).collect();
+        out.push_str(&format!(
+            "{name}\t[{}]\t{}\n",
+            dims.join(","),
+            torch_dtype(dtype)
+        ));
+    }
+    let counts = complexity_without_forward(net.as_ref())?;
+    out.push_str(&format!(
+        "# entries {} (parameters {parameters}, buffers {buffers})\n",
+        parameters + buffers
+    ));
+    out.push_str(&format!("# total_params {}\n", counts.0));
+    out.push_str(&format!("# trainable_params {}\n", counts.0));
+    if !placements.is_empty() {
+        out.push_str(&format!(
+            "# active_params {}  (k of E experts counted)\n",
+            counts.1
+        ));
+    }
+    Ok(out)
+}
+
+/// `(total, active)` parameters without running a forward.
+fn complexity_without_forward(net: &dyn SegNet) -> Result<(u64, u64)> {
+    let total = crate::nn::parameter_count(net) as u64;
+    let mut inactive = 0u64;
+    crate::nn::visit_modules(net, &mut |_, m| {
+        if let Some(moe) = m.as_any().downcast_ref::<crate::moe::PatchConvMoE>() {
+            inactive += moe.inactive_parameter_count() as u64;
+        }
+    });
+    Ok((total, total - inactive))
+}
+
+/// PyTorch's name of a dtype (`float32`, `int64`).
+fn torch_dtype(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "float32",
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        DType::I64 => "int64",
+    }
+}
+
+/// Runs `moeseg inspect`.
+pub fn run_inspect(args: &InspectArgs) -> Result<()> {
+    print!("{}", manifest(&args.model)?);
+    Ok(())
+}
+
+/// Options of `moeseg flops`.
+#[derive(Args, Debug, Clone)]
+pub struct FlopsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Input size `HxW`.
+    #[arg(long, default_value = "512x1024")]
+    pub size: String,
+    /// Batch size of the counted forward.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+}
+
+/// Runs `moeseg flops`: parameters (total, active) and MACs as exact integers, for the network
+/// without and (when `--moe` is given) with its MoE layers.
+pub fn run_flops(args: &FlopsArgs) -> Result<()> {
+    let [h, w] = parse_size("--size", &args.size)?;
+    let input = [args.batch, 3, h, w];
+    let baseline_args = ModelArgs {
+        moe: Vec::new(),
+        ..args.model.clone()
+    };
+    let (baseline_net, _) = baseline_args.build()?;
+    let baseline = complexity(baseline_net.as_ref(), input)?;
+    drop(baseline_net);
+    println!(
+        "{} at {}x3x{h}x{w} (Conv2d, ConvTranspose2d, Linear and routed expert MACs, eval mode)",
+        args.model.model, args.batch
+    );
+    print_counts("baseline", &baseline);
+    if !args.model.moe.is_empty() {
+        let (net, placements) = args.model.build()?;
+        let moe = complexity(net.as_ref(), input)?;
+        print_counts(&args.model.title(&placements), &moe);
+        let percent = |new: u64, old: u64| 100.0 * (new as f64 - old as f64) / old as f64;
+        println!(
+            "increase: active params {:+.3} %, MACs {:+.3} %",
+            percent(moe.active_params, baseline.total_params),
+            percent(moe.macs, baseline.macs)
+        );
+    }
+    Ok(())
+}
+
+fn print_counts(title: &str, counts: &Complexity) {
+    println!("{title}");
+    println!("  params_total  {}", counts.total_params);
+    println!("  params_active {}", counts.active_params);
+    println!("  macs          {}  ({:.2} G)", counts.macs, counts.gmacs());
+}
+
+/// Options of `moeseg forward`.
+#[derive(Args, Debug, Clone)]
+pub struct ForwardArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Weights (safetensors, the network's state dict; loaded strictly).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Input file with tensor `input` `[B, 3, H, W]` f32.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output file: tensor `output` `[B, C, H, W]` f32 (logits).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Train mode: batch statistics, loss and gradients (needs --target and --grads).
+    #[arg(long, requires_all = ["target", "grads"])]
+    pub train: bool,
+    /// Target file with tensor `target` `[B, H, W]` (int64 or float; 255 = ignore).
+    #[arg(long)]
+    pub target: Option<PathBuf>,
+    /// Dropout probability of every dropout layer in train mode (0 for a deterministic check).
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    /// Gradients file: tensor `loss`, every parameter's gradient under its own name and the
+    /// updated buffers as `buffers.<name>`.
+    #[arg(long)]
+    pub grads: Option<PathBuf>,
+    /// Device: auto, cpu or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Runs `moeseg forward`.
+pub fn run_forward(args: &ForwardArgs) -> Result<()> {
+    if args.device != "cpu" && args.device != "auto" {
+        return Err(Error::Unsupported(format!(
+            "--device {}: `forward` runs on the CPU backend for now",
+            args.device
+        )));
+    }
+    let (net, _) = args.model.build()?;
+    load_state_dict(net.as_ref(), &args.weights, LoadOptions::default())?;
+    let input = read_tensor(&args.input, "input")?;
+    input.expect_rank("moeseg forward", "input", 4)?;
+    if !args.train {
+        set_training(net.as_ref(), false);
+        let logits = crate::autograd::no_grad(|| net.forward(&input))?;
+        return save(&args.output, [("output", &logits, DType::F32)]);
+    }
+    let (Some(target_path), Some(grads_path)) = (&args.target, &args.grads) else {
+        return Err(Error::invalid(
+            "moeseg forward",
+            "--train needs --target and --grads",
+        ));
+    };
+    set_training(net.as_ref(), true);
+    if let Some(p) = args.dropout {
+        let _ = p; // MERGE: crate::nn::set_dropout_probability(net.as_ref(), p)?;
+    }
+    let target = read_tensor(target_path, "target")?;
+    let output = net.forward_seg(&input)?;
+    let mut loss = output
+        .logits
+        .cross_entropy(&target, CrossEntropyOptions::default())?;
+    for aux in &output.aux {
+        let aux_loss = aux
+            .logits
+            .cross_entropy(&target, CrossEntropyOptions::default())?;
+        loss = loss.add(&aux_loss.mul_scalar(aux.weight)?)?;
+    }
+    if let Some(balance) = balance_loss(net.as_ref())? {
+        loss = loss.add(&balance)?;
+    }
+    loss.backward()?;
+    save(&args.output, [("output", &output.logits, DType::F32)])?;
+    let mut entries: Vec<(String, Tensor, DType)> = vec![("loss".to_string(), loss, DType::F32)];
+    for (name, tensor, role) in named_tensors(net.as_ref()) {
+        match role {
+            Role::Parameter => {
+                // A parameter the forward does not use (ERFNet's encoder.output_conv) has a
+                // zero gradient here where PyTorch has None.
+                let grad = match tensor.grad() {
+                    Some(g) => g,
+                    None => tensor.zeros_like()?,
+                };
+                entries.push((name, grad, DType::F32));
+            }
+            Role::Buffer(dtype) => entries.push((format!("buffers.{name}"), tensor, dtype)),
+        }
+    }
+    save(
+        grads_path,
+        entries.iter().map(|(n, t, d)| (n.as_str(), t, *d)),
+    )
+}
+
+/// Reads tensor `name` of a safetensors file, with an error naming both when it is absent.
+fn read_tensor(path: &std::path::Path, name: &str) -> Result<Tensor> {
+    let file = SafetensorsFile::open(path)?;
+    if !file.contains(name) {
+        return Err(Error::file(
+            path,
+            format!(
+                "has no tensor `{name}` (it holds: {})",
+                file.names().join(", ")
+            ),
+        ));
+    }
+    file.tensor(name)
+}
