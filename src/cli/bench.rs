@@ -37,6 +37,8 @@ enum BenchCommand {
     /// Time PatchConvMoE's split/reassemble, gating, routed dispatch and whole layer on the CPU,
     /// next to a plain copy and the dense conv of the same shape.
     Routing(RoutingArgs),
+    /// Time forward and forward + backward of the six networks (batch 2, 3×256×512) on the CPU.
+    Nets(super::bench_nets::NetsArgs),
 }
 
 /// The feature map of a default placement.
@@ -99,6 +101,7 @@ pub struct RoutingArgs {
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.command {
         BenchCommand::Routing(routing) => run_routing(routing),
+        BenchCommand::Nets(nets) => super::bench_nets::run_nets(nets),
     }
 }
 
@@ -107,9 +110,9 @@ const GATE_CALLS: usize = 100;
 
 /// Median and best of `repeats` wall times, in milliseconds.
 #[derive(Clone, Copy, Debug)]
-struct Timing {
-    median: f64,
-    best: f64,
+pub(super) struct Timing {
+    pub(super) median: f64,
+    pub(super) best: f64,
 }
 
 impl Timing {
@@ -123,7 +126,7 @@ impl Timing {
 
 /// Times `repeats` runs after one warm-up run. The median is the reported figure; the best
 /// (minimum) is printed next to it because a shared machine's load only ever adds time.
-fn time_runs(repeats: usize, mut run: impl FnMut() -> Result<()>) -> Result<Timing> {
+pub(super) fn time_runs(repeats: usize, mut run: impl FnMut() -> Result<()>) -> Result<Timing> {
     run()?;
     let mut times: Vec<f64> = Vec::with_capacity(repeats);
     for _ in 0..repeats {

@@ -2,6 +2,7 @@
 //! conv net trained on a synthetic segmentation task on the CPU, exercising the engine end to end.
 
 mod bench;
+mod bench_nets;
 mod demo;
 pub mod model_tools;
 
