@@ -1,0 +1,214 @@
+//! Pictures for people: colourised label maps, blends, routing overlays (which expert each
+//! patch went to) and atomic PNG writing.
+
+use super::files;
+use super::{CITYSCAPES_PALETTE, IGNORE_INDEX};
+use crate::error::{Error, Result};
+use image::{Rgb, RgbImage};
+use std::path::Path;
+
+/// The Cityscapes colours of a trainId map (`height × width`, row-major); 255 and unknown ids
+/// are black, and so are pixels past the end of a too short `labels`.
+pub fn colorize(labels: &[u8], height: usize, width: usize) -> RgbImage {
+    let mut img = RgbImage::new(width as u32, height as u32);
+    for (px, &label) in img.pixels_mut().zip(labels) {
+        if label != IGNORE_INDEX {
+            if let Some(color) = CITYSCAPES_PALETTE.get(label as usize) {
+                *px = Rgb(*color);
+            }
+        }
+    }
+    img
+}
+
+/// `(1 − alpha)·image + alpha·overlay`; both must have the same size.
+pub fn blend(image: &RgbImage, overlay: &RgbImage, alpha: f32) -> Result<RgbImage> {
+    if image.dimensions() != overlay.dimensions() {
+        return Err(Error::shape(
+            "blend",
+            format!(
+                "image is {:?} but overlay is {:?} (width, height)",
+                image.dimensions(),
+                overlay.dimensions()
+            ),
+        ));
+    }
+    let alpha = alpha.clamp(0.0, 1.0);
+    let mut out = image.clone();
+    for (px, over) in out.pixels_mut().zip(overlay.pixels()) {
+        for c in 0..3 {
+            px.0[c] = mix(px.0[c], over.0[c], alpha);
+        }
+    }
+    Ok(out)
+}
+
+fn mix(a: u8, b: u8, alpha: f32) -> u8 {
+    (a as f32 * (1.0 - alpha) + b as f32 * alpha).round() as u8
+}
+
+/// A distinct colour per expert (hues evenly spaced, full saturation).
+pub fn expert_color(expert: usize, num_experts: usize) -> [u8; 3] {
+    let n = num_experts.max(1);
+    let hue = (expert % n) as f32 / n as f32 * 6.0;
+    let x = 1.0 - (hue % 2.0 - 1.0).abs();
+    let (r, g, b) = match hue as u32 {
+        0 => (1.0, x, 0.0),
+        1 => (x, 1.0, 0.0),
+        2 => (0.0, 1.0, x),
+        3 => (0.0, x, 1.0),
+        4 => (x, 0.0, 1.0),
+        _ => (1.0, 0.0, x),
+    };
+    [r, g, b].map(|v: f32| (v * 230.0) as u8 + 20)
+}
+
+/// `image` cut in a `rows × cols` grid of patches, each tinted with the colour of its top
+/// expert and labelled with its chosen experts in rank order; grid lines in white.
+/// `experts` holds one list per patch, row-major; patches without a list stay untinted and
+/// extra lists are ignored (a zero-sized grid returns the image unchanged).
+pub fn routing_overlay(
+    image: &RgbImage,
+    rows: usize,
+    cols: usize,
+    experts: &[Vec<usize>],
+    num_experts: usize,
+) -> RgbImage {
+    if rows == 0 || cols == 0 || image.width() == 0 || image.height() == 0 {
+        return image.clone();
+    }
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let mut out = image.clone();
+    let x_edge = |c: usize| c * w / cols;
+    let y_edge = |r: usize| r * h / rows;
+    for (patch, chosen) in experts.iter().enumerate().take(rows * cols) {
+        let (r, c) = (patch / cols, patch % cols);
+        let (x0, x1, y0, y1) = (x_edge(c), x_edge(c + 1), y_edge(r), y_edge(r + 1));
+        if let Some(&top) = chosen.first() {
+            let color = expert_color(top, num_experts);
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    let px = out.get_pixel_mut(x as u32, y as u32);
+                    for ch in 0..3 {
+                        px.0[ch] = mix(px.0[ch], color[ch], 0.45);
+                    }
+                }
+            }
+        }
+        let text = chosen
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let scale = if (x1 - x0) >= 40 && (y1 - y0) >= 20 {
+            2
+        } else {
+            1
+        };
+        draw_text(
+            &mut out,
+            &text,
+            x0 + 2,
+            y0 + 2,
+            scale,
+            (x1, y1),
+            [255, 255, 255],
+        );
+    }
+    for r in 0..=rows {
+        let y = y_edge(r).min(h.saturating_sub(1));
+        (0..w).for_each(|x| out.put_pixel(x as u32, y as u32, Rgb([255, 255, 255])));
+    }
+    for c in 0..=cols {
+        let x = x_edge(c).min(w.saturating_sub(1));
+        (0..h).for_each(|y| out.put_pixel(x as u32, y as u32, Rgb([255, 255, 255])));
+    }
+    out
+}
+
+/// 5×7 bitmaps of `0-9` and `,` (one row per byte, bit 4 = leftmost column).
+const GLYPHS: [[u8; 7]; 11] = [
+    [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E],
+    [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E],
+    [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F],
+    [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E],
+    [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02],
+    [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E],
+    [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E],
+    [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08],
+    [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E],
+    [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C],
+    [0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0x08],
+];
+
+/// Draws digits and commas with a black outline, clipped to `limit` (exclusive x, y).
+fn draw_text(
+    img: &mut RgbImage,
+    text: &str,
+    x: usize,
+    y: usize,
+    scale: usize,
+    limit: (usize, usize),
+    color: [u8; 3],
+) {
+    let (lx, ly) = (
+        limit.0.min(img.width() as usize),
+        limit.1.min(img.height() as usize),
+    );
+    let mut plot = |px: usize, py: usize, c: [u8; 3]| {
+        if px < lx && py < ly {
+            img.put_pixel(px as u32, py as u32, Rgb(c));
+        }
+    };
+    for (i, ch) in text.chars().enumerate() {
+        let glyph = match ch {
+            '0'..='9' => GLYPHS[ch as usize - '0' as usize],
+            ',' => GLYPHS[10],
+            _ => continue,
+        };
+        let gx = x + i * 6 * scale;
+        for pass in 0..2 {
+            for (row, bits) in glyph.iter().enumerate() {
+                for col in 0..5 {
+                    if bits & (0x10 >> col) == 0 {
+                        continue;
+                    }
+                    for dy in 0..scale {
+                        for dx in 0..scale {
+                            let (px, py) = (gx + col * scale + dx, y + row * scale + dy);
+                            if pass == 0 {
+                                // Outline: the pixel to the right and below in black.
+                                plot(px + 1, py + 1, [0, 0, 0]);
+                            } else {
+                                plot(px, py, color);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes an RGB PNG atomically (temporary file, then rename), creating parent folders.
+pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
+    create_parent(path)?;
+    files::write_encoded(
+        &image::DynamicImage::ImageRgb8(img.clone()),
+        image::ImageFormat::Png,
+        path,
+    )
+}
+
+/// Writes labels as an 8-bit grayscale PNG atomically (e.g. `_pred_labelIds.png`, trainIds).
+pub fn save_label_png(labels: &[u8], height: usize, width: usize, path: &Path) -> Result<()> {
+    create_parent(path)?;
+    files::write_gray_png(labels, height, width, path)
+}
+
+fn create_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => files::create_dir(parent),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,998 @@
+//! The built-in synthetic street scenes (`datasets.md`): procedural images with exact labels,
+//! deterministic from `(seed, index)`.
+//!
+//! A scene is painted back to front: a sky gradient with clouds, a far skyline of buildings and
+//! trees, the ground in perspective (terrain, then sidewalks and the road towards a vanishing
+//! point, with lane marks), facades / hedges / walls / fences along both sidewalks, then objects
+//! sorted by depth (cars, trucks, buses, trams, persons, riders on bicycles or motorcycles,
+//! parked two-wheelers, poles with traffic signs and lights), shadows, a global lighting change
+//! and sensor noise. Object colours vary within a class, so shape and context matter.
+
+use super::raster::{noise, Canvas, Material, Shape, Texture};
+use super::{Dataset, Sample};
+use crate::error::{Error, Result};
+use crate::tensor::Rng;
+
+// trainIds, named for readability.
+const ROAD: u8 = 0;
+const SIDEWALK: u8 = 1;
+const BUILDING: u8 = 2;
+const WALL: u8 = 3;
+const FENCE: u8 = 4;
+const POLE: u8 = 5;
+const TRAFFIC_LIGHT: u8 = 6;
+const TRAFFIC_SIGN: u8 = 7;
+const VEGETATION: u8 = 8;
+const TERRAIN: u8 = 9;
+const SKY: u8 = 10;
+const PERSON: u8 = 11;
+const RIDER: u8 = 12;
+const CAR: u8 = 13;
+const TRUCK: u8 = 14;
+const BUS: u8 = 15;
+const TRAIN: u8 = 16;
+const MOTORCYCLE: u8 = 17;
+const BICYCLE: u8 = 18;
+
+/// Size and seed of a synthetic set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyntheticConfig {
+    /// Number of samples.
+    pub len: usize,
+    /// Image height in pixels.
+    pub height: usize,
+    /// Image width in pixels.
+    pub width: usize,
+    /// Seed: sample `i` depends only on `(seed, i)` and the size.
+    pub seed: u64,
+}
+
+impl Default for SyntheticConfig {
+    fn default() -> Self {
+        SyntheticConfig {
+            len: 512,
+            height: 128,
+            width: 256,
+            seed: 0,
+        }
+    }
+}
+
+/// Procedural street scenes with exact trainId labels (all 19 classes over a set).
+#[derive(Clone, Debug)]
+pub struct Synthetic {
+    config: SyntheticConfig,
+}
+
+impl Synthetic {
+    /// A set of `config.len` scenes.
+    pub fn new(config: SyntheticConfig) -> Synthetic {
+        Synthetic { config }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> SyntheticConfig {
+        self.config
+    }
+
+    /// Paints scene `index` (any index, also past `len`).
+    pub fn generate(&self, index: usize) -> Sample {
+        let SyntheticConfig {
+            height,
+            width,
+            seed,
+            ..
+        } = self.config;
+        let mut rng = Rng::new(
+            seed ^ (index as u64)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .rotate_left(17),
+        );
+        let mut canvas = Canvas::new(height, width, SKY);
+        Scene::new(&mut rng, height as f32, width as f32).paint(&mut canvas, &mut rng);
+        let mut image = image::RgbImage::new(width as u32, height as u32);
+        let sensor_seed = rng.next_u64() as u32;
+        let sigma = rng.uniform(0.01, 0.05);
+        for (i, (px, rgb)) in image.pixels_mut().zip(&canvas.rgb).enumerate() {
+            let (x, y) = ((i % width) as i32, (i / width) as i32);
+            for (c, v) in rgb.iter().enumerate() {
+                let n = sigma * noise(x, y, sensor_seed.wrapping_add(c as u32));
+                px.0[c] = ((v + n).clamp(0.0, 1.0) * 255.0).round() as u8;
+            }
+        }
+        Sample {
+            id: format!("synthetic_{index:06}"),
+            image,
+            label: Some(canvas.label),
+        }
+    }
+}
+
+impl Dataset for Synthetic {
+    fn len(&self) -> usize {
+        self.config.len
+    }
+
+    fn get(&self, index: usize) -> Result<Sample> {
+        if index >= self.config.len {
+            return Err(Error::invalid(
+                "synthetic",
+                format!("index {index} out of range for {} samples", self.config.len),
+            ));
+        }
+        if self.config.height == 0 || self.config.width == 0 {
+            return Err(Error::invalid(
+                "synthetic",
+                "image height and width must be positive",
+            ));
+        }
+        Ok(self.generate(index))
+    }
+
+    fn id(&self, index: usize) -> String {
+        format!("synthetic_{index:06}")
+    }
+
+    fn describe(&self) -> String {
+        let c = self.config;
+        format!(
+            "synthetic street scenes ({} images of {}×{}, seed {})",
+            c.len, c.height, c.width, c.seed
+        )
+    }
+}
+
+/// A random colour near `base` (each channel ± `spread`).
+fn vary(rng: &mut Rng, base: [f32; 3], spread: f32) -> [f32; 3] {
+    let shift = rng.uniform(-spread, spread);
+    base.map(|v| (v + shift + rng.uniform(-spread, spread) * 0.5).clamp(0.0, 1.0))
+}
+
+/// A random colour near one of `choices`.
+fn vary_pick(rng: &mut Rng, choices: &[[f32; 3]], spread: f32) -> [f32; 3] {
+    let base = pick(rng, choices);
+    vary(rng, base, spread)
+}
+
+/// One of `choices`, uniformly.
+fn pick<T: Copy>(rng: &mut Rng, choices: &[T]) -> T {
+    choices[rng.below(choices.len())]
+}
+
+/// A vivid or neutral vehicle paint.
+fn paint_color(rng: &mut Rng) -> [f32; 3] {
+    let palette = [
+        [0.85, 0.85, 0.85],
+        [0.1, 0.1, 0.12],
+        [0.5, 0.52, 0.55],
+        [0.6, 0.08, 0.08],
+        [0.1, 0.2, 0.55],
+        [0.75, 0.7, 0.6],
+        [0.2, 0.4, 0.25],
+        [0.9, 0.6, 0.1],
+    ];
+    vary_pick(rng, &palette, 0.06)
+}
+
+/// The camera geometry of a scene: ground rows below the horizon at depth
+/// `t = (y - horizon) / (H - horizon)`, lines converging to `(vanish_x, horizon)`.
+struct Scene {
+    h: f32,
+    w: f32,
+    horizon: f32,
+    vanish_x: f32,
+    /// Road centre shift and half width at the bottom row (t = 1).
+    road_shift: f32,
+    road_half: f32,
+    /// Sidewalk widths at t = 1, left and right.
+    walk: [f32; 2],
+    /// Global light: brightness per channel.
+    light: [f32; 3],
+}
+
+impl Scene {
+    fn new(rng: &mut Rng, h: f32, w: f32) -> Scene {
+        let brightness = rng.uniform(0.65, 1.3);
+        let warm = rng.uniform(-0.08, 0.08);
+        Scene {
+            h,
+            w,
+            horizon: h * rng.uniform(0.36, 0.5),
+            vanish_x: w * rng.uniform(0.3, 0.7),
+            road_shift: w * rng.uniform(-0.2, 0.2),
+            road_half: w * rng.uniform(0.35, 0.7),
+            walk: [w * rng.uniform(0.12, 0.4), w * rng.uniform(0.12, 0.4)],
+            light: [
+                brightness * (1.0 + warm),
+                brightness,
+                brightness * (1.0 - warm),
+            ],
+        }
+    }
+
+    /// Row of ground depth `t`.
+    fn y_at(&self, t: f32) -> f32 {
+        self.horizon + t * (self.h - self.horizon)
+    }
+
+    /// Column at depth `t` of the ground line `offset` pixels (at t = 1) from the road centre.
+    fn x_at(&self, t: f32, offset: f32) -> f32 {
+        self.vanish_x + t * (self.road_shift + offset)
+    }
+
+    /// Offset of the outer sidewalk edge on `side` (0 left, 1 right).
+    fn outer(&self, side: usize) -> f32 {
+        let sign = if side == 0 { -1.0 } else { 1.0 };
+        sign * (self.road_half + self.walk[side])
+    }
+
+    /// A ground quad between offsets `a` and `b` and depths `t0..t1`.
+    fn ground_quad(&self, a: f32, b: f32, t0: f32, t1: f32) -> Shape {
+        Shape::Polygon(vec![
+            (self.x_at(t0, a), self.y_at(t0)),
+            (self.x_at(t0, b), self.y_at(t0)),
+            (self.x_at(t1, b), self.y_at(t1)),
+            (self.x_at(t1, a), self.y_at(t1)),
+        ])
+    }
+
+    fn paint(&self, canvas: &mut Canvas, rng: &mut Rng) {
+        self.sky(canvas, rng);
+        self.skyline(canvas, rng);
+        self.ground(canvas, rng);
+        for side in 0..2 {
+            self.roadside(canvas, rng, side);
+        }
+        self.objects(canvas, rng);
+        self.shadows(canvas, rng);
+        let light = self.light;
+        canvas.shade(
+            &Shape::Rect {
+                x0: 0.0,
+                y0: 0.0,
+                x1: self.w,
+                y1: self.h,
+            },
+            light,
+        );
+    }
+
+    fn sky(&self, canvas: &mut Canvas, rng: &mut Rng) {
+        let overcast = rng.uniform(0.0, 1.0);
+        let top = vary(
+            rng,
+            [0.25 + 0.4 * overcast, 0.45 + 0.3 * overcast, 0.8],
+            0.05,
+        );
+        let bottom = vary(rng, [0.75, 0.82, 0.9], 0.05);
+        let material = Material {
+            color: top,
+            texture: Texture::Gradient {
+                to: bottom,
+                y0: 0.0,
+                y1: self.horizon,
+            },
+            noise: 0.01,
+            seed: rng.next_u64() as u32,
+        };
+        canvas.fill(
+            &Shape::Rect {
+                x0: 0.0,
+                y0: 0.0,
+                x1: self.w,
+                y1: self.horizon + 1.0,
+            },
+            SKY,
+            &material,
+        );
+        for _ in 0..rng.below(5) {
+            let cloud = Material {
+                color: vary(rng, [0.92, 0.93, 0.95], 0.04),
+                texture: Texture::Leaves { cell: 3 },
+                noise: 0.03,
+                seed: rng.next_u64() as u32,
+            };
+            let shape = Shape::Ellipse {
+                cx: rng.uniform(0.0, self.w),
+                cy: rng.uniform(0.0, self.horizon * 0.6),
+                rx: self.w * rng.uniform(0.05, 0.15),
+                ry: self.h * rng.uniform(0.02, 0.06),
+            };
+            canvas.fill(&shape, SKY, &cloud);
+        }
+    }
+
+    /// Far buildings and tree clumps standing on the horizon.
+    fn skyline(&self, canvas: &mut Canvas, rng: &mut Rng) {
+        let mut x = -rng.uniform(0.0, 0.1) * self.w;
+        while x < self.w {
+            let width = self.w * rng.uniform(0.04, 0.16);
+            let top = self.horizon - self.h * rng.uniform(0.04, 0.3);
+            if rng.next_f32() < 0.7 {
+                let material = self.facade(rng, width * 0.25, (x, top));
+                let shape = Shape::Rect {
+                    x0: x,
+                    y0: top,
+                    x1: x + width,
+                    y1: self.horizon + 2.0,
+                };
+                canvas.fill(&shape, BUILDING, &material);
+            } else {
+                self.tree_clump(
+                    canvas,
+                    rng,
+                    x + width / 2.0,
+                    self.horizon + 1.0,
+                    width * 0.6,
+                    self.horizon - top,
+                );
+            }
+            x += width;
+        }
+    }
+
+    /// A facade material with windows `period` pixels apart.
+    fn facade(&self, rng: &mut Rng, period: f32, origin: (f32, f32)) -> Material {
+        let wall = pick(
+            rng,
+            &[
+                [0.55, 0.5, 0.45],
+                [0.7, 0.66, 0.6],
+                [0.45, 0.45, 0.48],
+                [0.6, 0.4, 0.32],
+                [0.8, 0.78, 0.7],
+            ],
+        );
+        let period = period.clamp(3.0, self.w * 0.1);
+        Material {
+            color: vary(rng, wall, 0.08),
+            texture: Texture::Windows {
+                glass: vary(rng, [0.2, 0.25, 0.3], 0.08),
+                period: (period, period * rng.uniform(1.0, 1.5)),
+                origin,
+            },
+            noise: 0.05,
+            seed: rng.next_u64() as u32,
+        }
+    }
+
+    fn leaves(&self, rng: &mut Rng, cell: i32) -> Material {
+        Material {
+            color: vary(rng, [0.25, 0.4, 0.15], 0.06),
+            texture: Texture::Leaves { cell: cell.max(1) },
+            noise: 0.12,
+            seed: rng.next_u64() as u32,
+        }
+    }
+
+    /// A few overlapping canopy ellipses above `(cx, base)`, `radius` wide, `height` tall.
+    fn tree_clump(
+        &self,
+        canvas: &mut Canvas,
+        rng: &mut Rng,
+        cx: f32,
+        base: f32,
+        radius: f32,
+        height: f32,
+    ) {
+        let material = self.leaves(rng, (radius / 4.0) as i32);
+        for _ in 0..3 + rng.below(3) {
+            let r = radius * rng.uniform(0.5, 1.0);
+            let shape = Shape::Ellipse {
+                cx: cx + rng.uniform(-radius, radius) * 0.6,
+                cy: base - height * rng.uniform(0.3, 0.7),
+                rx: r,
+                ry: (height * 0.45).max(r * 0.6),
+            };
+            canvas.fill(&shape, VEGETATION, &material);
+        }
+    }
+
+    /// Terrain everywhere on the ground, then sidewalks and the road with lane marks.
+    fn ground(&self, canvas: &mut Canvas, rng: &mut Rng) {
+        let grass = Material {
+            color: vary(rng, [0.45, 0.55, 0.25], 0.07),
+            texture: Texture::Leaves { cell: 2 },
+            noise: 0.15,
+            seed: rng.next_u64() as u32,
+        };
+        canvas.fill(
+            &Shape::Rect {
+                x0: 0.0,
+                y0: self.horizon,
+                x1: self.w,
+                y1: self.h,
+            },
+            TERRAIN,
+            &grass,
+        );
+        let walk_color = vary(rng, [0.62, 0.58, 0.58], 0.08);
+        let walk = Material {
+            color: walk_color,
+            texture: Texture::Bands {
+                period: (self.h * 0.03).max(2.0),
+            },
+            noise: 0.06,
+            seed: rng.next_u64() as u32,
+        };
+        let far = 1.6; // past the bottom row, so the quads cover it
+        for side in 0..2 {
+            let (a, b) = if side == 0 {
+                (self.outer(0), -self.road_half)
+            } else {
+                (self.road_half, self.outer(1))
+            };
+            canvas.fill(&self.ground_quad(a, b, 0.0, far), SIDEWALK, &walk);
+        }
+        let asphalt = Material::plain(
+            vary(rng, [0.33, 0.32, 0.34], 0.06),
+            0.08,
+            rng.next_u64() as u32,
+        );
+        canvas.fill(
+            &self.ground_quad(-self.road_half, self.road_half, 0.0, far),
+            ROAD,
+            &asphalt,
+        );
+        let paint = Material::plain([0.85, 0.85, 0.8], 0.05, rng.next_u64() as u32);
+        let lanes = 1 + rng.below(3);
+        let mark = self.w * 0.01;
+        for lane in 1..lanes + 1 {
+            let offset = -self.road_half + 2.0 * self.road_half * lane as f32 / (lanes + 1) as f32;
+            let mut t = rng.uniform(0.02, 0.1);
+            while t < 1.2 {
+                let t1 = t * 1.25;
+                canvas.fill(
+                    &self.ground_quad(offset - mark, offset + mark, t, t1),
+                    ROAD,
+                    &paint,
+                );
+                t = t1 * 1.25;
+            }
+        }
+    }
+
+    /// Segments of facades, hedges with trees, walls and fences along one sidewalk.
+    fn roadside(&self, canvas: &mut Canvas, rng: &mut Rng, side: usize) {
+        let sign = if side == 0 { -1.0 } else { 1.0 };
+        let mut t0 = 0.01;
+        while t0 < 1.6 {
+            let t1 = t0 * rng.uniform(1.3, 2.2) + 0.02;
+            let kind = rng.next_f32();
+            let setback = sign * self.w * rng.uniform(0.0, 0.1) * (kind < 0.5) as u8 as f32;
+            let base = self.outer(side) + setback;
+            let bottom = |t: f32| (self.x_at(t, base), self.y_at(t));
+            let (p0, p1) = (bottom(t0), bottom(t1));
+            let quad = |height: f32| {
+                let top = |t: f32, p: (f32, f32)| (p.0, p.1 - height * t * (self.h - self.horizon));
+                Shape::Polygon(vec![p0, p1, top(t1, p1), top(t0, p0)])
+            };
+            if kind < 0.5 {
+                let material = self.facade(rng, (t0 + t1) * self.w * 0.04, p0);
+                canvas.fill(&quad(rng.uniform(1.5, 5.0)), BUILDING, &material);
+            } else if kind < 0.72 {
+                let height = rng.uniform(0.3, 0.7);
+                canvas.fill(
+                    &quad(height),
+                    VEGETATION,
+                    &self.leaves(rng, (t0 * self.w * 0.03) as i32),
+                );
+                let t = (t0 + t1) / 2.0;
+                let (x, y) = bottom(t);
+                let scale = t * (self.h - self.horizon);
+                let (radius, height) = (rng.uniform(0.4, 0.9), rng.uniform(1.2, 2.5));
+                self.tree_clump(canvas, rng, x, y, scale * radius, scale * height);
+            } else if kind < 0.84 {
+                let material = Material {
+                    color: vary(rng, [0.6, 0.58, 0.55], 0.1),
+                    texture: Texture::Bands {
+                        period: (t0 * self.h * 0.1).max(2.0),
+                    },
+                    noise: 0.07,
+                    seed: rng.next_u64() as u32,
+                };
+                canvas.fill(&quad(rng.uniform(0.2, 0.45)), WALL, &material);
+            } else if kind < 0.95 {
+                let material = Material {
+                    color: vary(rng, [0.55, 0.48, 0.42], 0.1),
+                    texture: Texture::Slats {
+                        period: (t0 * self.w * 0.015).max(2.0),
+                    },
+                    noise: 0.06,
+                    seed: rng.next_u64() as u32,
+                };
+                canvas.fill(&quad(rng.uniform(0.2, 0.5)), FENCE, &material);
+            }
+            t0 = t1;
+        }
+    }
+
+    /// Objects at random depths, painted far to near.
+    fn objects(&self, canvas: &mut Canvas, rng: &mut Rng) {
+        let mut objects: Vec<(f32, Object)> = Vec::new();
+        let add = |objects: &mut Vec<(f32, Object)>,
+                   rng: &mut Rng,
+                   count: usize,
+                   t: (f32, f32),
+                   kind: fn(&mut Rng) -> Object| {
+            for _ in 0..count {
+                let depth = rng.uniform(t.0, t.1);
+                objects.push((depth, kind(rng)));
+            }
+        };
+        let cars = 1 + rng.below(6);
+        add(&mut objects, rng, cars, (0.08, 1.05), |r| Object::Vehicle {
+            class: CAR,
+            lane: r.uniform(-0.85, 0.85),
+        });
+        let counts = [(TRUCK, 0.35, 0.85), (BUS, 0.3, 0.85), (TRAIN, 0.2, 0.1)];
+        for (class, p, spread) in counts {
+            if rng.next_f32() < p {
+                let lane = rng.uniform(-spread, spread);
+                objects.push((rng.uniform(0.1, 0.8), Object::Vehicle { class, lane }));
+            }
+        }
+        let persons = rng.below(6);
+        add(&mut objects, rng, persons, (0.1, 1.0), |r| Object::Person {
+            side: r.below(2),
+            across: r.uniform(0.1, 0.9),
+        });
+        let riders = rng.below(3);
+        add(&mut objects, rng, riders, (0.1, 0.95), |r| Object::Rider {
+            lane: pick(r, &[-0.9, 0.9]),
+            motor: r.next_f32() < 0.5,
+        });
+        let parked = rng.below(3);
+        add(&mut objects, rng, parked, (0.1, 0.9), |r| Object::Parked {
+            side: r.below(2),
+            motor: r.next_f32() < 0.5,
+        });
+        let poles = 1 + rng.below(5);
+        add(&mut objects, rng, poles, (0.05, 1.2), |r| Object::Pole {
+            side: r.below(2),
+            top: r.below(3),
+        });
+        objects.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (t, object) in objects {
+            self.object(canvas, rng, t, object);
+        }
+    }
+
+    fn object(&self, canvas: &mut Canvas, rng: &mut Rng, t: f32, object: Object) {
+        let unit = t * (self.h - self.horizon); // one "camera height" in pixels at depth t
+        let y = self.y_at(t);
+        match object {
+            Object::Vehicle { class, lane } => {
+                let x = self.x_at(t, lane * self.road_half * 0.75);
+                let (w, h) = match class {
+                    CAR => (1.1, rng.uniform(0.75, 0.9)),
+                    TRUCK => (1.3, rng.uniform(1.4, 1.9)),
+                    BUS => (1.4, rng.uniform(1.6, 1.9)),
+                    _ => (1.5, 2.0),
+                };
+                self.vehicle(canvas, rng, class, x, y, w * unit, h * unit);
+            }
+            Object::Person { side, across } => {
+                let a = if side == 0 {
+                    -self.road_half
+                } else {
+                    self.road_half
+                };
+                let x = self.x_at(t, a + (self.outer(side) - a) * across);
+                let size = unit * rng.uniform(0.9, 1.1);
+                self.figure(canvas, rng, PERSON, x, y, size, false);
+            }
+            Object::Rider { lane, motor } => {
+                let x = self.x_at(t, lane * self.road_half);
+                self.two_wheeler(canvas, rng, motor, x, y, unit);
+                self.figure(canvas, rng, RIDER, x, y - unit * 0.3, unit * 0.9, true);
+            }
+            Object::Parked { side, motor } => {
+                let x = self.x_at(t, self.outer(side) * 0.9);
+                self.two_wheeler(canvas, rng, motor, x, y, unit);
+            }
+            Object::Pole { side, top } => {
+                let x = self.x_at(t, self.outer(side) * 0.97);
+                let width = (unit * 0.06).max(1.0);
+                let height = unit * rng.uniform(1.8, 3.0);
+                let metal = Material::plain(
+                    vary(rng, [0.45, 0.45, 0.45], 0.1),
+                    0.05,
+                    rng.next_u64() as u32,
+                );
+                canvas.fill(
+                    &Shape::Rect {
+                        x0: x - width / 2.0,
+                        y0: y - height,
+                        x1: x + width / 2.0,
+                        y1: y,
+                    },
+                    POLE,
+                    &metal,
+                );
+                let size = unit * 0.35;
+                let (cx, cy) = (x, y - height + size * 0.6);
+                match top {
+                    0 => {
+                        let housing =
+                            Material::plain([0.12, 0.12, 0.1], 0.05, rng.next_u64() as u32);
+                        let box_w = size * 0.45;
+                        canvas.fill(
+                            &Shape::Rect {
+                                x0: cx - box_w / 2.0,
+                                y0: cy - size,
+                                x1: cx + box_w / 2.0,
+                                y1: cy + size * 0.5,
+                            },
+                            TRAFFIC_LIGHT,
+                            &housing,
+                        );
+                        let lamp = pick(rng, &[[0.9, 0.1, 0.1], [0.95, 0.7, 0.1], [0.1, 0.9, 0.3]]);
+                        let r = box_w * 0.35;
+                        let lamp_y = cy - size * 0.75 + rng.below(3) as f32 * size * 0.4;
+                        canvas.fill(
+                            &Shape::Ellipse {
+                                cx,
+                                cy: lamp_y,
+                                rx: r,
+                                ry: r,
+                            },
+                            TRAFFIC_LIGHT,
+                            &Material::plain(lamp, 0.02, 1),
+                        );
+                    }
+                    1 => {
+                        let color = pick(
+                            rng,
+                            &[
+                                [0.85, 0.1, 0.1],
+                                [0.1, 0.3, 0.75],
+                                [0.95, 0.85, 0.1],
+                                [0.92, 0.92, 0.92],
+                            ],
+                        );
+                        let material = Material::plain(color, 0.04, rng.next_u64() as u32);
+                        let shape = match rng.below(3) {
+                            0 => Shape::Ellipse {
+                                cx,
+                                cy,
+                                rx: size / 2.0,
+                                ry: size / 2.0,
+                            },
+                            1 => Shape::Polygon(vec![
+                                (cx - size / 2.0, cy + size * 0.4),
+                                (cx + size / 2.0, cy + size * 0.4),
+                                (cx, cy - size * 0.5),
+                            ]),
+                            _ => Shape::Rect {
+                                x0: cx - size * 0.6,
+                                y0: cy - size * 0.4,
+                                x1: cx + size * 0.6,
+                                y1: cy + size * 0.4,
+                            },
+                        };
+                        canvas.fill(&shape, TRAFFIC_SIGN, &material);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// A vehicle seen from behind: body, cabin with glass, wheels, lights; `w`×`h` pixels
+    /// standing on `(x, y)`.
+    #[allow(clippy::too_many_arguments)]
+    fn vehicle(
+        &self,
+        canvas: &mut Canvas,
+        rng: &mut Rng,
+        class: u8,
+        x: f32,
+        y: f32,
+        w: f32,
+        h: f32,
+    ) {
+        let body_color = match class {
+            BUS => vary_pick(
+                rng,
+                &[[0.85, 0.7, 0.1], [0.7, 0.1, 0.1], [0.15, 0.35, 0.7]],
+                0.05,
+            ),
+            TRAIN => vary(rng, [0.85, 0.85, 0.82], 0.05),
+            _ => paint_color(rng),
+        };
+        let body = Material::plain(body_color, 0.04, rng.next_u64() as u32);
+        let dark = Material::plain([0.07, 0.07, 0.08], 0.1, rng.next_u64() as u32);
+        let glass = Material::plain(
+            vary(rng, [0.2, 0.25, 0.3], 0.05),
+            0.06,
+            rng.next_u64() as u32,
+        );
+        let (x0, x1, top) = (x - w / 2.0, x + w / 2.0, y - h);
+        let wheel = w * 0.12;
+        for wx in [x0 + wheel * 1.2, x1 - wheel * 1.2] {
+            canvas.fill(
+                &Shape::Ellipse {
+                    cx: wx,
+                    cy: y - wheel * 0.6,
+                    rx: wheel,
+                    ry: wheel * 0.8,
+                },
+                class,
+                &dark,
+            );
+        }
+        let body_bottom = y - wheel * 0.5;
+        match class {
+            CAR => {
+                let waist = top + h * 0.45;
+                canvas.fill(
+                    &Shape::Rect {
+                        x0,
+                        y0: waist,
+                        x1,
+                        y1: body_bottom,
+                    },
+                    class,
+                    &body,
+                );
+                let cabin = Shape::Polygon(vec![
+                    (x0 + w * 0.05, waist),
+                    (x1 - w * 0.05, waist),
+                    (x1 - w * 0.18, top),
+                    (x0 + w * 0.18, top),
+                ]);
+                canvas.fill(&cabin, class, &body);
+                let window = Shape::Polygon(vec![
+                    (x0 + w * 0.12, waist),
+                    (x1 - w * 0.12, waist),
+                    (x1 - w * 0.22, top + h * 0.08),
+                    (x0 + w * 0.22, top + h * 0.08),
+                ]);
+                canvas.fill(&window, class, &glass);
+            }
+            TRUCK => {
+                canvas.fill(
+                    &Shape::Rect {
+                        x0,
+                        y0: top,
+                        x1,
+                        y1: body_bottom,
+                    },
+                    class,
+                    &body,
+                );
+                let cab_color = paint_color(rng);
+                let cab = Material::plain(cab_color, 0.04, rng.next_u64() as u32);
+                canvas.fill(
+                    &Shape::Rect {
+                        x0,
+                        y0: y - h * 0.25,
+                        x1,
+                        y1: body_bottom,
+                    },
+                    class,
+                    &cab,
+                );
+                canvas.fill(
+                    &Shape::Rect {
+                        x0: x - w * 0.05,
+                        y0: top + h * 0.05,
+                        x1: x + w * 0.05,
+                        y1: y - h * 0.3,
+                    },
+                    class,
+                    &dark,
+                );
+            }
+            _ => {
+                canvas.fill(
+                    &Shape::Rect {
+                        x0,
+                        y0: top,
+                        x1,
+                        y1: body_bottom,
+                    },
+                    class,
+                    &body,
+                );
+                let rows = if class == TRAIN { 2 } else { 1 };
+                for row in 0..rows {
+                    let wy = top + h * (0.1 + 0.3 * row as f32);
+                    canvas.fill(
+                        &Shape::Rect {
+                            x0: x0 + w * 0.08,
+                            y0: wy,
+                            x1: x1 - w * 0.08,
+                            y1: wy + h * 0.22,
+                        },
+                        class,
+                        &glass,
+                    );
+                }
+                if class == TRAIN {
+                    let wire = Material::plain([0.15, 0.15, 0.15], 0.05, 3);
+                    canvas.fill(
+                        &Shape::Rect {
+                            x0: x - w * 0.3,
+                            y0: top - h * 0.1,
+                            x1: x + w * 0.3,
+                            y1: top,
+                        },
+                        class,
+                        &wire,
+                    );
+                }
+            }
+        }
+        let lamp = Material::plain([0.8, 0.1, 0.05], 0.05, 7);
+        for lx in [x0 + w * 0.04, x1 - w * 0.14] {
+            canvas.fill(
+                &Shape::Rect {
+                    x0: lx,
+                    y0: body_bottom - h * 0.3,
+                    x1: lx + w * 0.1,
+                    y1: body_bottom - h * 0.2,
+                },
+                class,
+                &lamp,
+            );
+        }
+    }
+
+    /// A standing (or seated, for riders) person of height `size` on `(x, y)`.
+    #[allow(clippy::too_many_arguments)]
+    fn figure(
+        &self,
+        canvas: &mut Canvas,
+        rng: &mut Rng,
+        class: u8,
+        x: f32,
+        y: f32,
+        size: f32,
+        seated: bool,
+    ) {
+        let height = size * 0.55;
+        let skin = Material::plain(
+            vary_pick(
+                rng,
+                &[[0.9, 0.75, 0.6], [0.55, 0.38, 0.25], [0.75, 0.55, 0.4]],
+                0.04,
+            ),
+            0.04,
+            11,
+        );
+        let shirt = Material::plain(paint_color(rng), 0.08, rng.next_u64() as u32);
+        let pants = Material::plain(
+            vary(rng, [0.2, 0.22, 0.3], 0.1),
+            0.08,
+            rng.next_u64() as u32,
+        );
+        let half = height * 0.13;
+        let hip = y - height * if seated { 0.2 } else { 0.48 };
+        let shoulder = y - height * 0.85;
+        if !seated {
+            for side in [-1.0, 1.0] {
+                let leg = Shape::Polygon(vec![
+                    (x + side * half * 0.1, hip),
+                    (x + side * half, hip),
+                    (x + side * half * 1.2, y),
+                    (x + side * half * 0.3, y),
+                ]);
+                canvas.fill(&leg, class, &pants);
+            }
+        } else {
+            canvas.fill(
+                &Shape::Rect {
+                    x0: x - half,
+                    y0: hip,
+                    x1: x + half,
+                    y1: y,
+                },
+                class,
+                &pants,
+            );
+        }
+        canvas.fill(
+            &Shape::Rect {
+                x0: x - half * 1.1,
+                y0: shoulder,
+                x1: x + half * 1.1,
+                y1: hip + height * 0.02,
+            },
+            class,
+            &shirt,
+        );
+        let r = height * 0.075;
+        canvas.fill(
+            &Shape::Ellipse {
+                cx: x,
+                cy: shoulder - r * 1.1,
+                rx: r,
+                ry: r * 1.2,
+            },
+            class,
+            &skin,
+        );
+    }
+
+    /// A bicycle or motorcycle seen from behind at `(x, y)`, `unit` pixels per camera height.
+    fn two_wheeler(
+        &self,
+        canvas: &mut Canvas,
+        rng: &mut Rng,
+        motor: bool,
+        x: f32,
+        y: f32,
+        unit: f32,
+    ) {
+        let class = if motor { MOTORCYCLE } else { BICYCLE };
+        let dark = Material::plain([0.08, 0.08, 0.08], 0.1, rng.next_u64() as u32);
+        let frame = Material::plain(paint_color(rng), 0.05, rng.next_u64() as u32);
+        let (wheel_w, wheel_h) = if motor {
+            (unit * 0.1, unit * 0.3)
+        } else {
+            (unit * 0.04, unit * 0.3)
+        };
+        canvas.fill(
+            &Shape::Rect {
+                x0: x - wheel_w / 2.0,
+                y0: y - wheel_h,
+                x1: x + wheel_w / 2.0,
+                y1: y,
+            },
+            class,
+            &dark,
+        );
+        let body_w = if motor { unit * 0.3 } else { unit * 0.08 };
+        canvas.fill(
+            &Shape::Rect {
+                x0: x - body_w / 2.0,
+                y0: y - unit * 0.45,
+                x1: x + body_w / 2.0,
+                y1: y - wheel_h * 0.6,
+            },
+            class,
+            &frame,
+        );
+        let bar = Material::plain([0.3, 0.3, 0.3], 0.05, 5);
+        let bar_h = (unit * 0.03).max(1.0);
+        canvas.fill(
+            &Shape::Rect {
+                x0: x - unit * 0.22,
+                y0: y - unit * 0.5,
+                x1: x + unit * 0.22,
+                y1: y - unit * 0.5 + bar_h,
+            },
+            class,
+            &bar,
+        );
+    }
+
+    /// Soft shadows cast across the ground (colour only).
+    fn shadows(&self, canvas: &mut Canvas, rng: &mut Rng) {
+        for _ in 0..rng.below(3) {
+            let t0 = rng.uniform(0.05, 0.8);
+            let t1 = t0 + rng.uniform(0.05, 0.3);
+            let a = rng.uniform(-1.5, 0.5) * self.road_half;
+            let b = a + rng.uniform(0.5, 1.5) * self.road_half;
+            let f = rng.uniform(0.5, 0.8);
+            canvas.shade(&self.ground_quad(a, b, t0, t1), [f, f, f * 1.05]);
+        }
+    }
+}
+
+/// What to paint at a depth.
+#[derive(Clone, Copy, Debug)]
+enum Object {
+    /// Car, truck, bus or tram at a lateral lane position in `[-1, 1]` of the road half width.
+    Vehicle { class: u8, lane: f32 },
+    /// A pedestrian on a sidewalk, `across` from the kerb to the outer edge.
+    Person { side: usize, across: f32 },
+    /// A rider on a bicycle or motorcycle near a road edge.
+    Rider { lane: f32, motor: bool },
+    /// A bicycle or motorcycle parked on a sidewalk.
+    Parked { side: usize, motor: bool },
+    /// A pole with a traffic light (0), a sign (1) or nothing on top.
+    Pole { side: usize, top: usize },
+}
