@@ -4,7 +4,7 @@
 //! (e.g. [`crate::ops::conv::ConvBackend`] names `conv2d_input_backward` and
 //! `conv2d_weight_backward`), so every backend can make each of them fast. [`Backend`] is the sum
 //! of those traits; the CPU reference implements them in `ops/<family>/cpu_kernel.rs`, the CUDA
-//! backend will in `ops/<family>/cuda_kernel.rs`.
+//! backend ([`cuda::CudaBackend`]) in `ops/<family>/cuda_kernel.rs`.
 
 pub mod cpu;
 pub mod cuda;
@@ -58,6 +58,8 @@ pub enum Device {
     /// The CPU reference backend (rayon-parallel).
     #[default]
     Cpu,
+    /// CUDA device `N` (`cuda:N`); opened on first use, see [`cuda::CudaBackend`].
+    Cuda(usize),
 }
 
 impl Device {
@@ -65,7 +67,28 @@ impl Device {
     pub fn backend(&self) -> &(dyn Backend + 'static) {
         match self {
             Device::Cpu => &CpuBackend,
+            Device::Cuda(ordinal) => cuda::backend_for(*ordinal),
         }
+    }
+
+    /// The device a [`cuda::Selected`] names.
+    pub fn from_selected(selected: &cuda::Selected) -> Device {
+        match selected {
+            cuda::Selected::Cpu { .. } => Device::Cpu,
+            cuda::Selected::Cuda { ordinal } => Device::Cuda(*ordinal),
+        }
+    }
+
+    /// Resolves a `--device` string (`auto`, `cpu`, `cuda`, `cuda:N`) without panicking:
+    /// the device, plus the one-line reason when `auto` fell back to the CPU.
+    pub fn select(request: &str) -> Result<(Device, Option<String>)> {
+        let request: cuda::DeviceRequest = request.parse().map_err(crate::Error::cuda)?;
+        let selected = cuda::select(request).map_err(crate::Error::cuda)?;
+        let reason = match &selected {
+            cuda::Selected::Cpu { reason } => reason.clone(),
+            cuda::Selected::Cuda { .. } => None,
+        };
+        Ok((Device::from_selected(&selected), reason))
     }
 }
 
@@ -73,6 +96,7 @@ impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(ordinal) => write!(f, "cuda:{ordinal}"),
         }
     }
 }

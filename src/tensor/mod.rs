@@ -230,6 +230,24 @@ impl Tensor {
         self.storage().to_vec()
     }
 
+    /// The elements as a host vector; a failed device-to-host copy is an error.
+    pub fn try_to_vec(&self) -> Result<Vec<f32>> {
+        self.storage().try_to_vec()
+    }
+
+    /// A copy of this tensor on `device` (the same tensor when it is already there). The only
+    /// host↔device copy the engine makes; gradients flow back to the source device.
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        let source = self.device();
+        if &source == device {
+            return Ok(self.clone());
+        }
+        let storage = device.backend().upload(self.try_to_vec()?)?;
+        Tensor::from_op("to_device", storage, self.shape().clone(), &[self], || {
+            Box::new(move |grad: &Tensor, _needs: &[bool]| Ok(vec![Some(grad.to_device(&source)?)]))
+        })
+    }
+
     /// The single element of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         if self.numel() != 1 {
@@ -455,6 +473,7 @@ mod tests {
         assert_eq!(r.dims(), &[3, 2]);
         match (t.storage(), r.storage()) {
             (Storage::Cpu(a), Storage::Cpu(b)) => assert!(Arc::ptr_eq(&a, &b)),
+            _ => panic!("CPU tensors expected"),
         }
         assert_eq!(t.flatten(0, -1).unwrap().dims(), &[6]);
         assert_eq!(Tensor::scalar(2.5).item().unwrap(), 2.5);

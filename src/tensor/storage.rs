@@ -1,6 +1,7 @@
 //! Device storage behind a tensor: one small enum, cheap to clone (the buffer is shared).
 
 use crate::backend::cpu::pool;
+use crate::backend::cuda::{backend_for, CudaBuffer};
 use crate::backend::Device;
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -11,6 +12,8 @@ use std::sync::Arc;
 pub enum Storage {
     /// Host memory.
     Cpu(Arc<CpuBuffer>),
+    /// Memory of CUDA device `buffer.ordinal()` (shared; back to the caching allocator on drop).
+    Cuda(CudaBuffer),
 }
 
 /// A host buffer that goes back to the CPU backend's buffer pool when its last tensor is gone.
@@ -39,6 +42,7 @@ impl Storage {
     pub fn len(&self) -> usize {
         match self {
             Storage::Cpu(data) => data.len(),
+            Storage::Cuda(buffer) => buffer.len(),
         }
     }
 
@@ -51,6 +55,7 @@ impl Storage {
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(buffer) => Device::Cuda(buffer.ordinal()),
         }
     }
 
@@ -58,8 +63,7 @@ impl Storage {
     pub fn as_cpu(&self, op: &'static str) -> Result<&[f32]> {
         match self {
             Storage::Cpu(data) => Ok(data),
-            #[allow(unreachable_patterns)]
-            _ => Err(Error::Unsupported(format!(
+            Storage::Cuda(_) => Err(Error::Unsupported(format!(
                 "{op}: expected a CPU tensor, got one on {}",
                 self.device()
             ))),
@@ -67,9 +71,25 @@ impl Storage {
     }
 
     /// Copies the elements to a host vector (a device-to-host copy for GPU storage).
+    ///
+    /// A failed device-to-host copy (a GPU fault) cannot be reported through this signature:
+    /// it prints the error to stderr and returns NaNs, never partial data. Use
+    /// [`Storage::try_to_vec`] to get the error as a value.
     pub fn to_vec(&self) -> Vec<f32> {
+        match self.try_to_vec() {
+            Ok(data) => data,
+            Err(e) => {
+                eprintln!("moeseg: copying a tensor to the host failed: {e}");
+                vec![f32::NAN; self.len()]
+            }
+        }
+    }
+
+    /// Copies the elements to a host vector; a failed device-to-host copy is an error.
+    pub fn try_to_vec(&self) -> Result<Vec<f32>> {
         match self {
-            Storage::Cpu(data) => data.to_vec(),
+            Storage::Cpu(data) => Ok(data.to_vec()),
+            Storage::Cuda(buffer) => backend_for(buffer.ordinal()).download(buffer),
         }
     }
 }

@@ -2,6 +2,9 @@
 //! ([`libraries`]), choosing a device ([`device`]), and compiling the kernel families of
 //! `kernels/*.cu` with NVRTC, cached in memory and on disk ([`compile`]).
 //!
+//! On top of it: device buffers from a caching allocator ([`memory`]) and the
+//! [`CudaBackend`] ([`runtime`]) whose op-family kernels live in `ops/<family>/cuda_kernel.rs`.
+//!
 //! cudarc loads libcuda and libnvrtc at run time (`dynamic-loading`), so this code is built on
 //! every machine; it checks that a library is present before the first call into it, because
 //! cudarc panics when it is not. The op-family kernels of a `Device::Cuda` backend build on
@@ -10,10 +13,14 @@
 pub mod compile;
 pub mod device;
 pub mod libraries;
+pub mod memory;
+pub mod runtime;
 
 pub use compile::{Arch, Compiled, KernelCompiler, KernelImage, Origin, OutputFormat};
 pub use device::{select, DeviceRequest, Selected};
 pub use libraries::{cuda_driver, nvrtc, DriverInfo, NvrtcInfo};
+pub use memory::CudaBuffer;
+pub use runtime::{backend_for, CudaBackend};
 
 /// The kernel sources embedded by `build.rs`.
 mod embedded {
@@ -67,6 +74,14 @@ pub enum CudaError {
     /// NVRTC rejected a kernel file; the log names the file and the line.
     #[error("{0}")]
     Compile(Box<CompileFailure>),
+
+    /// A CUDA driver call failed on an opened device (allocation, copy, module load, launch).
+    #[error("CUDA {call} on cuda:{ordinal} failed: {msg}")]
+    Driver {
+        ordinal: usize,
+        call: String,
+        msg: String,
+    },
 
     /// An NVRTC call other than the compile failed.
     #[error("NVRTC: {call} failed for {file}: {status}")]

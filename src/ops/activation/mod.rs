@@ -6,6 +6,7 @@
 //! prelu has its own kernels because its slope is a learnable per-channel weight.
 
 mod cpu_kernel;
+mod cuda_kernel;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};

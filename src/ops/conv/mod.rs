@@ -8,6 +8,7 @@
 //! roles of input and output gradient swapped.
 
 mod cpu_kernel;
+mod cuda_kernel;
 mod depthwise;
 pub(crate) mod gemm_paths;
 pub(crate) mod im2col;

@@ -7,6 +7,7 @@
 //! explicit [`Rng`].
 
 mod cpu_kernel;
+mod cuda_kernel;
 
 use crate::error::{Error, Result};
 use crate::tensor::{with_default_rng, Rng, Storage, Tensor};

@@ -4,6 +4,7 @@
 //! broadcast axes ([`Tensor::sum_to`]).
 
 mod cpu_kernel;
+mod cuda_kernel;
 
 use crate::error::Result;
 use crate::tensor::{Shape, Storage, Tensor};

@@ -5,6 +5,7 @@
 //! `Tensor` methods check every index against the axis size before any kernel runs.
 
 mod cpu_kernel;
+mod cuda_kernel;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};

@@ -10,6 +10,7 @@
 //! `recompute_scale_factor=None`), else `in/out`. An axis whose size does not change is copied.
 
 mod cpu_kernel;
+mod cuda_kernel;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};

@@ -5,6 +5,7 @@
 //! the ignore index. The fused backward is `∂loss_p/∂x_c = w[y] · (softmax(x)_c − [c = y])`.
 
 mod cpu_kernel;
+mod cuda_kernel;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};

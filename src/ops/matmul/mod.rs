@@ -4,6 +4,7 @@
 //! GEMM over the batch-flattened rows).
 
 mod cpu_kernel;
+mod cuda_kernel;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};

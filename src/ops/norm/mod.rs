@@ -5,6 +5,7 @@
 //! variance) and updates the running statistics in place; evaluation uses the running ones.
 
 mod cpu_kernel;
+mod cuda_kernel;
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};

@@ -10,6 +10,7 @@
 //! matches PyTorch bit for bit and Adam to an ulp.
 
 mod cpu_kernel;
+mod cuda_kernel;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};

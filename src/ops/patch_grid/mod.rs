@@ -17,6 +17,7 @@
 //! onto the map, reassemble's gradient is a split without halo.
 
 mod cpu_kernel;
+mod cuda_kernel;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};

@@ -5,6 +5,7 @@
 //! returns, per output element, the flat position `h·W + w` of the maximum inside its plane.
 
 mod cpu_kernel;
+mod cuda_kernel;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Storage, Tensor};

@@ -4,6 +4,7 @@
 //! `[outer, inner]`; several axes reduce one after the other.
 
 mod cpu_kernel;
+mod cuda_kernel;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};

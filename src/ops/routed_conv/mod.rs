@@ -14,6 +14,7 @@
 //! of the tokens.
 
 mod cpu_kernel;
+mod cuda_kernel;
 mod plan;
 
 pub use plan::RoutingPlan;

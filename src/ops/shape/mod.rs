@@ -4,6 +4,7 @@
 //! narrow ↔ zero-pad, pad ↔ narrow, concat ↔ narrows).
 
 mod cpu_kernel;
+mod cuda_kernel;
 mod permute;
 
 use crate::error::{Error, Result};

@@ -5,6 +5,7 @@
 //! column is normalised over its `size` entries.
 
 pub(crate) mod cpu_kernel;
+mod cuda_kernel;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};

@@ -15,6 +15,7 @@
 //! layer output (through `weights`) both reach the logits.
 
 mod cpu_kernel;
+mod cuda_kernel;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
