@@ -11,6 +11,7 @@ use crate::tensor::{DType, Tensor};
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub use layers::set_dropout_probability;
 pub use layers::{
     ActivationLayer, AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, ConvTranspose2d, Dropout,
     Dropout2d, Linear, MaxPool2d, MaxUnpool2d, ModuleList, PReLU, Sequential, Upsample,
