@@ -8,13 +8,13 @@ use moeseg::models::lraspp::{Lraspp, LrasppHead};
 use moeseg::models::mobilenetv3::{inverted_residual, InvertedResidualConfig};
 use moeseg::models::unet::{double_conv, down, Unet, Up};
 use moeseg::models::{self, ModelConfig, ModelName};
-use moeseg::moe::patch_conv_moe::{replace_conv_with_moe, PatchConvMoeConfig};
+use moeseg::moe::patch_conv_moe::{balance_loss, replace_conv_with_moe, PatchConvMoeConfig};
 use moeseg::nn::state_dict::{load_state_dict, LoadOptions};
 use moeseg::nn::{
     named_parameters, named_tensors, parameter_count, set_training, Module, Role, Sequential,
 };
 use moeseg::testing::{assert_close, Fixtures};
-use moeseg::{DType, Tensor};
+use moeseg::{DType, Rng, Tensor};
 use std::path::{Path, PathBuf};
 
 /// One manifest row: key, shape, dtype name (`float32`, `int64`).
@@ -85,6 +85,53 @@ fn check_manifests(net: ModelName) {
     )
     .unwrap();
     assert_matches_manifest(model.as_ref(), &format!("{}-moe", net.as_str()));
+}
+
+/// The default MoE variant of `net` trains: logits `[2, 19, H, W]` in training mode, the
+/// balancing loss present, gradients reaching the gate and the experts.
+fn check_moe_variant_trains(net: ModelName, size: [usize; 2]) {
+    let mut model = models::build(net, &ModelConfig::default()).unwrap();
+    let path = net.default_moe_path();
+    replace_conv_with_moe(model.as_mut(), path, PatchConvMoeConfig::default()).unwrap();
+    set_training(model.as_ref(), true);
+    let input = Tensor::randn([2, 3, size[0], size[1]], 0.0, 1.0, &mut Rng::new(5)).unwrap();
+    let output = model.forward_seg(&input).unwrap();
+    assert_eq!(output.logits.dims(), &[2, 19, size[0], size[1]], "{net}");
+    let balance = balance_loss(model.as_ref())
+        .unwrap()
+        .expect("a balancing loss");
+    let loss = output.logits.square().unwrap().mean_all().unwrap();
+    loss.add(&balance).unwrap().backward().unwrap();
+    let moe_grads: Vec<(String, f32)> = named_parameters(model.as_ref())
+        .into_iter()
+        .filter(|(key, _)| key.starts_with(path))
+        .map(|(key, p)| {
+            let largest = p
+                .grad()
+                .map_or(0.0, |g| g.to_vec().iter().fold(0f32, |m, v| m.max(v.abs())));
+            (key, largest)
+        })
+        .collect();
+    let nonzero = |part: &str| {
+        moe_grads
+            .iter()
+            .any(|(key, g)| key.contains(part) && *g > 0.0)
+    };
+    assert!(
+        nonzero(".gate."),
+        "{net}: no gradient reaches the gate: {moe_grads:?}"
+    );
+    assert!(
+        nonzero(".experts."),
+        "{net}: no gradient reaches an expert: {moe_grads:?}"
+    );
+}
+
+#[test]
+fn moe_variants_train() {
+    check_moe_variant_trains(ModelName::Erfnet, [48, 80]);
+    check_moe_variant_trains(ModelName::Lraspp, [65, 97]);
+    check_moe_variant_trains(ModelName::Unet, [32, 32]);
 }
 
 #[test]
