@@ -1,9 +1,187 @@
-//! pspnet (see `../shared/spec/networks.md`).
+//! PSPNet on a dilated ResNet-50 (output stride 8), weight-compatible with hszhao/semseg
+//! (`model/pspnet.py`) but with torchvision's backbone keys.
+//!
+//! `backbone` → `ppm` (pyramid pooling at bins 1, 2, 3, 6, each 2048 → 512, resized back and
+//! concatenated after the input: 4096 channels) → `cls` (3×3 → 512, BN, ReLU, Dropout2d 0.1,
+//! 1×1 → C) → bilinear resize to the input size (`align_corners=True`). In training,
+//! [`SegNet::forward_seg`] also returns the `aux` head on layer3 (same shape of head,
+//! 1024 → 256 → C), resized to the input size, with loss weight 0.4.
 
-use super::{ModelConfig, SegNet};
-use crate::error::Result;
+use super::resnet::{field_children, resize_bilinear_aligned, spatial_size, ResNet, ResNetConfig};
+use super::{AuxOutput, ModelConfig, SegNet, SegOutput};
+use crate::error::{Error, Result};
+use crate::nn::{
+    ActivationLayer, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout2d, Module, ModuleList,
+    Sequential, TrainingFlag,
+};
+use crate::tensor::Tensor;
+use std::any::Any;
 
-/// Builds pspnet with fresh weights.
-pub fn build(_config: &ModelConfig) -> Result<Box<dyn SegNet>> {
-    Err(super::not_yet("pspnet"))
+/// Loss weight of the auxiliary head.
+pub const AUX_WEIGHT: f32 = 0.4;
+
+/// The pyramid pooling module: for each bin `b`, `Sequential(AdaptiveAvgPool2d(b), 1×1 conv
+/// (no bias), BN, ReLU)` resized back to the input size; the input and the branches are
+/// concatenated in that order.
+pub struct Ppm {
+    /// One Sequential per bin (keys `features.{i}.1.weight`, `features.{i}.2.*`).
+    pub features: ModuleList,
+}
+
+impl Ppm {
+    /// A PPM from `in_channels` with `reduction` channels per branch at the given bins; its
+    /// output has `in_channels + bins.len()·reduction` channels.
+    pub fn new(in_channels: usize, reduction: usize, bins: &[usize]) -> Result<Self> {
+        if bins.is_empty() || bins.contains(&0) {
+            return Err(Error::invalid(
+                "PPM",
+                format!("bins must be positive and non-empty, got {bins:?}"),
+            ));
+        }
+        let features = bins
+            .iter()
+            .map(|&bin| -> Result<Box<dyn Module>> {
+                Ok(Box::new(
+                    Sequential::default()
+                        .push(AdaptiveAvgPool2d([bin, bin]))
+                        .push(Conv2d::new(in_channels, reduction, 1, 1, 0, 1, 1, false)?)
+                        .push(BatchNorm2d::new(reduction)?)
+                        .push(ActivationLayer::relu()),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Ppm {
+            features: ModuleList::new(features),
+        })
+    }
+}
+
+impl Module for Ppm {
+    fn type_name(&self) -> &'static str {
+        "PPM"
+    }
+
+    fn forward(&self, input: &Tensor) -> Result<Tensor> {
+        let size = spatial_size("PPM", input)?;
+        let mut parts = vec![input.clone()];
+        for branch in &self.features.items {
+            parts.push(resize_bilinear_aligned(&branch.forward(input)?, size)?);
+        }
+        let refs: Vec<&Tensor> = parts.iter().collect();
+        Tensor::cat(&refs, 1)
+    }
+
+    field_children!(features);
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// PSPNet's classifier heads (`cls` and `aux`): 3×3 conv `in → mid` (no bias, padding 1) → BN
+/// → ReLU → Dropout2d 0.1 → 1×1 conv `mid → num_classes` (bias); index 4 is the classifier.
+pub fn psp_head(in_channels: usize, mid_channels: usize, num_classes: usize) -> Result<Sequential> {
+    Ok(Sequential::default()
+        .push(Conv2d::new(
+            in_channels,
+            mid_channels,
+            3,
+            1,
+            1,
+            1,
+            1,
+            false,
+        )?)
+        .push(BatchNorm2d::new(mid_channels)?)
+        .push(ActivationLayer::relu())
+        .push(Dropout2d::new(0.1)?)
+        .push(Conv2d::new(mid_channels, num_classes, 1, 1, 0, 1, 1, true)?))
+}
+
+/// PSPNet (state-dict keys `backbone.*`, `ppm.*`, `cls.*`, `aux.*`).
+pub struct PspNet {
+    /// Dilated ResNet-50, output stride 8.
+    pub backbone: ResNet,
+    /// Pyramid pooling on the layer4 output.
+    pub ppm: Ppm,
+    /// Main classifier on the PPM output.
+    pub cls: Sequential,
+    /// Auxiliary classifier on the layer3 output (training only).
+    pub aux: Sequential,
+    training: TrainingFlag,
+}
+
+impl PspNet {
+    /// The full-width network: hszhao's dilated ResNet-`depth` (50 or 101; every block of
+    /// layer3 dilated 2, of layer4 dilated 4), PPM 2048 → 4·512 at bins 1, 2, 3, 6, `cls`
+    /// 4096 → 512 → C, `aux` 1024 → 256 → C.
+    pub fn new(depth: usize, num_classes: usize) -> Result<Self> {
+        Ok(PspNet {
+            backbone: ResNet::new(&ResNetConfig::dilated_os8(depth)?)?,
+            ppm: Ppm::new(2048, 512, &[1, 2, 3, 6])?,
+            cls: psp_head(4096, 512, num_classes)?,
+            aux: psp_head(1024, 256, num_classes)?,
+            training: TrainingFlag::default(),
+        })
+    }
+
+    /// Main logits and, when `with_aux`, the auxiliary logits, both at the input size.
+    fn run(&self, input: &Tensor, with_aux: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let size = spatial_size("PSPNet", input)?;
+        let [_, _, layer3, layer4] = self.backbone.forward_stages(input)?;
+        let logits = self.cls.forward(&self.ppm.forward(&layer4)?)?;
+        let logits = resize_bilinear_aligned(&logits, size)?;
+        let aux = if with_aux {
+            Some(resize_bilinear_aligned(&self.aux.forward(&layer3)?, size)?)
+        } else {
+            None
+        };
+        Ok((logits, aux))
+    }
+}
+
+impl Module for PspNet {
+    fn type_name(&self) -> &'static str {
+        "PSPNet"
+    }
+
+    /// The main logits (the auxiliary head is not evaluated).
+    fn forward(&self, input: &Tensor) -> Result<Tensor> {
+        Ok(self.run(input, false)?.0)
+    }
+
+    field_children!(backbone, ppm, cls, aux);
+
+    fn set_own_training(&self, training: bool) {
+        self.training.set(training);
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl SegNet for PspNet {
+    /// Main logits; in training mode also the `aux` head's logits (weight 0.4).
+    fn forward_seg(&self, input: &Tensor) -> Result<SegOutput> {
+        let (logits, aux) = self.run(input, self.training.get())?;
+        let aux = aux
+            .map(|logits| AuxOutput {
+                name: "aux",
+                logits,
+                weight: AUX_WEIGHT,
+            })
+            .into_iter()
+            .collect();
+        Ok(SegOutput { logits, aux })
+    }
+}
+
+/// Builds PSPNet with fresh weights (ResNet-50 by default; `config.backbone_depth` 101 gives
+/// hszhao's ResNet-101 variant with the same heads).
+pub fn build(config: &ModelConfig) -> Result<Box<dyn SegNet>> {
+    Ok(Box::new(PspNet::new(
+        config.backbone_depth,
+        config.num_classes,
+    )?))
 }
