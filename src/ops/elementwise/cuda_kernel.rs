@@ -91,7 +91,12 @@ fn copy_dims(op: &'static str, dst: &mut [u32; MAX_RANK], values: &[usize]) -> R
 }
 
 /// Broadcast parameters for an output of `out` from operands of `lhs` and `rhs` shapes.
-fn broadcast_params(op: &'static str, lhs: &Shape, rhs: &Shape, out: &Shape) -> Result<BroadcastParams> {
+fn broadcast_params(
+    op: &'static str,
+    lhs: &Shape,
+    rhs: &Shape,
+    out: &Shape,
+) -> Result<BroadcastParams> {
     if out.rank() > MAX_RANK {
         return Err(Error::Unsupported(format!(
             "{op}: rank {} is above the CUDA kernels' limit of {MAX_RANK}",
