@@ -4,9 +4,9 @@
 //   reassemble(y)[b, ch, r*ph + i, c*pw + j] = y[(b, r, c), ch, i, j]            (cropped to H x W)
 // Tokens are ordered batch-major, then patch row, then patch column: t = (b*rows + r)*cols + c.
 //
-// STATUS: compile-checked only. The tests compile this file with NVRTC for sm_80 and sm_90, but it
-// has not run on a GPU yet (written on a machine without one); the GPU-vs-CPU check comes with
-// the CUDA backend. It includes no header, so NVRTC alone compiles it.
+// STATUS: compile-checked under NVRTC only (sm_80, sm_90); not yet run on a GPU. `moeseg verify`
+// compares it with the CPU where a GPU is present. Launch: kernel(params, input, output).
+// It includes no header, so NVRTC alone compiles it.
 
 typedef unsigned int u32;
 typedef unsigned long long u64;
@@ -61,16 +61,14 @@ __device__ void gather_tokens(const float* __restrict__ map, float* __restrict__
 }
 
 // Split: one thread per token element gathers its map pixel (zero padding and halo included).
-extern "C" __global__ void patch_split(const float* __restrict__ x, float* __restrict__ tokens,
-                                       PatchGridParams p) {
+extern "C" __global__ void patch_split(PatchGridParams p, const float* __restrict__ x, float* __restrict__ tokens) {
     gather_tokens(x, tokens, p);
 }
 
 // Split's gradient: one thread per map pixel sums every token element that read it, tokens in
 // order (patch row, then column) as the CPU's plane loop does, so sums are deterministic and
 // bit-equal to the CPU's; no atomics.
-extern "C" __global__ void patch_split_backward(const float* __restrict__ grad_tokens,
-                                                float* __restrict__ grad_x, PatchGridParams p) {
+extern "C" __global__ void patch_split_backward(PatchGridParams p, const float* __restrict__ grad_tokens, float* __restrict__ grad_x) {
     const u32 token_h = p.patch_h + 2 * p.halo_h;
     const u32 token_w = p.patch_w + 2 * p.halo_w;
     const u64 n = (u64)p.batch * p.channels * p.height * p.width;
@@ -104,8 +102,7 @@ extern "C" __global__ void patch_split_backward(const float* __restrict__ grad_t
 
 // Reassemble: one thread per map pixel copies the single token element that covers it (tokens
 // [T, C, ph, pw] tile the padded map; the halo is ignored and the crop drops the padding).
-extern "C" __global__ void patch_reassemble(const float* __restrict__ tokens,
-                                            float* __restrict__ map, PatchGridParams p) {
+extern "C" __global__ void patch_reassemble(PatchGridParams p, const float* __restrict__ tokens, float* __restrict__ map) {
     const u64 n = (u64)p.batch * p.channels * p.height * p.width;
     FOR_EACH_INDEX(idx, n) {
         u64 rest = idx;
@@ -124,9 +121,7 @@ extern "C" __global__ void patch_reassemble(const float* __restrict__ tokens,
 
 // Reassemble's gradient: a split without halo (one thread per token element; zeros where a
 // patch covers the cropped padding).
-extern "C" __global__ void patch_reassemble_backward(const float* __restrict__ grad_map,
-                                                     float* __restrict__ grad_tokens,
-                                                     PatchGridParams p) {
+extern "C" __global__ void patch_reassemble_backward(PatchGridParams p, const float* __restrict__ grad_map, float* __restrict__ grad_tokens) {
     PatchGridParams no_halo = p;
     no_halo.halo_h = 0;
     no_halo.halo_w = 0;
