@@ -37,6 +37,9 @@ enum BenchCommand {
     /// Time PatchConvMoE's split/reassemble, gating, routed dispatch and whole layer on the CPU,
     /// next to a plain copy and the dense conv of the same shape.
     Routing(RoutingArgs),
+    /// Time full training steps (forward, loss, backward, SGD) of a network on random data; the
+    /// last line is `train_step_ms=… images_per_s=…`, as `scripts/bench_train_torch.py` prints.
+    Train(super::bench_train::BenchTrainArgs),
 }
 
 /// The feature map of a default placement.
@@ -99,6 +102,7 @@ pub struct RoutingArgs {
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.command {
         BenchCommand::Routing(routing) => run_routing(routing),
+        BenchCommand::Train(train) => super::bench_train::run(train),
     }
 }
 
