@@ -4,8 +4,9 @@
 
 use moeseg::io::safetensors;
 use moeseg::models::deeplabv3plus::DeepLabV3Plus;
+use moeseg::models::load_imagenet_backbone;
 use moeseg::models::pspnet::{PspNet, AUX_WEIGHT};
-use moeseg::models::resnet::{load_imagenet_backbone, Bottleneck, ResNetConfig};
+use moeseg::models::resnet::{Bottleneck, ResNetConfig};
 use moeseg::models::{build, ModelConfig, ModelName, SegNet};
 use moeseg::moe::patch_conv_moe::{replace_conv_with_moe, PatchConvMoeConfig};
 use moeseg::nn::{get_module, named_tensors, set_training, Conv2d, Module, Role};
@@ -207,7 +208,7 @@ fn pspnet_returns_the_aux_head_only_in_training() {
 
 #[test]
 fn imagenet_backbone_loads_into_backbone_and_skips_fc() {
-    let mut model = net(ModelName::Deeplabv3plus);
+    let model = net(ModelName::Deeplabv3plus);
     let own: Vec<(String, Tensor)> = named_tensors(model.as_ref())
         .into_iter()
         .map(|(k, t, _)| (k, t))
@@ -249,7 +250,7 @@ fn imagenet_backbone_loads_into_backbone_and_skips_fc() {
     )
     .unwrap();
 
-    let report = load_imagenet_backbone(model.as_mut(), &path).unwrap();
+    let report = load_imagenet_backbone(model.as_ref(), &path).unwrap();
     let loaded: Vec<String> = keys.iter().map(|k| format!("backbone.{k}")).collect();
     assert_eq!(report.loaded, loaded);
     assert_eq!(report.skipped, vec!["fc.bias", "fc.weight"]);
@@ -270,5 +271,5 @@ fn imagenet_backbone_loads_into_backbone_and_skips_fc() {
     let other = dir.path().join("other.safetensors");
     let t = Tensor::zeros([3], &moeseg::Device::Cpu).unwrap();
     safetensors::save(&other, [("head.weight", &t, DType::F32)]).unwrap();
-    assert!(load_imagenet_backbone(model.as_mut(), &other).is_err());
+    assert!(load_imagenet_backbone(model.as_ref(), &other).is_err());
 }

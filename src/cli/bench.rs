@@ -39,6 +39,9 @@ enum BenchCommand {
     Routing(RoutingArgs),
     /// Time forward and forward + backward of the six networks (batch 2, 3×256×512) on the CPU.
     Nets(super::bench_nets::NetsArgs),
+    /// Time full training steps (forward, loss, backward, SGD) of a network on random data; the
+    /// last line is `train_step_ms=… images_per_s=…`, as `scripts/bench_train_torch.py` prints.
+    Train(super::bench_train::BenchTrainArgs),
 }
 
 /// The feature map of a default placement.
@@ -102,6 +105,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.command {
         BenchCommand::Routing(routing) => run_routing(routing),
         BenchCommand::Nets(nets) => super::bench_nets::run_nets(nets),
+        BenchCommand::Train(train) => super::bench_train::run(train),
     }
 }
 

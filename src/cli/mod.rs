@@ -1,16 +1,26 @@
-//! The `moeseg` command line. Until training lands, the default command is `demo`: a small
-//! conv net trained on a synthetic segmentation task on the CPU, exercising the engine end to end.
+//! The `moeseg` command line. With no subcommand it runs `moeseg train` with the default
+//! synthetic preset (ENet with one PatchConvMoE layer), which is what `cargo run --release`
+//! does.
 
 mod bench;
 mod bench_nets;
+mod bench_train;
 mod demo;
+mod eval;
+mod model_source;
 pub mod model_tools;
+mod predict;
+mod train;
 
 use clap::{Parser, Subcommand};
 
 /// moeseg: Mixture-of-Experts CNN semantic segmentation on a Rust tensor engine.
+///
+/// Train with presets (`moeseg train --preset cityscapes-enet/patch_conv_moe --set
+/// model.moe.num_experts=4`), evaluate, predict and analyse the routing of the trained runs.
+/// Every run writes a folder with its resolved config, metrics.jsonl, checkpoints and plots.
 #[derive(Parser, Debug)]
-#[command(name = "moeseg", version, about, long_about = None)]
+#[command(name = "moeseg", version, about, long_about)]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -18,11 +28,25 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Train a small conv-BN-ReLU-pool-upsample net on a synthetic segmentation task (CPU) and
-    /// report its loss curve and mIoU: forward, backward and SGD through the whole engine.
-    Demo(demo::DemoArgs),
-    /// Benchmarks on the CPU backend (`moeseg bench routing`: PatchConvMoE's pieces and whole
-    /// layer next to a plain copy and the dense conv of the same shape).
+    /// Train a network from a preset (default: synthetic-enet/patch_conv_moe) into a run folder,
+    /// or continue a run with --resume.
+    Train(train::TrainArgs),
+    /// Evaluate a run's checkpoint (or --preset with --weights) on the validation split: per-class
+    /// IoU table, mIoU, pixel accuracy; writes JSON.
+    Eval(eval::EvalArgs),
+    /// Segment an image or a folder of images: colour maps, overlays, Cityscapes label ids or
+    /// train ids, optionally with routing overlays.
+    Predict(predict::PredictArgs),
+    /// Evaluate E+1 times: with every token forced to expert e (for each e), then with normal
+    /// routing; table of mIoU and mean cross-entropy per pass.
+    EvalFixedExpert(eval::AnalysisArgs),
+    /// Routing statistics of every MoE layer over the validation split (usage, NRE, TEC,
+    /// co-activation, expert x class) as JSON and plots.
+    RoutingStats(eval::AnalysisArgs),
+    /// List the built-in presets.
+    Presets,
+    /// Benchmarks: `moeseg bench routing` (PatchConvMoE pieces) and `moeseg bench train` (full
+    /// training steps of a network).
     Bench(bench::BenchArgs),
     /// Print a network's state-dict keys, shapes and dtypes (the manifest format) and counts.
     Inspect(model_tools::InspectArgs),
@@ -32,17 +56,26 @@ enum Command {
     /// Run a network on a safetensors input and write the logits (and, with --train, the loss,
     /// gradients and updated buffers): the parity check against PyTorch.
     Forward(model_tools::ForwardArgs),
+    /// Train a small conv net with one PatchConvMoE layer on a toy task (the engine end to end in
+    /// seconds).
+    Demo(demo::DemoArgs),
 }
 
 /// Parses the arguments and runs the chosen command.
 pub fn run() -> crate::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Demo(args)) => demo::run(&args),
+        Some(Command::Train(args)) => train::run(&args),
+        Some(Command::Eval(args)) => eval::run_eval(&args),
+        Some(Command::Predict(args)) => predict::run(&args),
+        Some(Command::EvalFixedExpert(args)) => eval::run_fixed_expert(&args),
+        Some(Command::RoutingStats(args)) => eval::run_routing_stats(&args),
+        Some(Command::Presets) => train::list_presets(),
         Some(Command::Bench(args)) => bench::run(&args),
         Some(Command::Inspect(args)) => model_tools::run_inspect(&args),
         Some(Command::Flops(args)) => model_tools::run_flops(&args),
         Some(Command::Forward(args)) => model_tools::run_forward(&args),
-        None => demo::run(&demo::DemoArgs::default()),
+        Some(Command::Demo(args)) => demo::run(&args),
+        None => train::run(&train::TrainArgs::default()),
     }
 }

@@ -318,7 +318,7 @@ pub fn run_forward(args: &ForwardArgs) -> Result<()> {
     };
     set_training(net.as_ref(), true);
     if let Some(p) = args.dropout {
-        let _ = p; // MERGE: crate::nn::set_dropout_probability(net.as_ref(), p)?;
+        crate::nn::set_dropout_probability(net.as_ref(), p)?;
     }
     let target = read_tensor(target_path, "target")?;
     let output = net.forward_seg(&input)?;

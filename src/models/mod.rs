@@ -162,8 +162,3 @@ pub fn build(name: ModelName, config: &ModelConfig) -> Result<Box<dyn SegNet>> {
         ModelName::Pspnet => pspnet::build(config),
     }
 }
-
-/// The error a network that is not written yet returns.
-fn not_yet(name: &str) -> Error {
-    Error::Unsupported(format!("network `{name}` is not implemented yet"))
-}

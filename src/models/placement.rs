@@ -2,7 +2,7 @@
 //! "Default MoE placement"), and loading ImageNet backbone weights.
 
 use super::{ModelName, SegNet};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::moe::{replace_conv_with_moe, Granularity, PatchConvMoeConfig};
 use crate::nn::state_dict::{load_state_dict, LoadOptions, LoadReport};
 use crate::nn::Module;
@@ -63,5 +63,13 @@ pub fn load_imagenet_backbone(net: &dyn SegNet, path: &Path) -> Result<LoadRepor
         skip_unexpected_prefixes: vec!["fc.".to_string(), "classifier.".to_string()],
     };
     let root: &dyn Module = net;
-    load_state_dict(root, path, options)
+    let report = load_state_dict(root, path, options)?;
+    if report.loaded.is_empty() {
+        return Err(Error::file(
+            path,
+            "no tensor of the file matches a `backbone.` key of the network (expected \
+             torchvision ResNet or MobileNetV3-Large keys)",
+        ));
+    }
+    Ok(report)
 }

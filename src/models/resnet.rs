@@ -2,7 +2,7 @@
 //!
 //! Keys: `conv1`, `bn1`, `layer1..layer4.{i}` bottlenecks with `conv1/bn1/conv2/bn2/conv3/bn3`
 //! and `downsample.{0,1}` (no `fc`), so a torchvision ImageNet checkpoint loads into
-//! `backbone.` ([`load_imagenet_backbone`]). The stride and the per-block dilation of each
+//! `backbone.` ([`super::load_imagenet_backbone`]). The stride and the per-block dilation of each
 //! stage are configurable ([`ResNetConfig`]):
 //!
 //! - DeepLabv3+ (jfzhang95/pytorch-deeplab-xception), output stride 16: layer4 stride 1 with
@@ -17,13 +17,11 @@
 
 use crate::error::{Error, Result};
 use crate::nn::init::{kaiming_normal, FanMode};
-use crate::nn::state_dict::{load_state_dict, LoadOptions, LoadReport};
 use crate::nn::{BatchNorm2d, Conv2d, MaxPool2d, Module, Sequential};
 use crate::ops::interpolate::{InterpolateMode, Resize};
 use crate::ops::pool::MaxPool2dParams;
 use crate::tensor::Tensor;
 use std::any::Any;
-use std::path::Path;
 
 /// Output channels of a bottleneck per unit of its width (`Bottleneck.expansion`).
 pub const EXPANSION: usize = 4;
@@ -397,28 +395,4 @@ impl Module for ResNet {
     fn as_any(&self) -> &dyn Any {
         self
     }
-}
-
-/// Loads a torchvision ResNet ImageNet checkpoint (safetensors of `resnet50().state_dict()`)
-/// into the `backbone.` sub-module of `net`, non-strictly: its `fc.*` keys are skipped, and
-/// the report lists what was loaded, what the file lacks and any shape mismatch. Nothing is
-/// changed when the file cannot be read.
-pub fn load_imagenet_backbone(net: &mut dyn Module, path: &Path) -> Result<LoadReport> {
-    let options = LoadOptions {
-        strict: false,
-        strip_prefixes: Vec::new(),
-        add_prefix: Some("backbone.".to_string()),
-        skip_unexpected_prefixes: vec!["fc.".to_string()],
-    };
-    let report = load_state_dict(net, path, options)?;
-    if report.loaded.is_empty() {
-        return Err(Error::file(
-            path,
-            format!(
-                "no tensor of the file matches a `backbone.` key of the {}",
-                net.type_name()
-            ),
-        ));
-    }
-    Ok(report)
 }

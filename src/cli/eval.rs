@@ -1,0 +1,182 @@
+//! `moeseg eval`, `moeseg eval-fixed-expert` and `moeseg routing-stats`: evaluation of a
+//! trained network over the validation split (one confusion matrix, Cityscapes' mIoU), the
+//! fixed-expert ablation, and the routing analysis of its MoE layers.
+
+use super::model_source::{output_path, write_json, Loaded, ModelArgs};
+use crate::error::{Error, Result};
+use crate::train::evaluate::{evaluate, Evaluation, Inference};
+use crate::train::report::{class_names, routing_json, write_routing_plots};
+use crate::train::setup;
+use clap::Args;
+use serde_json::json;
+use std::path::PathBuf;
+
+/// Options of `moeseg eval`.
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Where to write the results as JSON (default: RUN/eval.json with --run, else eval.json).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// Options of `moeseg eval-fixed-expert` and `moeseg routing-stats`.
+#[derive(Args, Debug, Clone)]
+pub struct AnalysisArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output folder for the JSON and the plots (default: the run folder with --run, else the
+    /// current folder).
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+}
+
+/// Evaluates the loaded network over `data.val_split`.
+fn evaluate_loaded(loaded: &Loaded) -> Result<Evaluation> {
+    let config = &loaded.config;
+    let dataset = setup::open_dataset(&config.data, &config.data.val_split, false)?;
+    let loader = setup::eval_loader(config, dataset)?;
+    evaluate(
+        &*loaded.model,
+        &loader,
+        config.model.num_classes,
+        Inference::from_config(&config.train)?,
+        config.data.max_val_images,
+    )
+}
+
+/// The JSON of an evaluation: mIoU, pixel accuracy, per-class IoU by name, routing.
+fn evaluation_json(loaded: &Loaded, evaluation: &Evaluation) -> serde_json::Value {
+    let names = class_names(loaded.config.model.num_classes);
+    let iou: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .zip(evaluation.confusion.iou())
+        .map(|(name, iou)| (name.clone(), json!(iou)))
+        .collect();
+    json!({
+        "weights": loaded.origin,
+        "dataset": loaded.config.data.dataset,
+        "split": loaded.config.data.val_split,
+        "images": evaluation.images,
+        "inference": Inference::from_config(&loaded.config.train).map(|i| i.describe()).unwrap_or_default(),
+        "miou": evaluation.confusion.miou(),
+        "pixel_accuracy": evaluation.confusion.pixel_accuracy(),
+        "mean_ce": evaluation.mean_ce,
+        "iou": iou,
+        "routing": routing_json(&evaluation.routing),
+    })
+}
+
+/// Runs `moeseg eval`.
+pub fn run_eval(args: &EvalArgs) -> Result<()> {
+    let loaded = args.model.load()?;
+    let evaluation = evaluate_loaded(&loaded)?;
+    let names = class_names(loaded.config.model.num_classes);
+    println!("{}", evaluation.confusion.summary_table(&names));
+    println!(
+        "mIoU {:.4}  pixel accuracy {:.4}  mean CE {:.4}  ({} images of {} {}, {:.1} s)",
+        evaluation.confusion.miou(),
+        evaluation.confusion.pixel_accuracy(),
+        evaluation.mean_ce,
+        evaluation.images,
+        loaded.config.data.dataset,
+        loaded.config.data.val_split,
+        evaluation.seconds
+    );
+    let path = output_path(&args.json, &loaded.run, "eval.json");
+    write_json(&path, &evaluation_json(&loaded, &evaluation))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Runs `moeseg eval-fixed-expert`: E passes with every token of every MoE layer forced to
+/// expert e, then one with normal routing; a table of mIoU and mean CE per pass.
+pub fn run_fixed_expert(args: &AnalysisArgs) -> Result<()> {
+    let loaded = args.model.load()?;
+    let layers = setup::moe_layers(&*loaded.model);
+    let experts = layers
+        .iter()
+        .map(|(_, moe)| moe.config.num_experts)
+        .max()
+        .ok_or_else(|| {
+            Error::invalid(
+                "eval-fixed-expert",
+                format!("{} has no PatchConvMoE layer", loaded.config.model.name),
+            )
+        })?;
+    let mut rows = Vec::new();
+    println!("{:<10} {:>8} {:>9}", "pass", "mIoU", "mean CE");
+    for pass in (0..experts).map(Some).chain([None]) {
+        // Layers with fewer experts than the largest keep normal routing for the extra passes.
+        for (path, moe) in &layers {
+            let forced = pass.filter(|&e| e < moe.config.num_experts);
+            moe.set_fixed_expert(forced)
+                .map_err(|e| Error::invalid("eval-fixed-expert", format!("`{path}`: {e}")))?;
+        }
+        let evaluation = evaluate_loaded(&loaded)?;
+        let name = pass.map_or("routed".to_string(), |e| format!("expert {e}"));
+        println!(
+            "{name:<10} {:>8.4} {:>9.4}",
+            evaluation.confusion.miou(),
+            evaluation.mean_ce
+        );
+        rows.push(json!({
+            "pass": name,
+            "expert": pass,
+            "miou": evaluation.confusion.miou(),
+            "pixel_accuracy": evaluation.confusion.pixel_accuracy(),
+            "mean_ce": evaluation.mean_ce,
+        }));
+    }
+    setup::set_fixed_expert(&*loaded.model, None)?;
+    let dir = output_path(&args.output, &loaded.run, ".");
+    let path = dir.join("fixed_expert.json");
+    write_json(
+        &path,
+        &json!({ "weights": loaded.origin, "layers": layers.iter().map(|(p, _)| p).collect::<Vec<_>>(), "passes": rows }),
+    )?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Runs `moeseg routing-stats`: usage, NRE, TEC, co-activation and expert×class of every MoE
+/// layer over the validation split, as JSON and plots.
+pub fn run_routing_stats(args: &AnalysisArgs) -> Result<()> {
+    let loaded = args.model.load()?;
+    if setup::moe_layers(&*loaded.model).is_empty() {
+        return Err(Error::invalid(
+            "routing-stats",
+            format!("{} has no PatchConvMoE layer", loaded.config.model.name),
+        ));
+    }
+    let evaluation = evaluate_loaded(&loaded)?;
+    let dir = output_path(&args.output, &loaded.run, ".");
+    let plots = dir.join("plots");
+    std::fs::create_dir_all(&plots)
+        .map_err(|e| Error::file(&plots, format!("cannot create: {e}")))?;
+    let names = class_names(loaded.config.model.num_classes);
+    write_routing_plots(&plots, &evaluation.routing, &names)?;
+    for (path, stats) in &evaluation.routing {
+        let usage: Vec<String> = stats.usage().iter().map(|u| format!("{u:.3}")).collect();
+        println!(
+            "{path}: tokens {}  usage [{}]  NRE {:.3}  TEC {:.3}",
+            stats.tokens(),
+            usage.join(" "),
+            stats.nre(),
+            stats.tec()
+        );
+    }
+    let path = dir.join("routing_stats.json");
+    write_json(
+        &path,
+        &json!({
+            "weights": loaded.origin,
+            "images": evaluation.images,
+            "miou": evaluation.confusion.miou(),
+            "layers": routing_json(&evaluation.routing),
+        }),
+    )?;
+    println!("wrote {} and plots in {}", path.display(), plots.display());
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! `moeseg train`: train a network from a preset into a run folder, or continue a run.
+
+use crate::error::{Error, Result};
+use crate::train::config::Config;
+use crate::train::presets::{self, DEFAULT_PRESET};
+use crate::train::run_dir;
+use crate::train::trainer::{train, Outcome, TrainOptions};
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Options of `moeseg train`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TrainArgs {
+    /// Preset: a built-in name `<dataset>-<net>/<variant>` (e.g. cityscapes-enet/patch_conv_moe,
+    /// see `moeseg presets`) or a path to a .toml file. Default: synthetic-enet/patch_conv_moe.
+    #[arg(long, value_name = "PRESET")]
+    pub preset: Option<String>,
+    /// Override a configuration key, typed by the schema (repeatable):
+    /// `--set model.moe.num_experts=8 --set model.moe.gate=2conv_gap --set optim.lr=0.01
+    /// --set model.moe.paths=["decoder.last_conv.4"] --set data.root=/data/cityscapes`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Where to compute: auto (CUDA when usable, else the CPU), cpu, cuda or cuda:N. Overrides
+    /// train.device.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// Continue the run in this folder from its `last` checkpoint (same results as a run that
+    /// never stopped). Uses the run's config.toml; --preset and --set are not allowed with it.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["preset", "set", "run_dir"])]
+    pub resume: Option<PathBuf>,
+    /// Folder of the new run (default: `<output.runs_dir>/<preset>-<UTC date>-<time>`).
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// No progress bar, log lines or summary (errors are still printed).
+    #[arg(long)]
+    pub quiet: bool,
+    /// Stop after this many steps (counted from the start of the run) with a resumable `last`
+    /// checkpoint, as Ctrl-C does: for time-boxed jobs; continue later with --resume.
+    #[arg(long, value_name = "STEPS")]
+    pub stop_at: Option<u64>,
+}
+
+/// The configuration of a new run: the preset, then the `--set` overrides, then `--device`.
+pub fn resolve_config(args: &TrainArgs) -> Result<(Config, String)> {
+    let preset = args
+        .preset
+        .clone()
+        .unwrap_or_else(|| DEFAULT_PRESET.to_string());
+    let (text, origin) = presets::resolve(&preset)?;
+    let mut config = Config::from_toml(&text, &origin)?;
+    config.apply_overrides(&args.set)?;
+    if let Some(device) = &args.device {
+        config.train.device = device.clone();
+    }
+    Ok((config, preset))
+}
+
+/// Runs `moeseg train`.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let (config, run, resume) = match &args.resume {
+        Some(run) => {
+            let mut config = run_dir::read_config(run)?;
+            if let Some(device) = &args.device {
+                config.train.device = device.clone();
+            }
+            (config, run.clone(), true)
+        }
+        None => {
+            let (config, preset) = resolve_config(args)?;
+            let run = match &args.run_dir {
+                Some(dir) => dir.clone(),
+                None => run_dir::default_run_dir(&config.output.runs_dir, &preset),
+            };
+            (config, run, false)
+        }
+    };
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
+        eprintln!("warning: Ctrl-C will not save a checkpoint ({e})");
+    }
+    let options = TrainOptions {
+        run_dir: run.clone(),
+        resume,
+        quiet: args.quiet,
+        interrupt,
+        stop_at: args.stop_at,
+    };
+    match train(&config, &options)? {
+        Outcome::Finished => Ok(()),
+        Outcome::Interrupted { step } => {
+            eprintln!(
+                "stopped after step {step}: saved {}; continue with `moeseg train --resume {}`",
+                run.join("checkpoints").join("last").display(),
+                run.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Runs `moeseg presets`: lists the built-in presets.
+pub fn list_presets() -> Result<()> {
+    for name in presets::names() {
+        println!("{name}");
+    }
+    if presets::names().is_empty() {
+        return Err(Error::Unsupported("no preset is built in".into()));
+    }
+    Ok(())
+}

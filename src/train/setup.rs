@@ -1,0 +1,336 @@
+//! Turning a [`Config`] into the objects of a run: the device, the network with its
+//! PatchConvMoE layers, the optimizer and LR schedule, the datasets and their loaders. Every
+//! command (train, eval, predict, routing analysis, bench) builds through here.
+
+use crate::backend::cuda::{select, DeviceRequest, Selected};
+use crate::backend::Device;
+use crate::data::{
+    AugmentConfig, Bdd100k, Cityscapes, Dataset, Loader, LoaderConfig, Split, Synthetic,
+    SyntheticConfig,
+};
+use crate::error::{Error, Result};
+use crate::models::{build, ModelConfig, ModelName, SegNet};
+use crate::moe::{
+    replace_conv_with_moe, BalanceLoss, ExpertInit, GateConfig, GateKind, Granularity,
+    PatchConvMoE, PatchConvMoeConfig,
+};
+use crate::nn::{visit_modules, Module};
+use crate::optim::{Adam, AdamOptions, LrSchedule, Optimizer, Sgd, SgdOptions};
+use crate::tensor::Tensor;
+use crate::train::config::{Config, DataConfig, ModelSection, MoeSection, OptimConfig};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Resolves `auto|cpu|cuda[:N]`. Training and inference run on the CPU backend until the CUDA
+/// backend has its kernels: `auto` says so in one line, an explicit `cuda` is an error.
+pub fn resolve_device(request: &str) -> Result<(Device, Option<String>)> {
+    let parsed: DeviceRequest = request.parse().map_err(Error::cuda)?;
+    match select(parsed).map_err(Error::cuda)? {
+        Selected::Cpu { reason } => Ok((Device::Cpu, reason)),
+        Selected::Cuda { ordinal } if parsed == DeviceRequest::Auto => Ok((
+            Device::Cpu,
+            Some(format!(
+                "CUDA device {ordinal} found, but the CUDA backend cannot train yet: using the CPU"
+            )),
+        )),
+        Selected::Cuda { ordinal } => Err(Error::Unsupported(format!(
+            "--device {request}: CUDA device {ordinal} is usable, but the CUDA backend cannot run \
+             networks yet; use --device cpu (or auto)"
+        ))),
+    }
+}
+
+/// The PatchConvMoE hyper-parameters of `[model.moe]`.
+pub fn moe_config(moe: &MoeSection) -> Result<PatchConvMoeConfig> {
+    let granularity = match moe.granularity.as_str() {
+        "grid" => Granularity::Grid(moe.grid),
+        "patch" => Granularity::PatchSize(moe.patch_size),
+        "image" => Granularity::Image,
+        other => {
+            return Err(Error::invalid(
+                "config",
+                format!("model.moe.granularity = `{other}`: expected grid, patch or image"),
+            ))
+        }
+    };
+    if matches!(granularity, Granularity::Grid(0))
+        || matches!(granularity, Granularity::PatchSize(p) if p.contains(&0))
+    {
+        return Err(Error::invalid(
+            "config",
+            "model.moe.grid (granularity grid) and model.moe.patch_size (granularity patch) must be \
+             positive",
+        ));
+    }
+    let kind: GateKind = moe.gate.parse()?;
+    let init = match moe.init.as_str() {
+        "kaiming" => ExpertInit::KaimingNormal,
+        "copy" => ExpertInit::Copy {
+            noise_std: moe.init_noise,
+        },
+        other => {
+            return Err(Error::invalid(
+                "config",
+                format!("model.moe.init = `{other}`: expected kaiming or copy"),
+            ))
+        }
+    };
+    let gate = GateConfig {
+        kind,
+        kernel: (moe.gate_kernel > 0).then_some(moe.gate_kernel),
+    };
+    gate.conv_kernel()?;
+    Ok(PatchConvMoeConfig {
+        num_experts: moe.num_experts,
+        k: moe.k,
+        granularity,
+        gate,
+        loss: moe.loss.parse::<BalanceLoss>()?,
+        alpha: moe.alpha,
+        straight_through: moe.straight_through,
+        noise_std: moe.noise,
+        capacity_factor: (moe.capacity > 0.0).then_some(moe.capacity),
+        shared_expert: moe.shared_expert,
+        init,
+    })
+}
+
+/// The network's name.
+pub fn model_name(model: &ModelSection) -> Result<ModelName> {
+    model.name.parse()
+}
+
+/// The convs replaced by PatchConvMoE layers (none when MoE is off; the network's default
+/// placement when `paths` is empty).
+pub fn moe_paths(model: &ModelSection) -> Result<Vec<String>> {
+    if !model.moe.enabled {
+        return Ok(Vec::new());
+    }
+    if model.moe.paths.is_empty() {
+        return Ok(vec![model_name(model)?.default_moe_path().to_string()]);
+    }
+    Ok(model.moe.paths.clone())
+}
+
+/// Builds the network with fresh weights (from the current default generator: seed it first)
+/// and puts PatchConvMoE layers at the configured paths.
+pub fn build_model(model: &ModelSection) -> Result<Box<dyn SegNet>> {
+    let name = model_name(model)?;
+    let mut net = build(
+        name,
+        &ModelConfig {
+            num_classes: model.num_classes,
+            backbone_depth: model.backbone_depth,
+        },
+    )?;
+    let paths = moe_paths(model)?;
+    if !paths.is_empty() {
+        let config = moe_config(&model.moe)?;
+        for path in &paths {
+            replace_conv_with_moe(&mut *net as &mut dyn Module, path, config).map_err(|e| {
+                Error::invalid(
+                    "config",
+                    format!("model.moe.paths: `{path}` in {name}: {e}"),
+                )
+            })?;
+        }
+    }
+    Ok(net)
+}
+
+/// Every PatchConvMoE layer of a network with its path.
+pub fn moe_layers(model: &dyn Module) -> Vec<(String, &PatchConvMoE)> {
+    let mut layers = Vec::new();
+    // The visitor's references do not outlive the call: collect paths, then look them up.
+    visit_modules(model, &mut |path, m| {
+        if m.as_any().is::<PatchConvMoE>() {
+            layers.push(path.to_string());
+        }
+    });
+    layers
+        .into_iter()
+        .filter_map(|path| {
+            crate::nn::get_module(model, &path)
+                .ok()
+                .and_then(|m| m.as_any().downcast_ref::<PatchConvMoE>())
+                .map(|moe| (path, moe))
+        })
+        .collect()
+}
+
+/// Sends every token of every MoE layer to expert `e` (`Some(e)`), or back to normal routing.
+pub fn set_fixed_expert(model: &dyn Module, expert: Option<usize>) -> Result<()> {
+    for (path, moe) in moe_layers(model) {
+        moe.set_fixed_expert(expert)
+            .map_err(|e| Error::invalid("fixed expert", format!("`{path}`: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The optimizer of `[optim]` over the network's parameters.
+pub fn build_optimizer(
+    optim: &OptimConfig,
+    params: Vec<(String, Tensor)>,
+) -> Result<Box<dyn Optimizer>> {
+    Ok(match optim.name.as_str() {
+        "sgd" => Box::new(Sgd::with_params(
+            params,
+            SgdOptions {
+                momentum: optim.momentum,
+                nesterov: optim.nesterov,
+                weight_decay: optim.weight_decay,
+                ..SgdOptions::new(optim.lr)
+            },
+        )?),
+        "adam" | "adamw" => {
+            let base = if optim.name == "adamw" {
+                AdamOptions::adamw(optim.lr)
+            } else {
+                AdamOptions::new(optim.lr)
+            };
+            Box::new(Adam::with_params(
+                params,
+                AdamOptions {
+                    betas: (optim.betas[0], optim.betas[1]),
+                    eps: optim.eps,
+                    weight_decay: optim.weight_decay,
+                    ..base
+                },
+            )?)
+        }
+        other => {
+            return Err(Error::invalid(
+                "config",
+                format!("optim.name = `{other}`: expected sgd, adam or adamw"),
+            ))
+        }
+    })
+}
+
+/// The LR schedule of `[optim]` over `total_steps` steps (warm-up included).
+pub fn build_schedule(optim: &OptimConfig, total_steps: u64) -> Result<LrSchedule> {
+    let after = total_steps.saturating_sub(optim.warmup_steps).max(1);
+    let schedule = match optim.schedule.as_str() {
+        "poly" => LrSchedule::Poly {
+            total_steps: after,
+            power: optim.power,
+        },
+        "cosine" => LrSchedule::cosine(after, optim.min_lr),
+        "constant" => LrSchedule::Constant,
+        other => {
+            return Err(Error::invalid(
+                "config",
+                format!("optim.schedule = `{other}`: expected poly, cosine or constant"),
+            ))
+        }
+    };
+    let schedule = if optim.warmup_steps > 0 {
+        schedule.with_warmup(optim.warmup_steps, optim.warmup_factor)
+    } else {
+        schedule
+    };
+    schedule.validate()?;
+    Ok(schedule)
+}
+
+/// Opens split `split` of the configured dataset.
+pub fn open_dataset(data: &DataConfig, split: &str, train: bool) -> Result<Arc<dyn Dataset>> {
+    let split_value: Split = split.parse()?;
+    let root = Path::new(&data.root);
+    let needs_root = || -> Result<()> {
+        if data.root.is_empty() {
+            return Err(Error::invalid(
+                "config",
+                format!(
+                    "data.root is empty: give the {} root folder with --set data.root=PATH",
+                    data.dataset
+                ),
+            ));
+        }
+        if !root.is_dir() {
+            return Err(Error::file(
+                root,
+                format!(
+                    "the {} root folder (data.root) does not exist",
+                    data.dataset
+                ),
+            ));
+        }
+        Ok(())
+    };
+    Ok(match data.dataset.as_str() {
+        "synthetic" => {
+            let s = &data.synthetic;
+            let config = SyntheticConfig {
+                len: if train { s.train_len } else { s.val_len },
+                height: s.height,
+                width: s.width,
+                // The validation images come from another stream than the training ones.
+                seed: if train {
+                    s.seed
+                } else {
+                    s.seed ^ 0x5eed_0f_7a1
+                },
+            };
+            Arc::new(Synthetic::new(config))
+        }
+        "cityscapes" => {
+            needs_root()?;
+            Arc::new(Cityscapes::open(root, split_value)?)
+        }
+        "bdd100k" => {
+            needs_root()?;
+            Arc::new(Bdd100k::open(root, split_value)?)
+        }
+        other => {
+            return Err(Error::invalid(
+                "config",
+                format!("data.dataset = `{other}`: expected synthetic, cityscapes or bdd100k"),
+            ))
+        }
+    })
+}
+
+/// `[h, w]` with `[0, 0]` meaning "not set".
+fn optional_size(size: [usize; 2]) -> Option<[usize; 2]> {
+    (size != [0, 0]).then_some(size)
+}
+
+/// The loader of the training split: shuffled, augmented, incomplete last batch dropped.
+pub fn train_loader(config: &Config, dataset: Arc<dyn Dataset>) -> Result<Loader> {
+    let data = &config.data;
+    Loader::new(
+        dataset,
+        LoaderConfig {
+            batch_size: data.batch_size,
+            shuffle: true,
+            drop_last: true,
+            augment: Some(AugmentConfig {
+                scale: (data.scale[0], data.scale[1]),
+                crop: optional_size(data.crop),
+                flip: data.flip,
+                color_jitter: data.color_jitter,
+            }),
+            resize: optional_size(data.resize),
+            seed: config.train.seed,
+            prefetch: data.prefetch,
+        },
+    )
+}
+
+/// The loader of an evaluation split: in order, no augmentation, every image.
+pub fn eval_loader(config: &Config, dataset: Arc<dyn Dataset>) -> Result<Loader> {
+    let data = &config.data;
+    Loader::new(
+        dataset,
+        LoaderConfig {
+            batch_size: data.val_batch_size.max(1),
+            shuffle: false,
+            drop_last: false,
+            augment: None,
+            resize: optional_size(data.resize),
+            seed: config.train.seed,
+            prefetch: data.prefetch,
+        },
+    )
+}
