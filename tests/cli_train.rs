@@ -396,3 +396,67 @@ fn bench_train_prints_the_summary_line() {
         "{last}"
     );
 }
+
+/// Ctrl-C (SIGINT) saves a resumable `last` checkpoint and exits cleanly; --resume continues.
+#[test]
+fn ctrl_c_saves_a_resumable_checkpoint() {
+    let dir = tempdir();
+    let run = dir.path().join("run");
+    let run_arg = run.to_str().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_moeseg"))
+        .args([
+            "train",
+            "--preset",
+            TINY,
+            "--device",
+            "cpu",
+            "--quiet",
+            "--run-dir",
+            run_arg,
+            "--set",
+            "train.epochs=500",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the moeseg binary starts");
+    // Wait until a few steps are logged, then interrupt.
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(true, |m| m.lines().count() < 3)
+    {
+        assert!(started.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let output = child.wait_with_output().expect("moeseg exits");
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--resume"),
+        "{}",
+        text(&output)
+    );
+    let state = |run: &Path| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(run.join("checkpoints/last/state.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let stopped = state(&run);
+    assert_eq!(stopped["finished"], false);
+    let step = stopped["step"].as_u64().unwrap();
+    assert!(step >= 1 && step < 1000, "{stopped}");
+    let target = (step + 2).to_string();
+    ok(&[
+        "train",
+        "--resume",
+        run_arg,
+        "--quiet",
+        "--stop-at",
+        &target,
+    ]);
+    assert_eq!(state(&run)["step"].as_u64(), Some(step + 2));
+}

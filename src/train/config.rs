@@ -90,10 +90,9 @@ pub struct ModelSection {
     pub num_classes: usize,
     /// ResNet depth of DeepLabv3+ (50 or 101).
     pub backbone_depth: usize,
-    /// A safetensors file of backbone weights loaded before training (`""`: none).
+    /// torchvision ImageNet weights (ResNet or MobileNetV3-Large, as safetensors) loaded into
+    /// the backbone before training (`""`: none).
     pub pretrained_backbone: String,
-    /// Prefix put before the file's keys when loading the backbone (e.g. `backbone.`).
-    pub pretrained_prefix: String,
     /// PatchConvMoE placement and hyper-parameters.
     pub moe: MoeSection,
 }
@@ -246,7 +245,6 @@ impl Default for ModelSection {
             num_classes: 19,
             backbone_depth: 50,
             pretrained_backbone: String::new(),
-            pretrained_prefix: String::new(),
             moe: MoeSection::default(),
         }
     }
