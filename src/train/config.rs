@@ -434,7 +434,7 @@ fn conform(like: &Value, value: Value) -> std::result::Result<Value, String> {
     match (like, value) {
         (Value::Float(_), Value::Integer(i)) => Ok(Value::Float(i as f64)),
         (Value::Array(items), Value::Array(values)) => {
-            if items.len() > 0
+            if !items.is_empty()
                 && values.len() != items.len()
                 && !matches!(items[0], Value::String(_))
             {
