@@ -460,3 +460,98 @@ fn ctrl_c_saves_a_resumable_checkpoint() {
     ]);
     assert_eq!(state(&run)["step"].as_u64(), Some(step + 2));
 }
+
+/// The real-dataset presets read the on-disk formats: tiny Cityscapes and BDD100K folders
+/// written from synthetic scenes, trained for two steps each with ENet class weights, then
+/// evaluated with sliding windows.
+#[test]
+fn real_dataset_presets_train_on_the_on_disk_formats() {
+    use moeseg::data::{write_bdd100k, write_cityscapes, Split, Synthetic, SyntheticConfig};
+    let dir = tempdir();
+    let scenes = |seed| {
+        Synthetic::new(SyntheticConfig {
+            len: 4,
+            height: 32,
+            width: 64,
+            seed,
+        })
+    };
+    let cityscapes = dir.path().join("cityscapes");
+    let bdd = dir.path().join("bdd100k");
+    for (split, seed) in [(Split::Train, 1), (Split::Val, 2)] {
+        write_cityscapes(&scenes(seed), &cityscapes, split, "aachen").unwrap();
+        write_bdd100k(&scenes(seed), &bdd, split).unwrap();
+    }
+    for (preset, root) in [
+        ("cityscapes-enet/patch_conv_moe", &cityscapes),
+        ("bdd100k-erfnet/patch_conv_moe", &bdd),
+    ] {
+        let run = dir.path().join(preset.replace('/', "-"));
+        let run_arg = run.to_str().unwrap();
+        let root_set = format!("data.root={}", root.display());
+        ok(&[
+            "train",
+            "--preset",
+            preset,
+            "--device",
+            "cpu",
+            "--quiet",
+            "--run-dir",
+            run_arg,
+            "--set",
+            &root_set,
+            "--set",
+            "data.crop=[32, 64]",
+            "--set",
+            "data.scale=[1, 1]",
+            "--set",
+            "data.batch_size=2",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.class_weights=enet",
+            "--set",
+            "model.moe.num_experts=2",
+            "--set",
+            "model.moe.k=1",
+        ]);
+        let json = run.join("sliding.json");
+        ok(&[
+            "eval",
+            "--run",
+            run_arg,
+            "--set",
+            "train.eval_mode=sliding",
+            "--set",
+            "train.eval_crop=[32, 32]",
+            "--set",
+            "train.eval_stride=[32, 16]",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        let eval: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(eval["images"], 4);
+        assert!(
+            eval["inference"].as_str().unwrap().contains("sliding"),
+            "{eval}"
+        );
+        // The same weights through --preset and --weights.
+        let weights = run.join("checkpoints/last/model.safetensors");
+        ok(&[
+            "eval",
+            "--preset",
+            preset,
+            "--weights",
+            weights.to_str().unwrap(),
+            "--set",
+            &root_set,
+            "--set",
+            "model.moe.num_experts=2",
+            "--set",
+            "model.moe.k=1",
+            "--json",
+            run.join("weights.json").to_str().unwrap(),
+        ]);
+    }
+}
