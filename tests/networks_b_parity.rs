@@ -174,6 +174,43 @@ fn narrow_pspnet_matches_pytorch() {
 }
 
 #[test]
+fn narrow_pspnet_training_reaches_every_parameter() {
+    let net = PspNet::from_parts(
+        tiny_resnet([1, 2, 1, 1], [vec![1], vec![1, 1], vec![2, 2], vec![4, 4]]),
+        Ppm::new(32, 8, &[1, 2, 3, 6]).unwrap(),
+        psp_head(64, 8, 5).unwrap(),
+        psp_head(32, 8, 5).unwrap(),
+    );
+    set_training(&net, true);
+    let input = get(&fixtures(), "pspnet_tiny.input");
+    let input = Tensor::cat(&[&input, &input.mul_scalar(0.5).unwrap()], 0).unwrap();
+    let out = net.forward_seg(&input).unwrap();
+    assert_eq!(out.aux.len(), 1);
+    let aux = &out.aux[0];
+    assert_eq!(aux.logits.dims(), out.logits.dims());
+    let loss = out
+        .logits
+        .sum_all()
+        .unwrap()
+        .add(
+            &aux.logits
+                .sum_all()
+                .unwrap()
+                .mul_scalar(aux.weight)
+                .unwrap(),
+        )
+        .unwrap();
+    loss.backward().unwrap();
+    for (key, param) in named_parameters(&net) {
+        let grad = param.grad().unwrap_or_else(|| panic!("{key}: no gradient"));
+        assert!(
+            grad.to_vec().iter().all(|g| g.is_finite()),
+            "{key}: finite gradient"
+        );
+    }
+}
+
+#[test]
 fn bottleneck_training_step_matches_pytorch() {
     let case = "bottleneck_train";
     let fx = fixtures();
