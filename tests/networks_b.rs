@@ -87,6 +87,10 @@ fn moe_variants_match_their_manifests() {
         )
         .unwrap();
         assert_matches_manifest(model.as_ref(), manifest_name);
+        set_training(model.as_ref(), false);
+        let input = random_input([1, 3, 33, 41], 5);
+        let out = no_grad(|| model.forward_seg(&input)).unwrap();
+        assert_eq!(out.logits.dims(), &[1, 19, 33, 41], "{name} with MoE");
     }
 }
 

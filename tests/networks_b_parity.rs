@@ -3,9 +3,10 @@
 //! reference heads at small widths, f16-rounded weights with non-trivial BN statistics).
 
 use moeseg::io::safetensors;
-use moeseg::models::deeplabv3plus::{Aspp, Decoder};
-use moeseg::models::pspnet::{psp_head, Ppm};
-use moeseg::models::resnet::Bottleneck;
+use moeseg::models::deeplabv3plus::{Aspp, Decoder, DeepLabV3Plus};
+use moeseg::models::pspnet::{psp_head, Ppm, PspNet};
+use moeseg::models::resnet::{Bottleneck, ResNet, ResNetConfig};
+use moeseg::models::SegNet;
 use moeseg::nn::{named_parameters, named_tensors, set_training, Module, Role};
 use moeseg::{no_grad, Tensor};
 use std::collections::BTreeMap;
@@ -132,6 +133,81 @@ fn pyramid_pooling_matches_pytorch() {
 fn pspnet_heads_match_pytorch() {
     check_eval_forward("cls", &psp_head(32, 8, 5).unwrap());
     check_eval_forward("aux", &psp_head(16, 8, 5).unwrap());
+}
+
+/// The narrow backbone of the whole-network cases: stem 8, widths 4, 4, 8, 8 (outputs 16, 16,
+/// 32, 32 channels).
+fn tiny_resnet(strides: [usize; 4], dilations: [Vec<usize>; 4]) -> ResNet {
+    ResNet::new(&ResNetConfig {
+        stem_channels: 8,
+        widths: [4, 4, 8, 8],
+        strides,
+        dilations,
+    })
+    .unwrap()
+}
+
+#[test]
+fn narrow_deeplabv3plus_matches_pytorch() {
+    let net = DeepLabV3Plus {
+        backbone: tiny_resnet(
+            [1, 2, 2, 1],
+            [vec![1, 1], vec![1], vec![1, 1], vec![2, 4, 8]],
+        ),
+        aspp: Aspp::new(32, 8, [6, 12, 18]).unwrap(),
+        decoder: Decoder::new(16, 6, 8, 12, 5).unwrap(),
+    };
+    check_eval_forward("deeplab_tiny", &net);
+}
+
+#[test]
+fn narrow_pspnet_matches_pytorch() {
+    let net = PspNet::from_parts(
+        tiny_resnet([1, 2, 1, 1], [vec![1], vec![1, 1], vec![2, 2], vec![4, 4]]),
+        Ppm::new(32, 8, &[1, 2, 3, 6]).unwrap(),
+        psp_head(64, 8, 5).unwrap(),
+        psp_head(32, 8, 5).unwrap(),
+    );
+    check_eval_forward("pspnet_tiny", &net);
+    let out = no_grad(|| net.forward_seg(&get(&fixtures(), "pspnet_tiny.input"))).unwrap();
+    assert!(out.aux.is_empty(), "no auxiliary output in eval mode");
+}
+
+#[test]
+fn narrow_pspnet_training_reaches_every_parameter() {
+    let net = PspNet::from_parts(
+        tiny_resnet([1, 2, 1, 1], [vec![1], vec![1, 1], vec![2, 2], vec![4, 4]]),
+        Ppm::new(32, 8, &[1, 2, 3, 6]).unwrap(),
+        psp_head(64, 8, 5).unwrap(),
+        psp_head(32, 8, 5).unwrap(),
+    );
+    set_training(&net, true);
+    let input = get(&fixtures(), "pspnet_tiny.input");
+    let input = Tensor::cat(&[&input, &input.mul_scalar(0.5).unwrap()], 0).unwrap();
+    let out = net.forward_seg(&input).unwrap();
+    assert_eq!(out.aux.len(), 1);
+    let aux = &out.aux[0];
+    assert_eq!(aux.logits.dims(), out.logits.dims());
+    let loss = out
+        .logits
+        .sum_all()
+        .unwrap()
+        .add(
+            &aux.logits
+                .sum_all()
+                .unwrap()
+                .mul_scalar(aux.weight)
+                .unwrap(),
+        )
+        .unwrap();
+    loss.backward().unwrap();
+    for (key, param) in named_parameters(&net) {
+        let grad = param.grad().unwrap_or_else(|| panic!("{key}: no gradient"));
+        assert!(
+            grad.to_vec().iter().all(|g| g.is_finite()),
+            "{key}: finite gradient"
+        );
+    }
 }
 
 #[test]

@@ -116,13 +116,24 @@ impl PspNet {
     /// layer3 dilated 2, of layer4 dilated 4), PPM 2048 → 4·512 at bins 1, 2, 3, 6, `cls`
     /// 4096 → 512 → C, `aux` 1024 → 256 → C.
     pub fn new(depth: usize, num_classes: usize) -> Result<Self> {
-        Ok(PspNet {
-            backbone: ResNet::new(&ResNetConfig::dilated_os8(depth)?)?,
-            ppm: Ppm::new(2048, 512, &[1, 2, 3, 6])?,
-            cls: psp_head(4096, 512, num_classes)?,
-            aux: psp_head(1024, 256, num_classes)?,
+        Ok(Self::from_parts(
+            ResNet::new(&ResNetConfig::dilated_os8(depth)?)?,
+            Ppm::new(2048, 512, &[1, 2, 3, 6])?,
+            psp_head(4096, 512, num_classes)?,
+            psp_head(1024, 256, num_classes)?,
+        ))
+    }
+
+    /// A PSPNet from its parts (e.g. narrow ones for tests); `ppm` must take the backbone's
+    /// layer4 output, `cls` the PPM output and `aux` the layer3 output.
+    pub fn from_parts(backbone: ResNet, ppm: Ppm, cls: Sequential, aux: Sequential) -> Self {
+        PspNet {
+            backbone,
+            ppm,
+            cls,
+            aux,
             training: TrainingFlag::default(),
-        })
+        }
     }
 
     /// Main logits and, when `with_aux`, the auxiliary logits, both at the input size.

@@ -213,10 +213,15 @@ fn blocks_for_depth(depth: usize) -> Result<[usize; 4]> {
     }
 }
 
-/// Stage geometry of a [`ResNet`]: for each of `layer1..layer4`, its stride (on the first
-/// block) and the dilation of each block's 3×3 conv (one entry per block).
+/// Geometry of a [`ResNet`]: stem and stage widths and, for each of `layer1..layer4`, its
+/// stride (on the first block) and the dilation of each block's 3×3 conv (one entry per
+/// block). The constructors give the full-width networks; tests build narrow ones.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResNetConfig {
+    /// Output channels of the stem conv (64).
+    pub stem_channels: usize,
+    /// Bottleneck width of each stage (64, 128, 256, 512); a stage outputs 4× as many channels.
+    pub widths: [usize; 4],
     /// Stride of each stage's first block.
     pub strides: [usize; 4],
     /// Dilation of every block's `conv2`, per stage; the length of each is its block count.
@@ -228,6 +233,8 @@ impl ResNetConfig {
     pub fn standard(depth: usize) -> Result<Self> {
         let blocks = blocks_for_depth(depth)?;
         Ok(ResNetConfig {
+            stem_channels: 64,
+            widths: [64, 128, 256, 512],
             strides: [1, 2, 2, 2],
             dilations: blocks.map(|n| vec![1; n]),
         })
@@ -245,16 +252,12 @@ impl ResNetConfig {
     /// hszhao/semseg's PSPNet backbone at output stride 8: layer3 and layer4 stride 1, every
     /// block of layer3 dilated 2 and every block of layer4 dilated 4.
     pub fn dilated_os8(depth: usize) -> Result<Self> {
-        let blocks = blocks_for_depth(depth)?;
-        Ok(ResNetConfig {
-            strides: [1, 2, 1, 1],
-            dilations: [
-                vec![1; blocks[0]],
-                vec![1; blocks[1]],
-                vec![2; blocks[2]],
-                vec![4; blocks[3]],
-            ],
-        })
+        let mut config = Self::standard(depth)?;
+        config.strides = [1, 2, 1, 1];
+        for (stage, dilation) in [(2, 2), (3, 4)] {
+            config.dilations[stage].fill(dilation);
+        }
+        Ok(config)
     }
 
     /// torchvision's `resnet(replace_stride_with_dilation=[l2, l3, l4])`: a replaced stage has
@@ -281,9 +284,10 @@ impl ResNetConfig {
         Ok(config)
     }
 
-    /// Checks that every stride, dilation and block count is positive.
+    /// Checks that every width, stride, dilation and block count is positive.
     fn validate(&self) -> Result<()> {
-        let bad_stride = self.strides.contains(&0);
+        let bad_width = self.stem_channels == 0 || self.widths.contains(&0);
+        let bad_stride = bad_width || self.strides.contains(&0);
         let bad_dilation = self
             .dilations
             .iter()
@@ -292,8 +296,9 @@ impl ResNetConfig {
             return Err(Error::invalid(
                 "ResNet",
                 format!(
-                    "strides {:?} and dilations {:?} must be positive, every stage non-empty",
-                    self.strides, self.dilations
+                    "stem {} and widths {:?}, strides {:?} and dilations {:?} must be \
+                     positive, every stage non-empty",
+                    self.stem_channels, self.widths, self.strides, self.dilations
                 ),
             ));
         }
@@ -319,7 +324,8 @@ fn make_stage(
 }
 
 /// The ResNet trunk without `avgpool` and `fc`: `conv1` (7×7 s2) → `bn1` → ReLU → 3×3 s2 max
-/// pool → `layer1..layer4` (widths 64, 128, 256, 512; outputs 256, 512, 1024, 2048 channels).
+/// pool → `layer1..layer4` (at full width: widths 64, 128, 256, 512; outputs 256, 512, 1024,
+/// 2048 channels).
 pub struct ResNet {
     /// 7×7 stride-2 conv 3→64.
     pub conv1: Conv2d,
@@ -338,16 +344,18 @@ pub struct ResNet {
 }
 
 impl ResNet {
-    /// A ResNet with the given stage geometry (block counts are the lengths of its dilation
-    /// lists), fresh weights initialised as torchvision does (convs kaiming-normal fan-out, BN
+    /// A ResNet with the given geometry (block counts are the lengths of its dilation lists),
+    /// fresh weights initialised as torchvision does (convs kaiming-normal fan-out, BN
     /// weight 1, bias 0).
     pub fn new(config: &ResNetConfig) -> Result<Self> {
         config.validate()?;
-        let widths = [64, 128, 256, 512];
-        let mut channels = 64;
+        let mut channels = config.stem_channels;
         let mut stages = Vec::with_capacity(4);
-        for ((&width, &stride), dilations) in
-            widths.iter().zip(&config.strides).zip(&config.dilations)
+        for ((&width, &stride), dilations) in config
+            .widths
+            .iter()
+            .zip(&config.strides)
+            .zip(&config.dilations)
         {
             stages.push(make_stage(channels, width, stride, dilations)?);
             channels = width * EXPANSION;
@@ -356,8 +364,8 @@ impl ResNet {
             .try_into()
             .map_err(|_| Error::invalid("ResNet", "expected four stages"))?;
         Ok(ResNet {
-            conv1: backbone_conv(3, 64, 7, 2, 1)?,
-            bn1: BatchNorm2d::new(64)?,
+            conv1: backbone_conv(3, config.stem_channels, 7, 2, 1)?,
+            bn1: BatchNorm2d::new(config.stem_channels)?,
             maxpool: MaxPool2d(MaxPool2dParams::new(3).stride(2).padding(1)),
             layer1,
             layer2,
