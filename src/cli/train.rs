@@ -40,6 +40,10 @@ pub struct TrainArgs {
     /// checkpoint, as Ctrl-C does: for time-boxed jobs; continue later with --resume.
     #[arg(long, value_name = "STEPS")]
     pub stop_at: Option<u64>,
+    /// Print the resolved configuration (preset + --set + --device) as TOML, with every key
+    /// --set accepts, and exit without training.
+    #[arg(long, conflicts_with = "resume")]
+    pub print_config: bool,
 }
 
 /// The configuration of a new run: the preset, then the `--set` overrides, then `--device`.
@@ -59,6 +63,14 @@ pub fn resolve_config(args: &TrainArgs) -> Result<(Config, String)> {
 
 /// Runs `moeseg train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
+    if args.print_config {
+        let (config, preset) = resolve_config(args)?;
+        println!(
+            "# resolved configuration of {preset}\n{}",
+            config.to_toml()?
+        );
+        return Ok(());
+    }
     let (config, run, resume) = match &args.resume {
         Some(run) => {
             let mut config = run_dir::read_config(run)?;
