@@ -128,6 +128,14 @@ impl LossSums {
     }
 }
 
+/// The name of the first parameter holding a NaN or an infinity.
+fn non_finite_parameter(model: &dyn Module) -> Option<String> {
+    named_parameters(model)
+        .into_iter()
+        .find(|(_, t)| t.to_vec().iter().any(|v| !v.is_finite()))
+        .map(|(name, _)| name)
+}
+
 /// An evaluation as a `metrics.jsonl` record.
 pub fn eval_record(evaluation: &Evaluation, step: u64, epoch: usize) -> MetricRecord {
     MetricRecord {
@@ -418,9 +426,25 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<Outcome> {
                     checkpoint::save(run, "best", &*model, optimizer.as_ref(), &scheduler, &state)?;
                 }
                 report::write_eval_plots(run, &evaluation)?;
+                // Throughput counts training time only.
+                window.0 += std::time::Duration::from_secs_f64(evaluation.seconds);
                 last_eval_step = Some((state.step, evaluation));
             }
             if epoch_done || state.step == total {
+                // `last` must stay a good checkpoint: never overwrite it with broken weights.
+                if let Some(name) = non_finite_parameter(&*model) {
+                    progress.bar.abandon();
+                    return Err(Error::invalid(
+                        "train",
+                        format!(
+                            "the weights went non-finite at step {} (epoch {}: `{name}` holds NaN \
+                             or Inf); stopped. The last good checkpoint is {}",
+                            state.step,
+                            epoch + 1,
+                            checkpoint::checkpoints_dir(run).join("last").display()
+                        ),
+                    ));
+                }
                 state.finished = state.step == total;
                 state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
                 checkpoint::save(run, "last", &*model, optimizer.as_ref(), &scheduler, &state)?;
