@@ -261,6 +261,12 @@ fn erfnet_blocks_match_pytorch() {
 fn erfnet_matches_pytorch() {
     let net = Erfnet::new(4).unwrap();
     check_eval(&net, "erfnet");
+    let fixtures = Fixtures::load("nets_a").unwrap();
+    let encoder_out = net
+        .forward_encoder_only(&fixtures.get("erfnet.input").unwrap())
+        .unwrap();
+    let expected = fixtures.get("erfnet.encoder_out").unwrap();
+    assert_rel_close("erfnet encoder only", &encoder_out, &expected, EVAL_REL);
     // Heights and widths must divide by 8: an error, not a panic.
     let odd = Tensor::zeros([1, 3, 44, 80], &moeseg::Device::Cpu).unwrap();
     let message = net.forward(&odd).unwrap_err().to_string();
