@@ -396,3 +396,162 @@ fn bench_train_prints_the_summary_line() {
         "{last}"
     );
 }
+
+/// Ctrl-C (SIGINT) saves a resumable `last` checkpoint and exits cleanly; --resume continues.
+#[test]
+fn ctrl_c_saves_a_resumable_checkpoint() {
+    let dir = tempdir();
+    let run = dir.path().join("run");
+    let run_arg = run.to_str().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_moeseg"))
+        .args([
+            "train",
+            "--preset",
+            TINY,
+            "--device",
+            "cpu",
+            "--quiet",
+            "--run-dir",
+            run_arg,
+            "--set",
+            "train.epochs=500",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the moeseg binary starts");
+    // Wait until a few steps are logged, then interrupt.
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(true, |m| m.lines().count() < 3)
+    {
+        assert!(started.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let output = child.wait_with_output().expect("moeseg exits");
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--resume"),
+        "{}",
+        text(&output)
+    );
+    let state = |run: &Path| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(run.join("checkpoints/last/state.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let stopped = state(&run);
+    assert_eq!(stopped["finished"], false);
+    let step = stopped["step"].as_u64().unwrap();
+    assert!(step >= 1 && step < 1000, "{stopped}");
+    let target = (step + 2).to_string();
+    ok(&[
+        "train",
+        "--resume",
+        run_arg,
+        "--quiet",
+        "--stop-at",
+        &target,
+    ]);
+    assert_eq!(state(&run)["step"].as_u64(), Some(step + 2));
+}
+
+/// The real-dataset presets read the on-disk formats: tiny Cityscapes and BDD100K folders
+/// written from synthetic scenes, trained for two steps each with ENet class weights, then
+/// evaluated with sliding windows.
+#[test]
+fn real_dataset_presets_train_on_the_on_disk_formats() {
+    use moeseg::data::{write_bdd100k, write_cityscapes, Split, Synthetic, SyntheticConfig};
+    let dir = tempdir();
+    let scenes = |seed| {
+        Synthetic::new(SyntheticConfig {
+            len: 4,
+            height: 32,
+            width: 64,
+            seed,
+        })
+    };
+    let cityscapes = dir.path().join("cityscapes");
+    let bdd = dir.path().join("bdd100k");
+    for (split, seed) in [(Split::Train, 1), (Split::Val, 2)] {
+        write_cityscapes(&scenes(seed), &cityscapes, split, "aachen").unwrap();
+        write_bdd100k(&scenes(seed), &bdd, split).unwrap();
+    }
+    for (preset, root) in [
+        ("cityscapes-enet/patch_conv_moe", &cityscapes),
+        ("bdd100k-erfnet/patch_conv_moe", &bdd),
+    ] {
+        let run = dir.path().join(preset.replace('/', "-"));
+        let run_arg = run.to_str().unwrap();
+        let root_set = format!("data.root={}", root.display());
+        ok(&[
+            "train",
+            "--preset",
+            preset,
+            "--device",
+            "cpu",
+            "--quiet",
+            "--run-dir",
+            run_arg,
+            "--set",
+            &root_set,
+            "--set",
+            "data.crop=[32, 64]",
+            "--set",
+            "data.scale=[1, 1]",
+            "--set",
+            "data.batch_size=2",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.class_weights=enet",
+            "--set",
+            "model.moe.num_experts=2",
+            "--set",
+            "model.moe.k=1",
+        ]);
+        let json = run.join("sliding.json");
+        ok(&[
+            "eval",
+            "--run",
+            run_arg,
+            "--set",
+            "train.eval_mode=sliding",
+            "--set",
+            "train.eval_crop=[32, 32]",
+            "--set",
+            "train.eval_stride=[32, 16]",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        let eval: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(eval["images"], 4);
+        assert!(
+            eval["inference"].as_str().unwrap().contains("sliding"),
+            "{eval}"
+        );
+        // The same weights through --preset and --weights.
+        let weights = run.join("checkpoints/last/model.safetensors");
+        ok(&[
+            "eval",
+            "--preset",
+            preset,
+            "--weights",
+            weights.to_str().unwrap(),
+            "--set",
+            &root_set,
+            "--set",
+            "model.moe.num_experts=2",
+            "--set",
+            "model.moe.k=1",
+            "--json",
+            run.join("weights.json").to_str().unwrap(),
+        ]);
+    }
+}

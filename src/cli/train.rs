@@ -78,7 +78,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     };
     let interrupt = Arc::new(AtomicBool::new(false));
     let flag = interrupt.clone();
-    if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
+    // First Ctrl-C: finish the step, save `last`, exit cleanly. A second one exits at once.
+    let handler = move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second Ctrl-C: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!("Ctrl-C: saving a resumable checkpoint after this step (again to quit now)");
+    };
+    if let Err(e) = ctrlc::set_handler(handler) {
         eprintln!("warning: Ctrl-C will not save a checkpoint ({e})");
     }
     let options = TrainOptions {

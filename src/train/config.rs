@@ -90,10 +90,9 @@ pub struct ModelSection {
     pub num_classes: usize,
     /// ResNet depth of DeepLabv3+ (50 or 101).
     pub backbone_depth: usize,
-    /// A safetensors file of backbone weights loaded before training (`""`: none).
+    /// torchvision ImageNet weights (ResNet or MobileNetV3-Large, as safetensors) loaded into
+    /// the backbone before training (`""`: none).
     pub pretrained_backbone: String,
-    /// Prefix put before the file's keys when loading the backbone (e.g. `backbone.`).
-    pub pretrained_prefix: String,
     /// PatchConvMoE placement and hyper-parameters.
     pub moe: MoeSection,
 }
@@ -246,7 +245,6 @@ impl Default for ModelSection {
             num_classes: 19,
             backbone_depth: 50,
             pretrained_backbone: String::new(),
-            pretrained_prefix: String::new(),
             moe: MoeSection::default(),
         }
     }
@@ -436,7 +434,7 @@ fn conform(like: &Value, value: Value) -> std::result::Result<Value, String> {
     match (like, value) {
         (Value::Float(_), Value::Integer(i)) => Ok(Value::Float(i as f64)),
         (Value::Array(items), Value::Array(values)) => {
-            if items.len() > 0
+            if !items.is_empty()
                 && values.len() != items.len()
                 && !matches!(items[0], Value::String(_))
             {

@@ -206,7 +206,7 @@ fn sliding_window(
         *v /= count[i % (h * w)].max(1) as f32;
     }
     let logits = Tensor::from_vec(total, [batch, classes, h, w])?;
-    Ok(logits.narrow(2, 0, height)?.narrow(3, 0, width)?)
+    logits.narrow(2, 0, height)?.narrow(3, 0, width)
 }
 
 /// Evaluates `model` over every batch of `loader` (at most `max_images` images when > 0).

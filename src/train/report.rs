@@ -6,7 +6,7 @@ use crate::backend::Device;
 use crate::data::augment::prepare;
 use crate::data::{palette::CLASS_NAMES, pictures, Dataset, Sample};
 use crate::error::{Error, Result};
-use crate::models::SegNet;
+use crate::models::{load_imagenet_backbone, SegNet};
 use crate::moe::RoutingStats;
 use crate::nn::{set_training, Module};
 use crate::tensor::Tensor;
@@ -20,24 +20,10 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Loads `model.pretrained_backbone` into the network (non-strict: the head stays fresh), with
-/// `model.pretrained_prefix` before every file key.
+/// Loads `model.pretrained_backbone` (torchvision ImageNet ResNet or MobileNetV3-Large weights
+/// as safetensors) into the network's backbone; the head stays fresh.
 pub fn load_pretrained(model: &dyn SegNet, section: &ModelSection) -> Result<()> {
-    use crate::nn::state_dict::{load_state_dict, LoadOptions};
-    let options = LoadOptions {
-        strict: false,
-        strip_prefixes: vec!["model.".into(), "module.".into()],
-        add_prefix: (!section.pretrained_prefix.is_empty())
-            .then(|| section.pretrained_prefix.clone()),
-        skip_unexpected_prefixes: Vec::new(),
-    };
-    let report = load_state_dict(model as &dyn Module, &section.pretrained_backbone, options)?;
-    if report.loaded.is_empty() {
-        return Err(Error::file(
-            &section.pretrained_backbone,
-            format!("no tensor of the file matches the network ({report}); check model.pretrained_prefix"),
-        ));
-    }
+    let report = load_imagenet_backbone(model, Path::new(&section.pretrained_backbone))?;
     println!(
         "pretrained backbone {}: {report}",
         section.pretrained_backbone

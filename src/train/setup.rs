@@ -269,7 +269,7 @@ pub fn open_dataset(data: &DataConfig, split: &str, train: bool) -> Result<Arc<d
                 seed: if train {
                     s.seed
                 } else {
-                    s.seed ^ 0x5eed_0f_7a1
+                    s.seed ^ 0x0005_eed0_f7a1
                 },
             };
             Arc::new(Synthetic::new(config))
