@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+pub mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,9 @@ enum Command {
     /// Benchmarks on the CPU backend (`moeseg bench routing`: PatchConvMoE's pieces and whole
     /// layer next to a plain copy and the dense conv of the same shape).
     Bench(bench::BenchArgs),
+    /// Every CUDA kernel, forward and backward, against the CPU backend (`--compile-only`:
+    /// compile every kernel family with NVRTC, no GPU needed).
+    Verify(verify::VerifyArgs),
 }
 
 /// Parses the arguments and runs the chosen command.
@@ -30,6 +34,7 @@ pub fn run() -> crate::Result<()> {
     match cli.command {
         Some(Command::Demo(args)) => demo::run(&args),
         Some(Command::Bench(args)) => bench::run(&args),
+        Some(Command::Verify(args)) => verify::run(&args),
         None => demo::run(&demo::DemoArgs::default()),
     }
 }
