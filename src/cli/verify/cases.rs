@@ -13,6 +13,9 @@ use crate::ops::patch_grid::PatchGrid;
 use crate::ops::shape::NarrowParams;
 use crate::tensor::{Rng, Shape, Storage};
 
+mod more;
+use more::norm;
+
 /// How one input is drawn.
 #[derive(Clone, Copy, Debug)]
 pub enum Input {
@@ -91,6 +94,7 @@ pub fn table() -> Vec<Case> {
     shape(&mut cases);
     index(&mut cases);
     patch_grid(&mut cases);
+    norm(&mut cases);
     cases
 }
 
