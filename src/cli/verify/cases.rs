@@ -14,7 +14,7 @@ use crate::ops::shape::NarrowParams;
 use crate::tensor::{Rng, Shape, Storage};
 
 mod more;
-use more::norm;
+use more::{norm, pool};
 
 /// How one input is drawn.
 #[derive(Clone, Copy, Debug)]
@@ -95,6 +95,7 @@ pub fn table() -> Vec<Case> {
     index(&mut cases);
     patch_grid(&mut cases);
     norm(&mut cases);
+    pool(&mut cases);
     cases
 }
 

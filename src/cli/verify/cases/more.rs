@@ -3,6 +3,7 @@
 use super::{case, Case, Input};
 use crate::cli::verify::Tolerance;
 use crate::ops::activation::ChannelLayout;
+use crate::ops::pool::{AvgPool2dGeometry, PlaneResize, Pool2dGeometry};
 
 /// Batch norm: statistics, forward (affine or not), backward in training and eval.
 pub fn norm(cases: &mut Vec<Case>) {
@@ -71,5 +72,179 @@ pub fn norm(cases: &mut Vec<Case>) {
                 ));
             }
         }
+    }
+}
+
+/// PyTorch's pooled length (floor or ceil mode; a last window must start inside the input or
+/// the left padding).
+fn pooled(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+    ceil: bool,
+) -> usize {
+    let span = (input + 2 * pad) as i64 - (dilation * (kernel - 1) + 1) as i64;
+    let stride = stride as i64;
+    let mut len = if ceil {
+        (span + stride - 1).div_euclid(stride)
+    } else {
+        span.div_euclid(stride)
+    } + 1;
+    if ceil && (len - 1) * stride >= (input + pad) as i64 {
+        len -= 1;
+    }
+    len.max(0) as usize
+}
+
+/// Max pool (+ indices, backward), max unpool (+ backward), avg pool, adaptive avg pool.
+pub fn pool(cases: &mut Vec<Case>) {
+    let windows = [
+        // (planes, [h, w], kernel, stride, padding, dilation, ceil)
+        (6, [13, 11], 3, 2, 1, 1, false),
+        (4, [16, 15], 2, 2, 0, 1, false),
+        (3, [9, 9], 3, 1, 1, 1, false),
+        (2, [12, 10], 3, 1, 1, 2, false),
+        (5, [13, 11], 3, 2, 0, 1, true),
+    ];
+    for (planes, input, k, s, p, d, ceil) in windows {
+        let output = [
+            pooled(input[0], k, s, p, d, ceil),
+            pooled(input[1], k, s, p, d, ceil),
+        ];
+        let g = Pool2dGeometry {
+            planes,
+            input,
+            output,
+            kernel: [k, k],
+            stride: [s, s],
+            padding: [p, p],
+            dilation: [d, d],
+        };
+        let shape = format!(
+            "{planes}x{input:?} k{k} s{s} p{p} d{d}{}",
+            if ceil { " ceil" } else { "" }
+        );
+        let (in_len, out_len) = (planes * input[0] * input[1], planes * output[0] * output[1]);
+        cases.push(case(
+            "max_pool2d_with_indices",
+            &shape,
+            vec![Input::Normal(in_len)],
+            Tolerance::EXACT,
+            move |b, x| {
+                let (v, i) = b.max_pool2d_with_indices(&x[0], g)?;
+                Ok(vec![v, i])
+            },
+        ));
+        cases.push(case(
+            "max_pool2d_with_indices_backward",
+            &shape,
+            vec![Input::Normal(in_len), Input::Normal(out_len)],
+            Tolerance::REDUCTION,
+            move |b, x| {
+                let (_, i) = b.max_pool2d_with_indices(&x[0], g)?;
+                Ok(vec![b.max_pool2d_with_indices_backward(&x[1], &i, g)?])
+            },
+        ));
+        for (count_include_pad, divisor_override) in [(true, None), (false, None), (true, Some(4))]
+        {
+            let a = AvgPool2dGeometry {
+                window: Pool2dGeometry {
+                    dilation: [1, 1],
+                    ..g
+                },
+                count_include_pad,
+                divisor_override,
+            };
+            if d != 1 {
+                continue;
+            }
+            let shape =
+                format!("{shape} include_pad {count_include_pad} divisor {divisor_override:?}");
+            cases.push(case(
+                "avg_pool2d",
+                &shape,
+                vec![Input::Normal(in_len)],
+                Tolerance::REDUCTION,
+                move |b, x| Ok(vec![b.avg_pool2d(&x[0], a)?]),
+            ));
+            cases.push(case(
+                "avg_pool2d_backward",
+                &shape,
+                vec![Input::Normal(out_len)],
+                Tolerance::REDUCTION,
+                move |b, x| Ok(vec![b.avg_pool2d_backward(&x[0], a)?]),
+            ));
+        }
+    }
+    // ENet's unpool: indices of a 2x2/2 max pool.
+    for (planes, input) in [(6, [12, 10]), (3, [13, 11])] {
+        let output = [input[0] / 2, input[1] / 2];
+        let g = Pool2dGeometry {
+            planes,
+            input,
+            output,
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0, 0],
+            dilation: [1, 1],
+        };
+        let sizes = PlaneResize {
+            planes,
+            input: output,
+            output: input,
+        };
+        let shape = format!("{planes}x{output:?} -> {input:?}");
+        let (in_len, out_len) = (planes * input[0] * input[1], planes * output[0] * output[1]);
+        cases.push(case(
+            "max_unpool2d",
+            &shape,
+            vec![Input::Normal(in_len), Input::Normal(out_len)],
+            Tolerance::EXACT,
+            move |b, x| {
+                let (_, i) = b.max_pool2d_with_indices(&x[0], g)?;
+                Ok(vec![b.max_unpool2d(&x[1], &i, sizes)?])
+            },
+        ));
+        cases.push(case(
+            "max_unpool2d_backward",
+            &shape,
+            vec![Input::Normal(in_len), Input::Normal(in_len)],
+            Tolerance::EXACT,
+            move |b, x| {
+                let (_, i) = b.max_pool2d_with_indices(&x[0], g)?;
+                Ok(vec![b.max_unpool2d_backward(&x[1], &i, sizes)?])
+            },
+        ));
+    }
+    for (planes, input, output) in [
+        (4, [13, 11], [1, 1]),
+        (3, [13, 11], [2, 2]),
+        (2, [13, 11], [6, 6]),
+        (2, [5, 5], [7, 7]),
+        (1, [9, 16], [3, 3]),
+    ] {
+        let sizes = PlaneResize {
+            planes,
+            input,
+            output,
+        };
+        let shape = format!("{planes}x{input:?} -> {output:?}");
+        let (in_len, out_len) = (planes * input[0] * input[1], planes * output[0] * output[1]);
+        cases.push(case(
+            "adaptive_avg_pool2d",
+            &shape,
+            vec![Input::Normal(in_len)],
+            Tolerance::REDUCTION,
+            move |b, x| Ok(vec![b.adaptive_avg_pool2d(&x[0], sizes)?]),
+        ));
+        cases.push(case(
+            "adaptive_avg_pool2d_backward",
+            &shape,
+            vec![Input::Normal(out_len)],
+            Tolerance::REDUCTION,
+            move |b, x| Ok(vec![b.adaptive_avg_pool2d_backward(&x[0], sizes)?]),
+        ));
     }
 }
