@@ -14,7 +14,7 @@ use crate::ops::shape::NarrowParams;
 use crate::tensor::{Rng, Shape, Storage};
 
 mod more;
-use more::{norm, pool};
+use more::{interpolate, norm, pool};
 
 /// How one input is drawn.
 #[derive(Clone, Copy, Debug)]
@@ -96,6 +96,7 @@ pub fn table() -> Vec<Case> {
     patch_grid(&mut cases);
     norm(&mut cases);
     pool(&mut cases);
+    interpolate(&mut cases);
     cases
 }
 

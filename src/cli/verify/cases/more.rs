@@ -3,6 +3,7 @@
 use super::{case, Case, Input};
 use crate::cli::verify::Tolerance;
 use crate::ops::activation::ChannelLayout;
+use crate::ops::interpolate::{InterpolateGeometry, InterpolateMode};
 use crate::ops::pool::{AvgPool2dGeometry, PlaneResize, Pool2dGeometry};
 
 /// Batch norm: statistics, forward (affine or not), backward in training and eval.
@@ -246,5 +247,53 @@ pub fn pool(cases: &mut Vec<Case>) {
             Tolerance::REDUCTION,
             move |b, x| Ok(vec![b.adaptive_avg_pool2d_backward(&x[0], sizes)?]),
         ));
+    }
+}
+
+/// Nearest and bilinear (both align_corners) resizing, up and down, with and without scales.
+pub fn interpolate(cases: &mut Vec<Case>) {
+    let modes = [
+        InterpolateMode::Nearest,
+        InterpolateMode::Bilinear {
+            align_corners: false,
+        },
+        InterpolateMode::Bilinear {
+            align_corners: true,
+        },
+    ];
+    let sizes: [(usize, [usize; 2], [usize; 2], [Option<f64>; 2]); 6] = [
+        (6, [7, 9], [14, 18], [Some(2.0), Some(2.0)]),
+        (3, [13, 11], [52, 44], [None, None]),
+        (2, [16, 15], [5, 7], [None, None]),
+        (4, [9, 9], [9, 9], [None, None]),
+        (1, [1, 1], [5, 3], [None, None]),
+        (2, [5, 6], [17, 1], [None, None]),
+    ];
+    for mode in modes {
+        for (planes, input, output, scales) in sizes {
+            let g = InterpolateGeometry {
+                planes,
+                input,
+                output,
+                scales,
+                mode,
+            };
+            let shape = format!("{planes}x{input:?} -> {output:?}");
+            let (in_len, out_len) = (planes * input[0] * input[1], planes * output[0] * output[1]);
+            cases.push(case(
+                format!("interpolate {mode:?}"),
+                &shape,
+                vec![Input::Normal(in_len)],
+                Tolerance::REDUCTION,
+                move |b, x| Ok(vec![b.interpolate(&x[0], g)?]),
+            ));
+            cases.push(case(
+                format!("interpolate_backward {mode:?}"),
+                &shape,
+                vec![Input::Normal(out_len)],
+                Tolerance::REDUCTION,
+                move |b, x| Ok(vec![b.interpolate_backward(&x[0], g)?]),
+            ));
+        }
     }
 }
