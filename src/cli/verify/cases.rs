@@ -14,7 +14,7 @@ use crate::ops::shape::NarrowParams;
 use crate::tensor::{Rng, Shape, Storage};
 
 mod more;
-use more::{interpolate, norm, pool};
+use more::{conv, interpolate, matmul, norm, pool};
 
 /// How one input is drawn.
 #[derive(Clone, Copy, Debug)]
@@ -97,6 +97,8 @@ pub fn table() -> Vec<Case> {
     norm(&mut cases);
     pool(&mut cases);
     interpolate(&mut cases);
+    matmul(&mut cases);
+    conv(&mut cases);
     cases
 }
 

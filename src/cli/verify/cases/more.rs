@@ -3,7 +3,9 @@
 use super::{case, Case, Input};
 use crate::cli::verify::Tolerance;
 use crate::ops::activation::ChannelLayout;
+use crate::ops::conv::{Conv2dGeometry, Conv2dParams};
 use crate::ops::interpolate::{InterpolateGeometry, InterpolateMode};
+use crate::ops::matmul::MatmulDims;
 use crate::ops::pool::{AvgPool2dGeometry, PlaneResize, Pool2dGeometry};
 
 /// Batch norm: statistics, forward (affine or not), backward in training and eval.
@@ -295,5 +297,141 @@ pub fn interpolate(cases: &mut Vec<Case>) {
                 move |b, x| Ok(vec![b.interpolate_backward(&x[0], g)?]),
             ));
         }
+    }
+}
+
+/// Batched matmul (shared / per-item rhs, transposed rhs as in `linear`) and both gradients.
+pub fn matmul(cases: &mut Vec<Case>) {
+    for (batch, m, k, n, rhs_shared, rhs_transposed) in [
+        (1, 37, 19, 45, false, false),
+        (3, 17, 70, 65, false, false),
+        (4, 9, 33, 21, true, true),
+        (2, 130, 7, 3, true, false),
+        (5, 1, 64, 1, false, true),
+    ] {
+        let d = MatmulDims {
+            batch,
+            m,
+            k,
+            n,
+            rhs_shared,
+            rhs_transposed,
+        };
+        let shape =
+            format!("b{batch} m{m} k{k} n{n} shared {rhs_shared} transposed {rhs_transposed}");
+        let rhs_len = if rhs_shared { k * n } else { batch * k * n };
+        let inputs = vec![
+            Input::Normal(batch * m * k),
+            Input::Normal(rhs_len),
+            Input::Normal(batch * m * n),
+        ];
+        cases.push(case(
+            "matmul",
+            &shape,
+            inputs[..2].to_vec(),
+            Tolerance::REDUCTION,
+            move |b, x| Ok(vec![b.matmul(&x[0], &x[1], d)?]),
+        ));
+        cases.push(case(
+            "matmul_lhs_backward",
+            &shape,
+            inputs.clone(),
+            Tolerance::REDUCTION,
+            move |b, x| Ok(vec![b.matmul_lhs_backward(&x[2], &x[1], d)?]),
+        ));
+        cases.push(case(
+            "matmul_rhs_backward",
+            &shape,
+            inputs,
+            Tolerance::REDUCTION,
+            move |b, x| Ok(vec![b.matmul_rhs_backward(&x[0], &x[2], d)?]),
+        ));
+    }
+}
+
+/// Convolutions of the six networks: 3×3 (stride 1 and 2), the 7×7/2 stem, 1×1, dilated 3×3,
+/// ERFNet's 3×1 / 1×3, grouped, depthwise 3×3 and 5×5 (stride 1 and 2), a channel multiplier,
+/// and stride-2 input gradients (conv-transpose's forward); batch 1 and > 1, odd sizes.
+pub fn conv(cases: &mut Vec<Case>) {
+    // (batch, in_c, [h, w], out_c, [kh, kw], stride, [top, bottom, left, right], dilation, groups)
+    let table: [(
+        usize,
+        usize,
+        [usize; 2],
+        usize,
+        [usize; 2],
+        usize,
+        [usize; 4],
+        usize,
+        usize,
+    ); 12] = [
+        (2, 5, [13, 11], 7, [3, 3], 1, [1, 1, 1, 1], 1, 1),
+        (1, 3, [17, 15], 8, [3, 3], 2, [1, 1, 1, 1], 1, 1),
+        (1, 3, [23, 21], 16, [7, 7], 2, [3, 3, 3, 3], 1, 1),
+        (3, 16, [9, 7], 24, [1, 1], 1, [0, 0, 0, 0], 1, 1),
+        (2, 8, [15, 13], 8, [3, 3], 1, [2, 2, 2, 2], 2, 1),
+        (1, 6, [19, 17], 6, [3, 3], 1, [4, 4, 4, 4], 4, 1),
+        (2, 6, [11, 9], 6, [3, 1], 1, [1, 1, 0, 0], 1, 1),
+        (2, 6, [11, 9], 6, [1, 3], 1, [0, 0, 2, 2], 2, 1),
+        (2, 8, [10, 9], 12, [3, 3], 1, [1, 1, 1, 1], 1, 4),
+        (2, 16, [13, 11], 16, [3, 3], 1, [1, 1, 1, 1], 1, 16),
+        (1, 12, [17, 15], 12, [5, 5], 2, [2, 2, 2, 2], 1, 12),
+        (2, 4, [9, 8], 8, [3, 3], 2, [1, 1, 1, 1], 1, 4),
+    ];
+    for (batch, in_c, in_size, out_c, kernel, stride, padding, dilation, groups) in table {
+        let out =
+            |a: usize, pad: usize| (in_size[a] + pad - dilation * (kernel[a] - 1) - 1) / stride + 1;
+        let out_size = [
+            out(0, padding[0] + padding[1]),
+            out(1, padding[2] + padding[3]),
+        ];
+        let params = Conv2dParams {
+            stride: [stride, stride],
+            padding,
+            dilation: [dilation, dilation],
+            groups,
+        };
+        let g = Conv2dGeometry {
+            batch,
+            in_channels: in_c,
+            in_size,
+            out_channels: out_c,
+            kernel,
+            out_size,
+            params,
+        };
+        let shape = format!("b{batch} {in_c}x{in_size:?} -> {out_c} k{kernel:?} s{stride} p{padding:?} d{dilation} g{groups}");
+        let inputs = vec![
+            Input::Normal(g.input_len()),
+            Input::Normal(g.weight_len()),
+            Input::Normal(out_c),
+            Input::Normal(g.output_len()),
+        ];
+        cases.push(case(
+            "conv2d",
+            &shape,
+            inputs[..3].to_vec(),
+            Tolerance::REDUCTION,
+            move |b, x| {
+                Ok(vec![
+                    b.conv2d(&x[0], &x[1], Some(&x[2]), g)?,
+                    b.conv2d(&x[0], &x[1], None, g)?,
+                ])
+            },
+        ));
+        cases.push(case(
+            "conv2d_input_backward",
+            &shape,
+            inputs.clone(),
+            Tolerance::REDUCTION,
+            move |b, x| Ok(vec![b.conv2d_input_backward(&x[3], &x[1], g)?]),
+        ));
+        cases.push(case(
+            "conv2d_weight_backward",
+            &shape,
+            inputs,
+            Tolerance::REDUCTION,
+            move |b, x| Ok(vec![b.conv2d_weight_backward(&x[3], &x[0], g)?]),
+        ));
     }
 }
