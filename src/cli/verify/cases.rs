@@ -14,7 +14,7 @@ use crate::ops::shape::NarrowParams;
 use crate::tensor::{Rng, Shape, Storage};
 
 mod more;
-use more::{conv, interpolate, matmul, norm, pool};
+use more::{conv, interpolate, matmul, norm, pool, routed_conv, topk_gate};
 
 /// How one input is drawn.
 #[derive(Clone, Copy, Debug)]
@@ -99,6 +99,8 @@ pub fn table() -> Vec<Case> {
     interpolate(&mut cases);
     matmul(&mut cases);
     conv(&mut cases);
+    topk_gate(&mut cases);
+    routed_conv(&mut cases);
     cases
 }
 

@@ -7,6 +7,8 @@ use crate::ops::conv::{Conv2dGeometry, Conv2dParams};
 use crate::ops::interpolate::{InterpolateGeometry, InterpolateMode};
 use crate::ops::matmul::MatmulDims;
 use crate::ops::pool::{AvgPool2dGeometry, PlaneResize, Pool2dGeometry};
+use crate::ops::routed_conv::{RoutedConvGeometry, RoutedConvParams};
+use crate::ops::topk_gate::TopkGateParams;
 
 /// Batch norm: statistics, forward (affine or not), backward in training and eval.
 pub fn norm(cases: &mut Vec<Case>) {
@@ -432,6 +434,119 @@ pub fn conv(cases: &mut Vec<Case>) {
             inputs,
             Tolerance::REDUCTION,
             move |b, x| Ok(vec![b.conv2d_weight_backward(&x[3], &x[0], g)?]),
+        ));
+    }
+}
+
+/// The top-k gate: k of E, with a selection score, straight-through k = 1, a capacity; and the
+/// routing weights' backward.
+pub fn topk_gate(cases: &mut Vec<Case>) {
+    for (tokens, experts, k, straight_through, capacity, selection) in [
+        (301, 8, 2, false, 0, false),
+        (64, 4, 1, true, 0, false),
+        (64, 4, 1, false, 0, true),
+        (97, 6, 2, false, 40, false),
+        (1, 3, 3, false, 0, false),
+    ] {
+        let params = TopkGateParams {
+            k,
+            straight_through,
+            capacity,
+            eps: 1e-5,
+        };
+        let shape = format!(
+            "T{tokens} E{experts} k{k} st {straight_through} cap {capacity} sel {selection}"
+        );
+        let inputs = vec![
+            Input::Normal(tokens * experts),
+            Input::Normal(tokens * experts),
+            Input::Normal(tokens * k),
+        ];
+        cases.push(case(
+            "topk_gate_forward",
+            &shape,
+            inputs[..2].to_vec(),
+            Tolerance::TRANSCENDENTAL,
+            move |b, x| {
+                let s = selection.then_some(&x[1]);
+                let o = b.topk_gate_forward(&x[0], s, tokens, experts, params)?;
+                Ok(vec![o.probs, o.indices, o.weights, o.counts, o.top1_counts])
+            },
+        ));
+        cases.push(case(
+            "routing_weights_backward",
+            &shape,
+            inputs,
+            Tolerance::TRANSCENDENTAL,
+            move |b, x| {
+                let s = selection.then_some(&x[1]);
+                let o = b.topk_gate_forward(&x[0], s, tokens, experts, params)?;
+                Ok(vec![b.routing_weights_backward(
+                    &x[2], &o.probs, &o.indices, tokens, experts, params,
+                )?])
+            },
+        ));
+    }
+}
+
+/// Routed convolution: the combine and the routing-weight gradient (the expert dispatch has no
+/// CUDA kernel yet; its rows show as NO KERNEL).
+pub fn routed_conv(cases: &mut Vec<Case>) {
+    for (tokens, slots, experts, out_channels, out_size) in
+        [(13, 2, 4, 5, [4, 4]), (1, 1, 2, 3, [7, 5])]
+    {
+        let g = RoutedConvGeometry {
+            tokens,
+            slots,
+            experts,
+            in_channels: 3,
+            token_size: [out_size[0] + 2, out_size[1] + 2],
+            out_channels,
+            kernel: [3, 3],
+            out_size,
+            params: RoutedConvParams::default(),
+        };
+        let shape = format!("T{tokens} k{slots} E{experts} {out_channels}x{out_size:?}");
+        let (slot_len, out_len) = (g.slot_outputs_len(), g.output_len());
+        cases.push(case(
+            "routed_conv_combine",
+            &shape,
+            vec![Input::Normal(slot_len), Input::Normal(tokens * slots)],
+            Tolerance::REDUCTION,
+            move |b, x| Ok(vec![b.routed_conv_combine(&x[0], &x[1], g)?]),
+        ));
+        cases.push(case(
+            "routed_conv_routing_weights_backward",
+            &shape,
+            vec![Input::Normal(out_len), Input::Normal(slot_len)],
+            Tolerance::REDUCTION,
+            move |b, x| {
+                Ok(vec![
+                    b.routed_conv_routing_weights_backward(&x[0], &x[1], g)?
+                ])
+            },
+        ));
+        let token_len = g.tokens_len();
+        let weight_len = experts * g.expert_weight_len();
+        cases.push(case(
+            "routed_conv_expert_outputs",
+            &shape,
+            vec![
+                Input::Normal(token_len),
+                Input::Normal(weight_len),
+                Input::Normal(experts * out_channels),
+                Input::Integers(tokens * slots, experts),
+            ],
+            Tolerance::REDUCTION,
+            move |b, x| {
+                Ok(vec![b.routed_conv_expert_outputs(
+                    &x[0],
+                    &x[1],
+                    Some(&x[2]),
+                    &x[3],
+                    g,
+                )?])
+            },
         ));
     }
 }
