@@ -36,6 +36,7 @@ struct ConvParams {
     u32 has_bias;
     u32 pad;
 };
+static_assert(sizeof(ConvParams) == 72, "ConvParams must match its #[repr(C)] mirror in src/ops/conv/cuda_kernel.rs");
 
 // x[b, c, h, w] or 0 outside the image.
 __device__ __forceinline__ float pixel(const ConvParams& p, const float* x, u64 b, u64 c, i64 h,

@@ -23,6 +23,7 @@ struct InterpolateParams {
     u32 pad;
     float step_h, step_w;
 };
+static_assert(sizeof(InterpolateParams) == 40, "InterpolateParams must match its #[repr(C)] mirror in src/ops/interpolate/cuda_kernel.rs");
 
 // Up to two taps along one axis: indices and weights; `count` is 1 for nearest.
 struct Taps {

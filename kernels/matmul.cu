@@ -18,6 +18,7 @@ struct GemmParams {
     u32 pad;
     u64 a_stride, b_stride;
 };
+static_assert(sizeof(GemmParams) == 40, "GemmParams must match its #[repr(C)] mirror in src/ops/matmul/cuda_kernel.rs");
 
 // One 64×64 tile of C[blockIdx.z]: stage A and B tiles in shared memory, accumulate 4×4 per thread.
 extern "C" __global__ void sgemm(GemmParams p, const float* __restrict__ a,

@@ -28,6 +28,7 @@ struct NormParams {
     float eps;
     u32 pad;
 };
+static_assert(sizeof(NormParams) == 32, "NormParams must match its #[repr(C)] mirror in src/ops/norm/cuda_kernel.rs");
 
 // Sum over the block of one f64 per thread: a shared-memory tree in fixed order (deterministic).
 __device__ double block_sum(double value) {

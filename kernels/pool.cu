@@ -26,6 +26,7 @@ struct PoolParams {
     u32 divisor;  // divisor_override, 0 when absent
     u32 pad;
 };
+static_assert(sizeof(PoolParams) == 64, "PoolParams must match its #[repr(C)] mirror in src/ops/pool/cuda_kernel.rs");
 
 // A window along one axis: [start, end) with `padded` its length counting padding (avg pool).
 struct Window {

@@ -20,6 +20,7 @@ struct RoutedParams {
     u32 slots;
     u64 per_token;
 };
+static_assert(sizeof(RoutedParams) == 16, "RoutedParams must match its #[repr(C)] mirror in src/ops/routed_conv/cuda_kernel.rs");
 
 // One thread per output element: the routing-weighted sum of its token's slot outputs.
 extern "C" __global__ void routed_conv_combine(RoutedParams p, const float* __restrict__ slot_outputs,

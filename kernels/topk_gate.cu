@@ -21,6 +21,7 @@ struct GateParams {
     u32 straight_through;  // k = 1: weight 1 forward, gradient as if it were p
     float eps;
 };
+static_assert(sizeof(GateParams) == 24, "GateParams must match its #[repr(C)] mirror in src/ops/topk_gate/cuda_kernel.rs");
 
 // a ranks above b: larger, or NaN over a number.
 __device__ __forceinline__ bool ranks_above(float a, float b) {

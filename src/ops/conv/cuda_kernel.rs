@@ -42,6 +42,10 @@ pub struct ConvParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu struct.
 unsafe impl DeviceRepr for ConvParams {}
+const _: () = assert!(
+    std::mem::size_of::<ConvParams>() == 72,
+    "ConvParams: size of the .cu struct"
+);
 
 impl ConvParams {
     /// The params of `g`, or an error naming `op` when a size does not fit 32 bits.

@@ -29,6 +29,10 @@ pub struct InterpolateParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu struct.
 unsafe impl DeviceRepr for InterpolateParams {}
+const _: () = assert!(
+    std::mem::size_of::<InterpolateParams>() == 40,
+    "InterpolateParams: size of the .cu struct"
+);
 
 /// The f32 source step of one axis, exactly as the CPU kernel computes it.
 fn step(input: usize, output: usize, mode: InterpolateMode, scale: Option<f64>) -> f32 {

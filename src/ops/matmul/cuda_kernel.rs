@@ -30,6 +30,14 @@ pub struct GemmParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu struct.
 unsafe impl DeviceRepr for GemmParams {}
+const _: () = assert!(
+    std::mem::size_of::<GemmParams>() == 40,
+    "GemmParams: size of the .cu struct"
+);
+const _: () = assert!(
+    std::mem::offset_of!(GemmParams, a_stride) == 24,
+    "GemmParams: 64-bit field offset"
+);
 
 /// One operand: buffer, elements between batch items (0: shared), stored transposed.
 struct Operand<'a> {

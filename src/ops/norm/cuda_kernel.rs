@@ -31,6 +31,10 @@ pub struct NormParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu struct.
 unsafe impl DeviceRepr for NormParams {}
+const _: () = assert!(
+    std::mem::size_of::<NormParams>() == 32,
+    "NormParams: size of the .cu struct"
+);
 
 fn params(op: &'static str, layout: ChannelLayout, eps: f32) -> Result<NormParams> {
     Ok(NormParams {

@@ -35,6 +35,10 @@ pub struct PoolParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu struct.
 unsafe impl DeviceRepr for PoolParams {}
+const _: () = assert!(
+    std::mem::size_of::<PoolParams>() == 64,
+    "PoolParams: size of the .cu struct"
+);
 
 impl PoolParams {
     /// Sizes only (unpool, adaptive pool).

@@ -23,6 +23,14 @@ pub struct RoutedParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu struct.
 unsafe impl DeviceRepr for RoutedParams {}
+const _: () = assert!(
+    std::mem::size_of::<RoutedParams>() == 16,
+    "RoutedParams: size of the .cu struct"
+);
+const _: () = assert!(
+    std::mem::offset_of!(RoutedParams, per_token) == 8,
+    "RoutedParams: 64-bit field offset"
+);
 
 fn routed_params(op: &'static str, g: &RoutedConvGeometry) -> Result<RoutedParams> {
     Ok(RoutedParams {

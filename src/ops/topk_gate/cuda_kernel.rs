@@ -27,6 +27,10 @@ pub struct GateParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu struct.
 unsafe impl DeviceRepr for GateParams {}
+const _: () = assert!(
+    std::mem::size_of::<GateParams>() == 24,
+    "GateParams: size of the .cu struct"
+);
 
 fn gate_params(
     op: &'static str,
