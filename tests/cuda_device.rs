@@ -42,11 +42,23 @@ fn no_gpu() -> bool {
 #[test]
 fn every_op_family_has_its_kernel_file_without_headers() {
     let embedded: Vec<&str> = KERNELS.iter().map(|(family, _)| *family).collect();
-    assert_eq!(embedded, FAMILIES, "kernels/*.cu must match the op families");
+    assert_eq!(
+        embedded, FAMILIES,
+        "kernels/*.cu must match the op families"
+    );
     for (family, source) in KERNELS {
-        assert!(!source.contains("#include"), "{family}.cu includes a header");
-        assert!(source.contains("STATUS:"), "{family}.cu states its verification status");
-        assert!(source.contains("static_assert(sizeof("), "{family}.cu checks its params' size");
+        assert!(
+            !source.contains("#include"),
+            "{family}.cu includes a header"
+        );
+        assert!(
+            source.contains("STATUS:"),
+            "{family}.cu states its verification status"
+        );
+        assert!(
+            source.contains("static_assert(sizeof("),
+            "{family}.cu checks its params' size"
+        );
         let path = format!("src/ops/{family}/cuda_kernel.rs");
         assert!(std::path::Path::new(&path).exists(), "{path} is missing");
     }
@@ -59,7 +71,10 @@ fn device_strings_parse_and_display() {
     assert_eq!(Device::select("cpu").unwrap(), (Device::Cpu, None));
     for bad in ["gpu", "cuda:x", "cuda:-1", ""] {
         let err = Device::select(bad).unwrap_err().to_string();
-        assert!(err.contains("auto, cpu, cuda") || err.contains("device number"), "{bad}: {err}");
+        assert!(
+            err.contains("auto, cpu, cuda") || err.contains("device number"),
+            "{bad}: {err}"
+        );
     }
 }
 
@@ -86,13 +101,18 @@ fn cuda_calls_without_a_gpu_are_errors_not_panics() {
     }
     let gpu = Device::Cuda(0);
     let err = Tensor::zeros([2, 3], &gpu).unwrap_err().to_string();
-    assert!(err.contains("cuda:0") && err.contains("not available"), "{err}");
+    assert!(
+        err.contains("cuda:0") && err.contains("not available"),
+        "{err}"
+    );
     let x = Tensor::from_vec(vec![1.0, 2.0], [2]).unwrap();
     let err = x.to_device(&gpu).unwrap_err().to_string();
     assert!(err.contains("cuda:0"), "{err}");
     // The same device twice: the tensor itself.
     assert_eq!(x.to_device(&Device::Cpu).unwrap().id(), x.id());
-    let err = Tensor::from_vec_on(vec![1.0], [1], &Device::Cuda(7)).unwrap_err().to_string();
+    let err = Tensor::from_vec_on(vec![1.0], [1], &Device::Cuda(7))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cuda:7"), "{err}");
 }
 

@@ -489,64 +489,78 @@ pub fn topk_gate(cases: &mut Vec<Case>) {
     }
 }
 
-/// Routed convolution: the combine and the routing-weight gradient (the expert dispatch has no
-/// CUDA kernel yet; its rows show as NO KERNEL).
+/// Routed convolution: expert dispatch (with and without biases, dilation, groups), combine,
+/// and the token, expert-weight, expert-bias and routing-weight gradients.
 pub fn routed_conv(cases: &mut Vec<Case>) {
-    for (tokens, slots, experts, out_channels, out_size) in
-        [(13, 2, 4, 5, [4, 4]), (1, 1, 2, 3, [7, 5])]
-    {
+    // (tokens, slots, experts, in_channels, out_channels, out_size, dilation, groups)
+    for (tokens, slots, experts, in_channels, out_channels, out_size, dilation, groups) in [
+        (13, 2, 4, 3, 5, [4, 4], 1, 1),
+        (1, 1, 2, 4, 4, [7, 5], 2, 2),
+        (21, 3, 3, 6, 6, [3, 5], 1, 6),
+    ] {
         let g = RoutedConvGeometry {
             tokens,
             slots,
             experts,
-            in_channels: 3,
-            token_size: [out_size[0] + 2, out_size[1] + 2],
+            in_channels,
+            token_size: [out_size[0] + 2 * dilation, out_size[1] + 2 * dilation],
             out_channels,
             kernel: [3, 3],
             out_size,
-            params: RoutedConvParams::default(),
+            params: RoutedConvParams {
+                dilation: [dilation, dilation],
+                groups,
+            },
         };
-        let shape = format!("T{tokens} k{slots} E{experts} {out_channels}x{out_size:?}");
-        let (slot_len, out_len) = (g.slot_outputs_len(), g.output_len());
-        cases.push(case(
-            "routed_conv_combine",
-            &shape,
-            vec![Input::Normal(slot_len), Input::Normal(tokens * slots)],
-            Tolerance::REDUCTION,
-            move |b, x| Ok(vec![b.routed_conv_combine(&x[0], &x[1], g)?]),
-        ));
-        cases.push(case(
-            "routed_conv_routing_weights_backward",
-            &shape,
-            vec![Input::Normal(out_len), Input::Normal(slot_len)],
-            Tolerance::REDUCTION,
-            move |b, x| {
-                Ok(vec![
-                    b.routed_conv_routing_weights_backward(&x[0], &x[1], g)?
-                ])
-            },
-        ));
-        let token_len = g.tokens_len();
+        let shape = format!("T{tokens} k{slots} E{experts} {in_channels}->{out_channels}x{out_size:?} d{dilation} g{groups}");
+        let (slot_len, out_len, token_len) = (g.slot_outputs_len(), g.output_len(), g.tokens_len());
         let weight_len = experts * g.expert_weight_len();
-        cases.push(case(
-            "routed_conv_expert_outputs",
-            &shape,
-            vec![
-                Input::Normal(token_len),
-                Input::Normal(weight_len),
-                Input::Normal(experts * out_channels),
-                Input::Integers(tokens * slots, experts),
-            ],
-            Tolerance::REDUCTION,
-            move |b, x| {
-                Ok(vec![b.routed_conv_expert_outputs(
-                    &x[0],
-                    &x[1],
-                    Some(&x[2]),
-                    &x[3],
-                    g,
-                )?])
-            },
-        ));
+        let routed = tokens * slots;
+        // tokens, weights, biases, indices, routing weights, grad_out, slot outputs
+        let inputs = vec![
+            Input::Normal(token_len),
+            Input::Normal(weight_len),
+            Input::Normal(experts * out_channels),
+            Input::Integers(routed, experts),
+            Input::Uniform(routed, 0.0, 1.0),
+            Input::Normal(out_len),
+            Input::Normal(slot_len),
+        ];
+        let with = |name: &str| (name.to_string(), shape.clone(), inputs.clone());
+        let (n, s, i) = with("routed_conv_expert_outputs");
+        cases.push(case(n, s, i, Tolerance::REDUCTION, move |b, x| {
+            Ok(vec![
+                b.routed_conv_expert_outputs(&x[0], &x[1], Some(&x[2]), &x[3], g)?,
+                b.routed_conv_expert_outputs(&x[0], &x[1], None, &x[3], g)?,
+            ])
+        }));
+        let (n, s, i) = with("routed_conv_combine");
+        cases.push(case(n, s, i, Tolerance::REDUCTION, move |b, x| {
+            Ok(vec![b.routed_conv_combine(&x[6], &x[4], g)?])
+        }));
+        let (n, s, i) = with("routed_conv_tokens_backward");
+        cases.push(case(n, s, i, Tolerance::REDUCTION, move |b, x| {
+            Ok(vec![b.routed_conv_tokens_backward(
+                &x[5], &x[1], &x[3], &x[4], g,
+            )?])
+        }));
+        let (n, s, i) = with("routed_conv_expert_weights_backward");
+        cases.push(case(n, s, i, Tolerance::REDUCTION, move |b, x| {
+            Ok(vec![b.routed_conv_expert_weights_backward(
+                &x[5], &x[0], &x[3], &x[4], g,
+            )?])
+        }));
+        let (n, s, i) = with("routed_conv_expert_biases_backward");
+        cases.push(case(n, s, i, Tolerance::REDUCTION, move |b, x| {
+            Ok(vec![b.routed_conv_expert_biases_backward(
+                &x[5], &x[3], &x[4], g,
+            )?])
+        }));
+        let (n, s, i) = with("routed_conv_routing_weights_backward");
+        cases.push(case(n, s, i, Tolerance::REDUCTION, move |b, x| {
+            Ok(vec![
+                b.routed_conv_routing_weights_backward(&x[5], &x[6], g)?
+            ])
+        }));
     }
 }
