@@ -113,7 +113,9 @@ pub fn compare(want: &[f32], got: &[f32], tol: Tolerance) -> Comparison {
     for (&w, &g) in want.iter().zip(got) {
         let same_nan = w.is_nan() && g.is_nan();
         let err = (g - w).abs();
-        if g.is_nan() && !same_nan || !(err <= tol.atol + tol.rtol * w.abs()) && !same_nan {
+        // A NaN error (either side NaN) is never within the tolerance.
+        let within = err <= tol.atol + tol.rtol * w.abs();
+        if !(same_nan || within) {
             bad += 1;
         }
         if same_nan || w == g {
@@ -217,7 +219,7 @@ pub fn run_table(
     let mut rng = Rng::new(seed);
     let mut failures = 0;
     print(&format!(
-        "{:<34} {:<34} {:>10} {:>10} {:>10} {:>16}  result",
+        "{:<38} {:<34} {:>10} {:>10} {:>10} {:>16}  result",
         "op", "shape", "max abs", "max rel", "rel norm", "tol (atol,rtol)"
     ));
     for case in table() {
@@ -231,7 +233,7 @@ pub fn run_table(
                 let worst =
                     |f: fn(&Comparison) -> f32| comparisons.iter().map(f).fold(0.0f32, f32::max);
                 format!(
-                    "{:<34} {:<34} {:>10.2e} {:>10.2e} {:>10.2e} {:>16}  {}",
+                    "{:<38} {:<34} {:>10.2e} {:>10.2e} {:>10.2e} {:>16}  {}",
                     case.op,
                     case.shape,
                     worst(|c| c.max_abs),
@@ -242,9 +244,9 @@ pub fn run_table(
                 )
             }
             Outcome::NoKernel(msg) => {
-                format!("{:<34} {:<34} NO KERNEL: {msg}", case.op, case.shape)
+                format!("{:<38} {:<34} NO KERNEL: {msg}", case.op, case.shape)
             }
-            Outcome::Failed(msg) => format!("{:<34} {:<34} FAIL: {msg}", case.op, case.shape),
+            Outcome::Failed(msg) => format!("{:<38} {:<34} FAIL: {msg}", case.op, case.shape),
         };
         if !outcome.passed() {
             failures += 1;

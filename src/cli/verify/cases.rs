@@ -40,7 +40,7 @@ impl Input {
                 .collect(),
             Input::Labels(len, classes, ignore) => (0..len)
                 .map(|_| {
-                    if rng.next_u64() % 8 == 0 {
+                    if rng.next_u64().is_multiple_of(8) {
                         ignore as f32
                     } else {
                         (rng.next_u64() % classes as u64) as f32

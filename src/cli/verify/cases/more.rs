@@ -10,6 +10,23 @@ use crate::ops::pool::{AvgPool2dGeometry, PlaneResize, Pool2dGeometry};
 use crate::ops::routed_conv::{RoutedConvGeometry, RoutedConvParams};
 use crate::ops::topk_gate::TopkGateParams;
 
+/// `(planes, input, output, scales)` of an interpolation case.
+type ResizeCase = (usize, [usize; 2], [usize; 2], [Option<f64>; 2]);
+
+/// `(batch, in_channels, [h, w], out_channels, [kh, kw], stride, [top, bottom, left, right],
+/// dilation, groups)` of a convolution case.
+type ConvCase = (
+    usize,
+    usize,
+    [usize; 2],
+    usize,
+    [usize; 2],
+    usize,
+    [usize; 4],
+    usize,
+    usize,
+);
+
 /// Batch norm: statistics, forward (affine or not), backward in training and eval.
 pub fn norm(cases: &mut Vec<Case>) {
     for (outer, channels, inner) in [(2, 5, 33), (1, 16, 49), (4, 3, 1), (3, 1, 7)] {
@@ -265,7 +282,7 @@ pub fn interpolate(cases: &mut Vec<Case>) {
             align_corners: true,
         },
     ];
-    let sizes: [(usize, [usize; 2], [usize; 2], [Option<f64>; 2]); 6] = [
+    let sizes: [ResizeCase; 6] = [
         (6, [7, 9], [14, 18], [Some(2.0), Some(2.0)]),
         (3, [13, 11], [52, 44], [None, None]),
         (2, [16, 15], [5, 7], [None, None]),
@@ -356,17 +373,7 @@ pub fn matmul(cases: &mut Vec<Case>) {
 /// and stride-2 input gradients (conv-transpose's forward); batch 1 and > 1, odd sizes.
 pub fn conv(cases: &mut Vec<Case>) {
     // (batch, in_c, [h, w], out_c, [kh, kw], stride, [top, bottom, left, right], dilation, groups)
-    let table: [(
-        usize,
-        usize,
-        [usize; 2],
-        usize,
-        [usize; 2],
-        usize,
-        [usize; 4],
-        usize,
-        usize,
-    ); 12] = [
+    let table: [ConvCase; 12] = [
         (2, 5, [13, 11], 7, [3, 3], 1, [1, 1, 1, 1], 1, 1),
         (1, 3, [17, 15], 8, [3, 3], 2, [1, 1, 1, 1], 1, 1),
         (1, 3, [23, 21], 16, [7, 7], 2, [3, 3, 3, 3], 1, 1),
