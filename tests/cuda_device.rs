@@ -64,6 +64,32 @@ fn every_op_family_has_its_kernel_file_without_headers() {
     }
 }
 
+/// The names of the `extern "C" __global__` kernels of a source.
+fn kernel_names(source: &str) -> Vec<String> {
+    source
+        .split("extern \"C\" __global__ void ")
+        .skip(1)
+        .filter_map(|rest| rest.split('(').next())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn every_kernel_is_launched_by_its_family() {
+    for (family, source) in KERNELS {
+        let path = format!("src/ops/{family}/cuda_kernel.rs");
+        let launcher = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let names = kernel_names(source);
+        assert!(!names.is_empty(), "{family}.cu has no kernel");
+        for name in names {
+            assert!(
+                launcher.contains(&format!("\"{name}\"")),
+                "kernel {name} of {family}.cu is never named in {path}"
+            );
+        }
+    }
+}
+
 #[test]
 fn device_strings_parse_and_display() {
     assert_eq!(Device::Cuda(3).to_string(), "cuda:3");
