@@ -18,6 +18,7 @@ struct ActivationParams {
     u32 op;
     float negative_slope;
 };
+static_assert(sizeof(ActivationParams) == 16, "ActivationParams must match its #[repr(C)] mirror in src/ops/activation/cuda_kernel.rs");
 
 // A [outer, channels, inner] view for PReLU (mirror: ChannelParams, 16 bytes).
 struct ChannelParams {
@@ -26,6 +27,7 @@ struct ChannelParams {
     u32 inner;
     u32 pad;
 };
+static_assert(sizeof(ChannelParams) == 16, "ChannelParams must match its #[repr(C)] mirror in src/ops/activation/cuda_kernel.rs");
 
 __device__ __forceinline__ float relu6(float x) { return fminf(fmaxf(x, 0.0f), 6.0f); }
 

@@ -17,6 +17,7 @@ struct DropoutParams {
     float p;
     float keep_scale;
 };
+static_assert(sizeof(DropoutParams) == 24, "DropoutParams must match its #[repr(C)] mirror in src/ops/dropout/cuda_kernel.rs");
 
 // Element `index` of the SplitMix64 stream seeded with `seed` (wrapping u64 arithmetic).
 __device__ __forceinline__ u64 splitmix64(u64 seed, u64 index) {

@@ -27,6 +27,7 @@ struct UnaryParams {
     float b;  // max
     u32 pad;
 };
+static_assert(sizeof(UnaryParams) == 24, "UnaryParams must match its #[repr(C)] mirror in src/ops/elementwise/cuda_kernel.rs");
 
 // One broadcast launch: output dims and each operand's element strides (0 on broadcast axes).
 struct BroadcastParams {
@@ -37,6 +38,7 @@ struct BroadcastParams {
     u32 lhs_strides[MAX_RANK];
     u32 rhs_strides[MAX_RANK];
 };
+static_assert(sizeof(BroadcastParams) == 112, "BroadcastParams must match its #[repr(C)] mirror in src/ops/elementwise/cuda_kernel.rs");
 
 // One fill launch (mirror: FillParams, 16 bytes).
 struct FillParams {
@@ -44,6 +46,7 @@ struct FillParams {
     float value;
     u32 pad;
 };
+static_assert(sizeof(FillParams) == 16, "FillParams must match its #[repr(C)] mirror in src/ops/elementwise/cuda_kernel.rs");
 
 __device__ __forceinline__ float unary_apply(const UnaryParams& p, float x) {
     switch (p.op) {

@@ -21,6 +21,7 @@ struct IndexParams {
     u32 per_row;
     u32 has_base;  // accumulate: start from `base` (scatter_add) or from zeros
 };
+static_assert(sizeof(IndexParams) == 24, "IndexParams must match its #[repr(C)] mirror in src/ops/index/cuda_kernel.rs");
 
 // One top-k launch (mirror: TopkKernelParams, 20 bytes).
 struct TopkKernelParams {
@@ -30,6 +31,7 @@ struct TopkKernelParams {
     u32 k;
     u32 largest;
 };
+static_assert(sizeof(TopkKernelParams) == 20, "TopkKernelParams must match its #[repr(C)] mirror in src/ops/index/cuda_kernel.rs");
 
 __device__ __forceinline__ u64 source_index(const IndexParams& p, const float* index, u64 row,
                                             u64 i) {

@@ -20,6 +20,7 @@ struct CrossEntropyParams {
     float ignore_index;
     u32 pad;
 };
+static_assert(sizeof(CrossEntropyParams) == 24, "CrossEntropyParams must match its #[repr(C)] mirror in src/ops/loss/cuda_kernel.rs");
 
 // One thread per position: lse by max-shifted sum over classes, then the weighted loss. A target
 // that is neither a class nor ignore_index records (position + 1) in bad[0] (atomicMax on its

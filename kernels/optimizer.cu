@@ -23,6 +23,7 @@ struct SgdParams {
     float grad_scale;  // 1 − dampening
     float neg_lr;
 };
+static_assert(sizeof(SgdParams) == 32, "SgdParams must match its #[repr(C)] mirror in src/ops/optimizer/cuda_kernel.rs");
 
 // One Adam launch (mirror: AdamParams, 48 bytes).
 struct AdamParams {
@@ -38,6 +39,7 @@ struct AdamParams {
     u32 amsgrad;
     u32 pad;
 };
+static_assert(sizeof(AdamParams) == 48, "AdamParams must match its #[repr(C)] mirror in src/ops/optimizer/cuda_kernel.rs");
 
 // p ← p − lr·d with d = buf (or g + momentum·buf with nesterov), buf ← momentum·buf + (1−damp)·g.
 extern "C" __global__ void sgd_update(SgdParams s, const float* __restrict__ param,

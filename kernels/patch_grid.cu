@@ -26,6 +26,7 @@ struct PatchGridParams {
     u32 rows;
     u32 cols;
 };
+static_assert(sizeof(PatchGridParams) == 40, "PatchGridParams must match its #[repr(C)] mirror in src/ops/patch_grid/cuda_kernel.rs");
 
 // Grid-stride loop over the flat indices 0..n of the output.
 #define FOR_EACH_INDEX(idx, n)                                                   \

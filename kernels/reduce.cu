@@ -16,6 +16,7 @@ struct AxisParams {
     u32 inner;
     u32 pad;
 };
+static_assert(sizeof(AxisParams) == 16, "AxisParams must match its #[repr(C)] mirror in src/ops/reduce/cuda_kernel.rs");
 
 // Sum of `value` over the warp, by butterfly shuffles (every lane gets the total).
 __device__ __forceinline__ float warp_sum(float value) {

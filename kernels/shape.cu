@@ -23,6 +23,7 @@ struct BoxParams {
     u32 in_dims[MAX_RANK];
     int offset[MAX_RANK];
 };
+static_assert(sizeof(BoxParams) == 112, "BoxParams must match its #[repr(C)] mirror in src/ops/shape/cuda_kernel.rs");
 
 // A permutation (mirror: PermuteParams): out dims, and for each out axis the stride of the
 // input axis it comes from.
@@ -33,6 +34,7 @@ struct PermuteParams {
     u32 out_dims[MAX_RANK];
     u64 in_strides[MAX_RANK];
 };
+static_assert(sizeof(PermuteParams) == 112, "PermuteParams must match its #[repr(C)] mirror in src/ops/shape/cuda_kernel.rs");
 
 // One concat part (mirror: ConcatParams): rows of `width` go to columns at..at+width of rows of
 // `total`.
@@ -42,6 +44,7 @@ struct ConcatParams {
     u32 total;
     u32 at;
 };
+static_assert(sizeof(ConcatParams) == 16, "ConcatParams must match its #[repr(C)] mirror in src/ops/shape/cuda_kernel.rs");
 
 // One thread per output element: peel its coordinates, shift them, read or fill.
 extern "C" __global__ void box_copy(BoxParams p, const float* __restrict__ x,

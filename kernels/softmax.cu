@@ -18,6 +18,7 @@ struct SoftmaxParams {
     u32 inner;
     u32 log;
 };
+static_assert(sizeof(SoftmaxParams) == 16, "SoftmaxParams must match its #[repr(C)] mirror in src/ops/softmax/cuda_kernel.rs");
 
 // One thread per column (o, i): max, then Σ e^(x − max), then the outputs, walking the axis.
 extern "C" __global__ void softmax_forward(SoftmaxParams p, const float* __restrict__ x,

@@ -5,7 +5,7 @@
 
 use moeseg::models::erfnet::{downsampler_block, non_bottleneck_1d, upsampler_block, Erfnet};
 use moeseg::models::lraspp::{Lraspp, LrasppHead};
-use moeseg::models::mobilenetv3::{inverted_residual, InvertedResidualConfig};
+use moeseg::models::mobilenetv3::{inverted_residual, make_divisible, InvertedResidualConfig};
 use moeseg::models::unet::{double_conv, down, Unet, Up};
 use moeseg::models::{self, ModelConfig, ModelName};
 use moeseg::moe::patch_conv_moe::{balance_loss, replace_conv_with_moe, PatchConvMoeConfig};
@@ -261,6 +261,12 @@ fn erfnet_blocks_match_pytorch() {
 fn erfnet_matches_pytorch() {
     let net = Erfnet::new(4).unwrap();
     check_eval(&net, "erfnet");
+    let fixtures = Fixtures::load("nets_a").unwrap();
+    let encoder_out = net
+        .forward_encoder_only(&fixtures.get("erfnet.input").unwrap())
+        .unwrap();
+    let expected = fixtures.get("erfnet.encoder_out").unwrap();
+    assert_rel_close("erfnet encoder only", &encoder_out, &expected, EVAL_REL);
     // Heights and widths must divide by 8: an error, not a panic.
     let odd = Tensor::zeros([1, 3, 44, 80], &moeseg::Device::Cpu).unwrap();
     let message = net.forward(&odd).unwrap_err().to_string();
@@ -318,6 +324,21 @@ fn mobilenetv3_blocks_match_torchvision() {
     check_eval(&block(16, 3, 16, 16, false, false, 1, 1), "mnv3_noexpand");
     check_eval(&block(16, 5, 48, 24, true, false, 2, 1), "mnv3_se_s2");
     check_eval(&block(24, 5, 72, 24, true, true, 1, 2), "mnv3_dilated");
+}
+
+#[test]
+fn make_divisible_matches_torchvision() {
+    // The SE widths of MobileNetV3-Large: expanded / 4 rounded (72 → 18 → 24).
+    for (value, rounded) in [
+        (18, 24),
+        (30, 32),
+        (120, 120),
+        (168, 168),
+        (240, 240),
+        (3, 8),
+    ] {
+        assert_eq!(make_divisible(value, 8), rounded, "{value}");
+    }
 }
 
 #[test]

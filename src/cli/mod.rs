@@ -11,6 +11,7 @@ mod model_source;
 pub mod model_tools;
 mod predict;
 mod train;
+pub mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -59,6 +60,9 @@ enum Command {
     /// Train a small conv net with one PatchConvMoE layer on a toy task (the engine end to end in
     /// seconds).
     Demo(demo::DemoArgs),
+    /// Every CUDA kernel, forward and backward, against the CPU backend (`--compile-only`:
+    /// compile every kernel family with NVRTC, no GPU needed).
+    Verify(verify::VerifyArgs),
 }
 
 /// Parses the arguments and runs the chosen command.
@@ -76,6 +80,7 @@ pub fn run() -> crate::Result<()> {
         Some(Command::Flops(args)) => model_tools::run_flops(&args),
         Some(Command::Forward(args)) => model_tools::run_forward(&args),
         Some(Command::Demo(args)) => demo::run(&args),
+        Some(Command::Verify(args)) => verify::run(&args),
         None => train::run(&train::TrainArgs::default()),
     }
 }

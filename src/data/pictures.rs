@@ -89,8 +89,8 @@ pub fn routing_overlay(
             for y in y0..y1 {
                 for x in x0..x1 {
                     let px = out.get_pixel_mut(x as u32, y as u32);
-                    for ch in 0..3 {
-                        px.0[ch] = mix(px.0[ch], color[ch], 0.45);
+                    for (v, c) in px.0.iter_mut().zip(color) {
+                        *v = mix(*v, c, 0.45);
                     }
                 }
             }

@@ -343,7 +343,7 @@ impl Scene {
                 [0.8, 0.78, 0.7],
             ],
         );
-        let period = period.clamp(3.0, self.w * 0.1);
+        let period = period.clamp(3.0, (self.w * 0.1).max(3.0));
         Material {
             color: vary(rng, wall, 0.08),
             texture: Texture::Windows {

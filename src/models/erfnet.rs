@@ -3,8 +3,8 @@
 //!
 //! `encoder` = `initial_block` DownsamplerBlock(3, 16), `layers` (DownsamplerBlock(16, 64),
 //! 5× non_bottleneck_1d(64), DownsamplerBlock(64, 128), 8× non_bottleneck_1d(128) dilated
-//! 2, 4, 8, 16, 2, 4, 8, 16), `output_conv` (kept for weight compatibility, unused);
-//! `decoder` = `layers` (UpsamplerBlock(128, 64), 2× nb1d(64), UpsamplerBlock(64, 16),
+//! 2, 4, 8, 16, 2, 4, 8, 16), `output_conv` (1×1 128 → classes: not in the full network's
+//! forward, only in [`Erfnet::forward_encoder_only`]); `decoder` = `layers` (UpsamplerBlock(128, 64), 2× nb1d(64), UpsamplerBlock(64, 16),
 //! 2× nb1d(16)), `output_conv` (2×2 s2 transposed conv). Inputs must have a height and width
 //! divisible by 8 (each DownsamplerBlock concatenates a stride-2 conv with a 2×2 max pool).
 
@@ -177,6 +177,13 @@ impl Erfnet {
             encoder: encoder(num_classes)?,
             decoder: decoder(num_classes)?,
         })
+    }
+
+    /// The encoder's own logits at 1/8 through `encoder.output_conv` (the original's
+    /// `forward(input, only_encode=True)`, used to pre-train the encoder).
+    pub fn forward_encoder_only(&self, input: &Tensor) -> Result<Tensor> {
+        let features = self.encoder.forward(input)?;
+        self.encoder.apply("output_conv", &features)
     }
 }
 

@@ -7,7 +7,7 @@
 //! high_classifier(·)`, bilinearly resized to the input (align_corners False). Any input size
 //! works.
 
-use super::mobilenetv3::{conv_bn_act, mobilenet_v3_large_features, Block};
+use super::mobilenetv3::{conv_bn_act, large_block_configs, mobilenet_v3_large_features, Block};
 use super::{ModelConfig, SegNet};
 use crate::error::{Error, Result};
 use crate::nn::{ActivationLayer, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Module, Sequential};
@@ -147,8 +147,11 @@ impl Lraspp {
     /// LR-ASPP with torchvision's initialisation (no pretrained weights).
     pub fn new(num_classes: usize) -> Result<Self> {
         let backbone = mobilenet_v3_large_features(true)?;
-        let low_channels = 40;
-        let high_channels = 960;
+        // Block i ≥ 1 of the features is row i − 1 of the block table; the last block is the
+        // 1×1 conv to 6× the last width.
+        let configs = large_block_configs(true);
+        let low_channels = configs[LOW_LEVEL_BLOCK - 1].out_channels;
+        let high_channels = 6 * configs[configs.len() - 1].out_channels;
         Ok(Lraspp {
             backbone,
             classifier: LrasppHead::new(low_channels, high_channels, num_classes, INTER_CHANNELS)?,

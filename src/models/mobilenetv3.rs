@@ -334,17 +334,3 @@ pub fn mobilenet_v3_large_features(dilated: bool) -> Result<Sequential> {
     )?));
     Ok(Sequential::new(layers))
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn make_divisible_matches_torchvision() {
-        assert_eq!(make_divisible(18, 8), 24);
-        assert_eq!(make_divisible(30, 8), 32);
-        assert_eq!(make_divisible(120, 8), 120);
-        assert_eq!(make_divisible(168, 8), 168);
-        assert_eq!(make_divisible(3, 8), 8);
-    }
-}

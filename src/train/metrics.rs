@@ -119,7 +119,7 @@ impl ConfusionMatrix {
             .to_vec()
             .iter()
             .map(|&v| {
-                if v >= 0.0 && v < 255.5 && v.fract() == 0.0 {
+                if (0.0..255.5).contains(&v) && v.fract() == 0.0 {
                     Ok(v as u8)
                 } else {
                     Err(Error::invalid(

@@ -360,15 +360,13 @@ impl Plotter {
                     Rectangle::new([(c as f64, y), (c as f64 + 1.0, y + 1.0)], color.filled())
                 })
             }))?;
-            let mut bar = self
-                .chart(&scale, "", 55, 90)
+            // The colour scale: a bar on the left of its area, values written on its right.
+            let mut bar = ChartBuilder::on(&scale)
+                .margin(15)
+                .margin_top(if self.text { 50 } else { 15 })
+                .margin_bottom(if self.text { 105 } else { 15 })
+                .margin_right(60)
                 .build_cartesian_2d(0f64..1f64, lo..hi)?;
-            let mut bar_mesh = bar.configure_mesh();
-            bar_mesh.disable_mesh().x_labels(0);
-            if !self.text {
-                bar_mesh.y_labels(0);
-            }
-            bar_mesh.draw()?;
             let steps = 64;
             bar.draw_series((0..steps).map(|i| {
                 let (a, b) = (i as f64 / steps as f64, (i + 1) as f64 / steps as f64);
@@ -377,6 +375,19 @@ impl Plotter {
                     colormap(a).filled(),
                 )
             }))?;
+            if self.text {
+                let base = scale.get_base_pixel();
+                let style = (FONT, 13).into_font().color(&BLACK);
+                for i in 0..=4 {
+                    let v = lo + (hi - lo) * i as f64 / 4.0;
+                    let (x, y) = bar.backend_coord(&(1.0, v));
+                    scale.draw_text(
+                        &format!("{v:.3}"),
+                        &style,
+                        (x - base.0 + 5, y - base.1 - 6),
+                    )?;
+                }
+            }
             Ok(())
         })
     }

@@ -32,7 +32,15 @@ pub struct ChannelParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu structs.
 unsafe impl DeviceRepr for ActivationParams {}
+const _: () = assert!(
+    std::mem::size_of::<ActivationParams>() == 16,
+    "ActivationParams: size of the .cu struct"
+);
 unsafe impl DeviceRepr for ChannelParams {}
+const _: () = assert!(
+    std::mem::size_of::<ChannelParams>() == 16,
+    "ChannelParams: size of the .cu struct"
+);
 
 impl ChannelParams {
     /// The view of `layout`, or an error naming `op` when a size does not fit 32 bits.

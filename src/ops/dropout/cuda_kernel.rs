@@ -22,6 +22,14 @@ pub struct DropoutParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu struct.
 unsafe impl DeviceRepr for DropoutParams {}
+const _: () = assert!(
+    std::mem::size_of::<DropoutParams>() == 24,
+    "DropoutParams: size of the .cu struct"
+);
+const _: () = assert!(
+    std::mem::offset_of!(DropoutParams, p) == 16,
+    "DropoutParams: 64-bit field offset"
+);
 
 impl DropoutBackend for CudaBackend {
     fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage> {

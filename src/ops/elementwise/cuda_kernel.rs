@@ -48,8 +48,20 @@ pub struct FillParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu structs (checked in tests).
 unsafe impl DeviceRepr for UnaryParams {}
+const _: () = assert!(
+    std::mem::size_of::<UnaryParams>() == 24,
+    "UnaryParams: size of the .cu struct"
+);
 unsafe impl DeviceRepr for BroadcastParams {}
+const _: () = assert!(
+    std::mem::size_of::<BroadcastParams>() == 112,
+    "BroadcastParams: size of the .cu struct"
+);
 unsafe impl DeviceRepr for FillParams {}
+const _: () = assert!(
+    std::mem::size_of::<FillParams>() == 16,
+    "FillParams: size of the .cu struct"
+);
 
 /// `(op code, a, b)` of a unary op (codes: the `U_*` enum of elementwise.cu).
 fn unary_code(op: UnaryOp) -> (u32, f32, f32) {

@@ -36,7 +36,15 @@ pub struct TopkKernelParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu structs.
 unsafe impl DeviceRepr for IndexParams {}
+const _: () = assert!(
+    std::mem::size_of::<IndexParams>() == 24,
+    "IndexParams: size of the .cu struct"
+);
 unsafe impl DeviceRepr for TopkKernelParams {}
+const _: () = assert!(
+    std::mem::size_of::<TopkKernelParams>() == 20,
+    "TopkKernelParams: size of the .cu struct"
+);
 
 fn params(
     op: &'static str,

@@ -25,6 +25,10 @@ pub struct CrossEntropyParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu struct.
 unsafe impl DeviceRepr for CrossEntropyParams {}
+const _: () = assert!(
+    std::mem::size_of::<CrossEntropyParams>() == 24,
+    "CrossEntropyParams: size of the .cu struct"
+);
 
 fn params(
     op: &'static str,

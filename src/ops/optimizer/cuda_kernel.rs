@@ -45,7 +45,19 @@ pub struct AdamParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu structs.
 unsafe impl DeviceRepr for SgdParams {}
+const _: () = assert!(
+    std::mem::size_of::<SgdParams>() == 32,
+    "SgdParams: size of the .cu struct"
+);
 unsafe impl DeviceRepr for AdamParams {}
+const _: () = assert!(
+    std::mem::size_of::<AdamParams>() == 48,
+    "AdamParams: size of the .cu struct"
+);
+const _: () = assert!(
+    std::mem::offset_of!(AdamParams, amsgrad) == 40,
+    "AdamParams: 64-bit field offset"
+);
 
 impl CudaBackend {
     /// The buffer of `storage`, checked to hold `len` elements (`name` in the error).

@@ -29,6 +29,10 @@ pub struct PatchGridParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu struct.
 unsafe impl DeviceRepr for PatchGridParams {}
+const _: () = assert!(
+    std::mem::size_of::<PatchGridParams>() == 40,
+    "PatchGridParams: size of the .cu struct"
+);
 
 impl PatchGridParams {
     /// The params of `grid`, or an error naming `op` when a size does not fit 32 bits.

@@ -23,6 +23,10 @@ pub struct AxisParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu struct.
 unsafe impl DeviceRepr for AxisParams {}
+const _: () = assert!(
+    std::mem::size_of::<AxisParams>() == 16,
+    "AxisParams: size of the .cu struct"
+);
 
 impl AxisParams {
     /// The view, or an error naming `op` when a size does not fit 32 bits.

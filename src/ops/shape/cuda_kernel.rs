@@ -50,8 +50,24 @@ pub struct ConcatParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu structs.
 unsafe impl DeviceRepr for BoxParams {}
+const _: () = assert!(
+    std::mem::size_of::<BoxParams>() == 112,
+    "BoxParams: size of the .cu struct"
+);
 unsafe impl DeviceRepr for PermuteParams {}
+const _: () = assert!(
+    std::mem::size_of::<PermuteParams>() == 112,
+    "PermuteParams: size of the .cu struct"
+);
+const _: () = assert!(
+    std::mem::offset_of!(PermuteParams, in_strides) == 48,
+    "PermuteParams: 64-bit field offset"
+);
 unsafe impl DeviceRepr for ConcatParams {}
+const _: () = assert!(
+    std::mem::size_of::<ConcatParams>() == 16,
+    "ConcatParams: size of the .cu struct"
+);
 
 fn check_rank(op: &'static str, rank: usize) -> Result<()> {
     if rank > MAX_RANK {

@@ -23,6 +23,10 @@ pub struct SoftmaxParams {
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the .cu struct.
 unsafe impl DeviceRepr for SoftmaxParams {}
+const _: () = assert!(
+    std::mem::size_of::<SoftmaxParams>() == 16,
+    "SoftmaxParams: size of the .cu struct"
+);
 
 fn params(
     op: &'static str,

@@ -1,0 +1,157 @@
+//! Plots: files are valid PNGs of the requested size, not blank; bad data never panics.
+
+use moeseg::train::plots::{bar_plot, heatmap, line_plot, usage_plot, Plotter};
+use std::path::Path;
+
+fn check_png(path: &Path, size: (u32, u32)) {
+    let img = image::open(path).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), size);
+    let first = *img.get_pixel(0, 0);
+    let distinct = img.pixels().filter(|p| **p != first).count();
+    assert!(distinct > 100, "{} looks blank", path.display());
+}
+
+fn names(n: usize, prefix: &str) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[test]
+fn plots_are_pngs_of_the_requested_size() {
+    let dir = tempfile::tempdir().unwrap();
+    // `MOESEG_PLOT_KEEP=dir` keeps the pictures to look at.
+    let keep = std::env::var("MOESEG_PLOT_KEEP")
+        .ok()
+        .map(std::path::PathBuf::from);
+    let d = keep.as_deref().unwrap_or(dir.path());
+    let loss: Vec<(f64, f64)> = (0..50)
+        .map(|i| (i as f64, 2.0 / (1.0 + i as f64 * 0.1)))
+        .collect();
+    let miou: Vec<(f64, f64)> = (0..50)
+        .step_by(10)
+        .map(|i| (i as f64, 0.1 + i as f64 * 0.01))
+        .collect();
+    let series = vec![
+        ("train loss".to_string(), loss),
+        ("val mIoU".to_string(), miou),
+    ];
+    line_plot(&d.join("curves.png"), "training", "step", "value", &series).unwrap();
+    check_png(&d.join("curves.png"), (1000, 600));
+
+    let small = Plotter::new(400, 300);
+    small
+        .line_plot(&d.join("small.png"), "t", "x", "y", &series)
+        .unwrap();
+    check_png(&d.join("small.png"), (400, 300));
+
+    let values: Vec<f64> = (0..19).map(|i| i as f64 / 19.0).collect();
+    bar_plot(
+        &d.join("iou.png"),
+        "per-class IoU",
+        &names(19, "class "),
+        &values,
+    )
+    .unwrap();
+    check_png(&d.join("iou.png"), (1000, 600));
+
+    let matrix: Vec<Vec<f64>> = (0..4)
+        .map(|e| (0..19).map(|c| ((e * c) % 7) as f64 / 7.0).collect())
+        .collect();
+    heatmap(
+        &d.join("heat.png"),
+        "expert × class",
+        &names(4, "e"),
+        &names(19, "c"),
+        &matrix,
+    )
+    .unwrap();
+    check_png(&d.join("heat.png"), (1000, 600));
+
+    let layers = vec![
+        ("layer 0".to_string(), vec![0.3, 0.2, 0.25, 0.25]),
+        ("layer 1".to_string(), vec![0.7, 0.1, 0.1, 0.1]),
+    ];
+    usage_plot(&d.join("usage.png"), "expert usage", &layers).unwrap();
+    check_png(&d.join("usage.png"), (1000, 600));
+
+    // Without a font: the same plots, no text.
+    let plain = Plotter::new(500, 400).without_text();
+    plain
+        .line_plot(&d.join("plain.png"), "t", "x", "y", &series)
+        .unwrap();
+    plain
+        .heatmap(
+            &d.join("plain_heat.png"),
+            "h",
+            &names(4, "e"),
+            &names(19, "c"),
+            &matrix,
+        )
+        .unwrap();
+    check_png(&d.join("plain.png"), (500, 400));
+    check_png(&d.join("plain_heat.png"), (500, 400));
+}
+
+#[test]
+fn nan_and_empty_data_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let nan_series = vec![(
+        "loss".to_string(),
+        vec![
+            (0.0, f64::NAN),
+            (1.0, 1.0),
+            (2.0, f64::INFINITY),
+            (3.0, 0.5),
+        ],
+    )];
+    line_plot(&d.join("nan.png"), "nan", "x", "y", &nan_series).unwrap();
+    let all_nan = vec![("loss".to_string(), vec![(0.0, f64::NAN)])];
+    line_plot(&d.join("all_nan.png"), "nan", "x", "y", &all_nan).unwrap();
+    line_plot(&d.join("empty.png"), "empty", "x", "y", &[]).unwrap();
+    let flat = vec![("flat".to_string(), vec![(1.0, 2.0)])];
+    line_plot(&d.join("flat.png"), "flat", "x", "y", &flat).unwrap();
+    bar_plot(
+        &d.join("bars_nan.png"),
+        "b",
+        &names(3, "c"),
+        &[f64::NAN, 0.5, 0.2],
+    )
+    .unwrap();
+    bar_plot(&d.join("bars_empty.png"), "b", &[], &[]).unwrap();
+    assert!(bar_plot(&d.join("bad.png"), "b", &names(2, "c"), &[1.0]).is_err());
+    heatmap(
+        &d.join("heat_nan.png"),
+        "h",
+        &names(2, "r"),
+        &names(2, "c"),
+        &[vec![f64::NAN, 1.0], vec![0.0, f64::NAN]],
+    )
+    .unwrap();
+    heatmap(&d.join("heat_empty.png"), "h", &[], &[], &[]).unwrap();
+    let ragged = heatmap(
+        &d.join("ragged.png"),
+        "h",
+        &names(2, "r"),
+        &names(2, "c"),
+        &[vec![1.0, 2.0], vec![1.0]],
+    );
+    assert!(ragged.unwrap_err().to_string().contains("heatmap"));
+    usage_plot(&d.join("usage_empty.png"), "u", &[]).unwrap();
+    assert!(Plotter::new(10, 10)
+        .line_plot(&d.join("tiny.png"), "t", "x", "y", &nan_series)
+        .is_err());
+    for f in [
+        "nan",
+        "all_nan",
+        "empty",
+        "flat",
+        "bars_nan",
+        "bars_empty",
+        "heat_nan",
+        "heat_empty",
+        "usage_empty",
+    ] {
+        let img = image::open(d.join(format!("{f}.png"))).unwrap();
+        assert_eq!((img.width(), img.height()), (1000, 600));
+    }
+}
