@@ -21,8 +21,9 @@ use crate::train::config::{Config, DataConfig, ModelSection, MoeSection, OptimCo
 use std::path::Path;
 use std::sync::Arc;
 
-/// Resolves `auto|cpu|cuda[:N]`. Training and inference run on the CPU backend until the CUDA
-/// backend has its kernels: `auto` says so in one line, an explicit `cuda` is an error.
+/// Resolves `auto|cpu|cuda[:N]`. Training and inference run on the CPU backend until networks
+/// can be moved to a CUDA device (the CUDA kernels exist but are not verified on a GPU yet):
+/// `auto` says so in one line, an explicit `cuda` is an error.
 pub fn resolve_device(request: &str) -> Result<(Device, Option<String>)> {
     let parsed: DeviceRequest = request.parse().map_err(Error::cuda)?;
     match select(parsed).map_err(Error::cuda)? {
@@ -30,12 +31,12 @@ pub fn resolve_device(request: &str) -> Result<(Device, Option<String>)> {
         Selected::Cuda { ordinal } if parsed == DeviceRequest::Auto => Ok((
             Device::Cpu,
             Some(format!(
-                "CUDA device {ordinal} found, but the CUDA backend cannot train yet: using the CPU"
+                "CUDA device {ordinal} found, but networks do not run on CUDA yet: using the CPU"
             )),
         )),
         Selected::Cuda { ordinal } => Err(Error::Unsupported(format!(
-            "--device {request}: CUDA device {ordinal} is usable, but the CUDA backend cannot run \
-             networks yet; use --device cpu (or auto)"
+            "--device {request}: CUDA device {ordinal} is usable, but networks do not run on \
+             CUDA yet (no move of a network's weights to the device); use --device cpu (or auto)"
         ))),
     }
 }
