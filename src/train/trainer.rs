@@ -311,7 +311,9 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<Outcome> {
         let epoch = state.epoch;
         let mut batches = loader.epoch_from(epoch, state.batch_in_epoch);
         while state.step < total && state.batch_in_epoch < per_epoch {
-            if options.interrupt.load(Ordering::SeqCst) || options.stop_at == Some(state.step) {
+            if options.interrupt.load(Ordering::SeqCst)
+                || options.stop_at.is_some_and(|at| state.step >= at)
+            {
                 state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
                 checkpoint::save(run, "last", &*model, optimizer.as_ref(), &scheduler, &state)?;
                 progress.bar.abandon();
@@ -426,6 +428,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<Outcome> {
                     checkpoint::save(run, "best", &*model, optimizer.as_ref(), &scheduler, &state)?;
                 }
                 report::write_eval_plots(run, &evaluation)?;
+                report::write_run_plots(run)?;
                 // Throughput counts training time only.
                 window.0 += std::time::Duration::from_secs_f64(evaluation.seconds);
                 last_eval_step = Some((state.step, evaluation));
