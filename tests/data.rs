@@ -522,3 +522,53 @@ fn synthetic_speed_and_preview() {
         }
     }
 }
+
+/// Fails on one index, to check that errors reach the consumer.
+struct Broken(Synthetic, usize);
+
+impl Dataset for Broken {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn get(&self, index: usize) -> moeseg::Result<Sample> {
+        if index == self.1 {
+            return Err(moeseg::Error::file(
+                format!("broken_{index}.png"),
+                "cannot decode",
+            ));
+        }
+        self.0.get(index)
+    }
+    fn id(&self, index: usize) -> String {
+        self.0.id(index)
+    }
+    fn describe(&self) -> String {
+        "broken".into()
+    }
+}
+
+#[test]
+fn loader_errors_reach_the_consumer_and_end_the_epoch() {
+    for prefetch in [0, 2] {
+        let set: Arc<dyn Dataset> = Arc::new(Broken(synthetic(6, 8, 8, 0), 3));
+        let config = LoaderConfig {
+            batch_size: 2,
+            prefetch,
+            ..LoaderConfig::default()
+        };
+        let results: Vec<_> = Loader::new(set, config).unwrap().epoch(0).collect();
+        assert_eq!(results.len(), 2, "prefetch {prefetch}");
+        assert!(results[0].is_ok());
+        assert!(results[1]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("broken_3.png"));
+    }
+    assert!(Loader::new(Arc::new(synthetic(0, 8, 8, 0)), LoaderConfig::default()).is_err());
+    let zero = LoaderConfig {
+        batch_size: 0,
+        ..LoaderConfig::default()
+    };
+    assert!(Loader::new(Arc::new(synthetic(2, 8, 8, 0)), zero).is_err());
+}
