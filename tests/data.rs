@@ -325,6 +325,31 @@ fn augmentation_invariants() {
         (r.height, r.width, r.label.len(), r.image.len()),
         (20, 30, 600, 1800)
     );
+    // Resampling a window equals resizing everything, then cutting the window out; outside
+    // the picture, padding (image 0, label 255).
+    let full = p.resize(70, 130);
+    let window = Window {
+        top: -3,
+        left: 100,
+        height: 20,
+        width: 40,
+    };
+    let cut = p.resample([70, 130], window);
+    for y in 0..20 {
+        for x in 0..40 {
+            let (sy, sx) = (y as isize - 3, x as isize + 100);
+            let i = y * 40 + x;
+            if sy < 0 || sx >= 130 {
+                assert_eq!((cut.label[i], cut.image[i]), (255, 0.0));
+            } else {
+                let j = sy as usize * 130 + sx as usize;
+                assert_eq!(cut.label[i], full.label[j]);
+                for c in 0..3 {
+                    assert!((cut.image[c * 800 + i] - full.image[c * 70 * 130 + j]).abs() < 1e-6);
+                }
+            }
+        }
+    }
     let bad = AugmentConfig {
         scale: (0.0, 1.0),
         ..AugmentConfig::default()
