@@ -538,6 +538,11 @@ fn synthetic_speed_and_preview() {
         for i in 0..8 {
             let s = set.get(i).unwrap();
             let dir = Path::new(&dir);
+            let experts: Vec<Vec<usize>> = (0..32)
+                .map(|p| vec![(p * 7 + i) % 8, (p * 3 + 1) % 8])
+                .collect();
+            let overlay = routing_overlay(&s.image, 4, 8, &experts, 8);
+            save_png(&overlay, &dir.join(format!("{i}_routing.png"))).unwrap();
             save_png(&s.image, &dir.join(format!("{i}_image.png"))).unwrap();
             save_png(
                 &colorize(s.label.as_ref().unwrap(), 256, 512),
