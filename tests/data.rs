@@ -325,6 +325,31 @@ fn augmentation_invariants() {
         (r.height, r.width, r.label.len(), r.image.len()),
         (20, 30, 600, 1800)
     );
+    // Resampling a window equals resizing everything, then cutting the window out; outside
+    // the picture, padding (image 0, label 255).
+    let full = p.resize(70, 130);
+    let window = Window {
+        top: -3,
+        left: 100,
+        height: 20,
+        width: 40,
+    };
+    let cut = p.resample([70, 130], window);
+    for y in 0..20 {
+        for x in 0..40 {
+            let (sy, sx) = (y as isize - 3, x as isize + 100);
+            let i = y * 40 + x;
+            if sy < 0 || sx >= 130 {
+                assert_eq!((cut.label[i], cut.image[i]), (255, 0.0));
+            } else {
+                let j = sy as usize * 130 + sx as usize;
+                assert_eq!(cut.label[i], full.label[j]);
+                for c in 0..3 {
+                    assert!((cut.image[c * 800 + i] - full.image[c * 70 * 130 + j]).abs() < 1e-6);
+                }
+            }
+        }
+    }
     let bad = AugmentConfig {
         scale: (0.0, 1.0),
         ..AugmentConfig::default()
@@ -513,6 +538,11 @@ fn synthetic_speed_and_preview() {
         for i in 0..8 {
             let s = set.get(i).unwrap();
             let dir = Path::new(&dir);
+            let experts: Vec<Vec<usize>> = (0..32)
+                .map(|p| vec![(p * 7 + i) % 8, (p * 3 + 1) % 8])
+                .collect();
+            let overlay = routing_overlay(&s.image, 4, 8, &experts, 8);
+            save_png(&overlay, &dir.join(format!("{i}_routing.png"))).unwrap();
             save_png(&s.image, &dir.join(format!("{i}_image.png"))).unwrap();
             save_png(
                 &colorize(s.label.as_ref().unwrap(), 256, 512),
@@ -521,4 +551,54 @@ fn synthetic_speed_and_preview() {
             .unwrap();
         }
     }
+}
+
+/// Fails on one index, to check that errors reach the consumer.
+struct Broken(Synthetic, usize);
+
+impl Dataset for Broken {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn get(&self, index: usize) -> moeseg::Result<Sample> {
+        if index == self.1 {
+            return Err(moeseg::Error::file(
+                format!("broken_{index}.png"),
+                "cannot decode",
+            ));
+        }
+        self.0.get(index)
+    }
+    fn id(&self, index: usize) -> String {
+        self.0.id(index)
+    }
+    fn describe(&self) -> String {
+        "broken".into()
+    }
+}
+
+#[test]
+fn loader_errors_reach_the_consumer_and_end_the_epoch() {
+    for prefetch in [0, 2] {
+        let set: Arc<dyn Dataset> = Arc::new(Broken(synthetic(6, 8, 8, 0), 3));
+        let config = LoaderConfig {
+            batch_size: 2,
+            prefetch,
+            ..LoaderConfig::default()
+        };
+        let results: Vec<_> = Loader::new(set, config).unwrap().epoch(0).collect();
+        assert_eq!(results.len(), 2, "prefetch {prefetch}");
+        assert!(results[0].is_ok());
+        assert!(results[1]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("broken_3.png"));
+    }
+    assert!(Loader::new(Arc::new(synthetic(0, 8, 8, 0)), LoaderConfig::default()).is_err());
+    let zero = LoaderConfig {
+        batch_size: 0,
+        ..LoaderConfig::default()
+    };
+    assert!(Loader::new(Arc::new(synthetic(2, 8, 8, 0)), zero).is_err());
 }

@@ -1,4 +1,4 @@
-//! ResNet backbone, DeepLabv3+ and PSPNet: state-dict keys against the manifests, forward
+//! ResNet backbone, DeepLabv3+ and PSPNet (their manifests are checked in `models.rs`): forward
 //! shapes, backbone geometry, ImageNet backbone loading. Block parity with PyTorch is in
 //! `networks_b_parity.rs`.
 
@@ -9,76 +9,16 @@ use moeseg::models::pspnet::{PspNet, AUX_WEIGHT};
 use moeseg::models::resnet::{Bottleneck, ResNetConfig};
 use moeseg::models::{build, ModelConfig, ModelName, SegNet};
 use moeseg::moe::patch_conv_moe::{replace_conv_with_moe, PatchConvMoeConfig};
-use moeseg::nn::{get_module, named_tensors, set_training, Conv2d, Module, Role};
+use moeseg::nn::{get_module, named_tensors, set_training, Conv2d, Module};
 use moeseg::{no_grad, DType, Rng, Tensor};
-use std::path::Path;
-
-/// `(key, shape, dtype)` rows of `tests/manifests/<name>.tsv`.
-fn manifest(name: &str) -> Vec<(String, Vec<usize>, String)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/manifests")
-        .join(format!("{name}.tsv"));
-    let text = std::fs::read_to_string(&path).unwrap();
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            assert_eq!(fields.len(), 3, "{}: bad line `{line}`", path.display());
-            let dims = fields[1].trim_start_matches('[').trim_end_matches(']');
-            let shape = dims
-                .split(',')
-                .filter(|d| !d.is_empty())
-                .map(|d| d.parse().unwrap())
-                .collect();
-            (fields[0].to_string(), shape, fields[2].to_string())
-        })
-        .collect()
-}
-
-/// The module's state dict as manifest rows.
-fn state_rows(net: &dyn Module) -> Vec<(String, Vec<usize>, String)> {
-    named_tensors(net)
-        .into_iter()
-        .map(|(key, tensor, role)| {
-            let dtype = match role {
-                Role::Parameter | Role::Buffer(DType::F32) => "float32",
-                Role::Buffer(DType::I64) => "int64",
-                Role::Buffer(other) => panic!("{key}: unexpected buffer dtype {other:?}"),
-            };
-            (key, tensor.dims().to_vec(), dtype.to_string())
-        })
-        .collect()
-}
-
-fn assert_matches_manifest(net: &dyn Module, name: &str) {
-    let actual = state_rows(net);
-    let expected = manifest(name);
-    for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
-        assert_eq!(a, e, "{name}: entry {i} differs");
-    }
-    assert_eq!(actual.len(), expected.len(), "{name}: number of entries");
-}
 
 fn net(name: ModelName) -> Box<dyn SegNet> {
     build(name, &ModelConfig::default()).unwrap()
 }
 
 #[test]
-fn deeplabv3plus_state_dict_matches_manifest() {
-    assert_matches_manifest(net(ModelName::Deeplabv3plus).as_ref(), "deeplabv3plus");
-}
-
-#[test]
-fn pspnet_state_dict_matches_manifest() {
-    assert_matches_manifest(net(ModelName::Pspnet).as_ref(), "pspnet");
-}
-
-#[test]
-fn moe_variants_match_their_manifests() {
-    for (name, manifest_name) in [
-        (ModelName::Deeplabv3plus, "deeplabv3plus-moe"),
-        (ModelName::Pspnet, "pspnet-moe"),
-    ] {
+fn moe_variants_run_at_odd_sizes() {
+    for name in [ModelName::Deeplabv3plus, ModelName::Pspnet] {
         let mut model = net(name);
         replace_conv_with_moe(
             model.as_mut(),
@@ -86,7 +26,6 @@ fn moe_variants_match_their_manifests() {
             PatchConvMoeConfig::default(),
         )
         .unwrap();
-        assert_matches_manifest(model.as_ref(), manifest_name);
         set_training(model.as_ref(), false);
         let input = random_input([1, 3, 33, 41], 5);
         let out = no_grad(|| model.forward_seg(&input)).unwrap();

@@ -155,3 +155,33 @@ fn nan_and_empty_data_never_panic() {
         assert_eq!((img.width(), img.height()), (1000, 600));
     }
 }
+
+#[test]
+fn routing_report_plots_from_stats() {
+    use moeseg::moe::RoutingStats;
+    use moeseg::train::plots::routing_report_plots;
+    use moeseg::Tensor;
+    // 4 tokens, k = 2, 3 experts, 2 classes.
+    let mut stats = RoutingStats::new(3, 2).unwrap();
+    let indices = Tensor::from_vec(vec![0., 1., 1., 2., 0., 2., 0., 1.], [4, 2]).unwrap();
+    let histograms = Tensor::from_vec(vec![3., 1., 0., 4., 2., 2., 4., 0.], [4, 2]).unwrap();
+    stats.update(&indices, Some(&histograms)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = routing_report_plots(
+        &dir.path().join("routing"),
+        "encoder.3/moe",
+        &stats.report(),
+        &["road", "car"],
+    )
+    .unwrap();
+    assert_eq!(files.len(), 4);
+    for f in &files {
+        assert!(f
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("encoder_3_moe_"));
+        check_png(f, (1000, 600));
+    }
+}

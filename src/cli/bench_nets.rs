@@ -10,10 +10,8 @@
 use super::bench::time_runs;
 use crate::autograd::no_grad;
 use crate::error::Result;
-use crate::models::{build, place_moe, ModelConfig, ModelName, MoePlacement};
-use crate::moe::balance_loss;
+use crate::models::{build, place_moe, training_loss, ModelConfig, ModelName, MoePlacement};
 use crate::nn::{named_parameters, set_training};
-use crate::ops::loss::CrossEntropyOptions;
 use crate::tensor::{Rng, Tensor};
 use clap::Args;
 
@@ -81,18 +79,7 @@ pub fn run_nets(args: &NetsArgs) -> Result<()> {
                 let params = named_parameters(net.as_ref());
                 Some(time_runs(args.repeats, || {
                     let output = net.forward_seg(&input)?;
-                    let mut loss = output
-                        .logits
-                        .cross_entropy(&target, CrossEntropyOptions::default())?;
-                    for aux in &output.aux {
-                        let aux_loss = aux
-                            .logits
-                            .cross_entropy(&target, CrossEntropyOptions::default())?;
-                        loss = loss.add(&aux_loss.mul_scalar(aux.weight)?)?;
-                    }
-                    if let Some(balance) = balance_loss(net.as_ref())? {
-                        loss = loss.add(&balance)?;
-                    }
+                    let loss = training_loss(net.as_ref(), &output, &target)?;
                     loss.backward()?;
                     params.iter().for_each(|(_, p)| p.clear_grad());
                     Ok(())

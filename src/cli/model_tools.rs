@@ -5,14 +5,12 @@
 use crate::error::{Error, Result};
 use crate::io::safetensors::{save, SafetensorsFile};
 use crate::models::{
-    build, complexity, place_moe, Complexity, ModelConfig, ModelName, MoePlacement, SegNet,
+    build, complexity, place_moe, training_loss, Complexity, ModelConfig, ModelName, MoePlacement,
+    SegNet,
 };
-use crate::moe::{
-    balance_loss, BalanceLoss, GateConfig, GateKind, Granularity, PatchConvMoeConfig,
-};
+use crate::moe::{BalanceLoss, GateConfig, GateKind, Granularity, PatchConvMoeConfig};
 use crate::nn::state_dict::{load_state_dict, LoadOptions};
 use crate::nn::{named_tensors, set_training, Role};
-use crate::ops::loss::CrossEntropyOptions;
 use crate::tensor::{DType, Tensor};
 use clap::Args;
 use std::path::PathBuf;
@@ -322,18 +320,7 @@ pub fn run_forward(args: &ForwardArgs) -> Result<()> {
     }
     let target = read_tensor(target_path, "target")?;
     let output = net.forward_seg(&input)?;
-    let mut loss = output
-        .logits
-        .cross_entropy(&target, CrossEntropyOptions::default())?;
-    for aux in &output.aux {
-        let aux_loss = aux
-            .logits
-            .cross_entropy(&target, CrossEntropyOptions::default())?;
-        loss = loss.add(&aux_loss.mul_scalar(aux.weight)?)?;
-    }
-    if let Some(balance) = balance_loss(net.as_ref())? {
-        loss = loss.add(&balance)?;
-    }
+    let loss = training_loss(net.as_ref(), &output, &target)?;
     loss.backward()?;
     save(&args.output, [("output", &output.logits, DType::F32)])?;
     let mut entries: Vec<(String, Tensor, DType)> = vec![("loss".to_string(), loss, DType::F32)];

@@ -95,44 +95,54 @@ impl Prepared {
         if (height, width) == (self.height, self.width) {
             return self.clone();
         }
+        self.resample([height, width], Window::whole(height, width))
+    }
+
+    /// The `window` of this sample resized to `scaled` (H×W), computed directly (only the
+    /// window's pixels are interpolated). Window pixels outside the scaled picture are padding:
+    /// image 0, label 255.
+    pub fn resample(&self, scaled: [usize; 2], window: Window) -> Prepared {
         let (h, w) = (self.height, self.width);
-        let (sy, sx) = (h as f32 / height as f32, w as f32 / width as f32);
-        // Source index and weight of each output column / row.
-        let taps = |n_out: usize, n_in: usize, s: f32| -> Vec<(usize, usize, f32)> {
-            (0..n_out)
+        let [sh, sw] = scaled;
+        let (sy, sx) = (h as f32 / sh as f32, w as f32 / sw as f32);
+        let inside = window.inside(scaled);
+        // Source taps of each window row / column inside the picture: (i0, i1, weight, nearest).
+        let taps = |range: std::ops::Range<usize>, offset: isize, n_in: usize, s: f32| {
+            range
                 .map(|o| {
-                    let f = ((o as f32 + 0.5) * s - 0.5).clamp(0.0, (n_in - 1) as f32);
+                    let pos = (o as isize + offset) as f32 + 0.5;
+                    let f = (pos * s - 0.5).clamp(0.0, (n_in - 1) as f32);
                     let i0 = f.floor() as usize;
-                    (i0, (i0 + 1).min(n_in - 1), f - i0 as f32)
+                    let nearest = ((pos * s) as usize).min(n_in - 1);
+                    (i0, (i0 + 1).min(n_in - 1), f - i0 as f32, nearest)
                 })
-                .collect()
+                .collect::<Vec<_>>()
         };
-        let (cols, rows) = (taps(width, w, sx), taps(height, h, sy));
-        let mut image = vec![0.0; 3 * height * width];
+        let rows = taps(inside.rows.clone(), window.top, h, sy);
+        let cols = taps(inside.cols.clone(), window.left, w, sx);
+        let (oh, ow) = (window.height, window.width);
+        let mut image = vec![0.0; 3 * oh * ow];
+        let mut label = vec![IGNORE_INDEX; oh * ow];
         for c in 0..3 {
             let src = &self.image[c * h * w..(c + 1) * h * w];
-            let dst = &mut image[c * height * width..(c + 1) * height * width];
-            for (oy, &(y0, y1, fy)) in rows.iter().enumerate() {
-                for (ox, &(x0, x1, fx)) in cols.iter().enumerate() {
+            let dst = &mut image[c * oh * ow..(c + 1) * oh * ow];
+            for (oy, &(y0, y1, fy, _)) in inside.rows.clone().zip(&rows) {
+                for (ox, &(x0, x1, fx, _)) in inside.cols.clone().zip(&cols) {
                     let top = src[y0 * w + x0] * (1.0 - fx) + src[y0 * w + x1] * fx;
                     let bottom = src[y1 * w + x0] * (1.0 - fx) + src[y1 * w + x1] * fx;
-                    dst[oy * width + ox] = top * (1.0 - fy) + bottom * fy;
+                    dst[oy * ow + ox] = top * (1.0 - fy) + bottom * fy;
                 }
             }
         }
-        let nearest =
-            |o: usize, n_in: usize, s: f32| (((o as f32 + 0.5) * s) as usize).min(n_in - 1);
-        let mut label = vec![IGNORE_INDEX; height * width];
-        for oy in 0..height {
-            let y = nearest(oy, h, sy);
-            for ox in 0..width {
-                label[oy * width + ox] = self.label[y * w + nearest(ox, w, sx)];
+        for (oy, &(_, _, _, y)) in inside.rows.clone().zip(&rows) {
+            for (ox, &(_, _, _, x)) in inside.cols.clone().zip(&cols) {
+                label[oy * ow + ox] = self.label[y * w + x];
             }
         }
         Prepared {
             id: self.id.clone(),
-            height,
-            width,
+            height: oh,
+            width: ow,
             image,
             label,
         }
@@ -152,71 +162,101 @@ impl Prepared {
         }
     }
 
-    /// The `height × width` window at `(top, left)`, which may reach past the borders (negative
-    /// offsets or past the end): outside pixels get image 0 and label 255.
-    pub fn crop(&self, top: isize, left: isize, height: usize, width: usize) -> Prepared {
-        let mut image = vec![0.0; 3 * height * width];
-        let mut label = vec![IGNORE_INDEX; height * width];
-        let (h, w) = (self.height as isize, self.width as isize);
-        for oy in 0..height {
-            let y = top + oy as isize;
-            if y < 0 || y >= h {
-                continue;
-            }
-            let x_start = (-left).clamp(0, width as isize) as usize;
-            let x_end = (w - left).clamp(0, width as isize) as usize;
-            if x_start >= x_end {
-                continue;
-            }
-            let src = |x: usize| (y * w + left + x as isize) as usize;
-            let (s0, s1) = (src(x_start), src(x_end - 1) + 1);
-            label[oy * width + x_start..oy * width + x_end].copy_from_slice(&self.label[s0..s1]);
-            for c in 0..3 {
-                let plane = c * (h * w) as usize;
-                let out = c * height * width + oy * width;
-                image[out + x_start..out + x_end]
-                    .copy_from_slice(&self.image[plane + s0..plane + s1]);
-            }
-        }
-        Prepared {
-            id: self.id.clone(),
-            height,
-            width,
-            image,
-            label,
-        }
-    }
-
-    /// `(x − mean) / std` per channel.
-    fn normalise(&mut self) {
+    /// `(x − mean) / std` per channel, on the pixels of `region` only (padding stays 0).
+    fn normalise(&mut self, region: &Region) {
         let plane = self.height * self.width;
-        for (c, chunk) in self.image.chunks_mut(plane.max(1)).enumerate().take(3) {
+        for c in 0..3 {
             let (m, s) = (IMAGENET_MEAN[c], IMAGENET_STD[c]);
-            chunk.iter_mut().for_each(|v| *v = (*v - m) / s);
+            region.for_each(self.width, |i| {
+                let v = &mut self.image[c * plane + i];
+                *v = (*v - m) / s;
+            });
         }
     }
 
-    /// Brightness, contrast and saturation factors (torchvision's definitions, in that order).
-    fn jitter(&mut self, brightness: f32, contrast: f32, saturation: f32) {
-        let plane = self.height * self.width;
-        if plane == 0 {
+    /// Brightness, contrast and saturation factors (torchvision's definitions, in that order),
+    /// on the pixels of `region` only.
+    fn jitter(&mut self, brightness: f32, contrast: f32, saturation: f32, region: &Region) {
+        let (plane, width) = (self.height * self.width, self.width);
+        let count = region.rows.len() * region.cols.len();
+        if count == 0 {
             return;
         }
-        self.image
-            .iter_mut()
-            .for_each(|v| *v = (*v * brightness).clamp(0.0, 1.0));
+        let image = &mut self.image;
         let gray = |img: &[f32], i: usize| {
             0.299 * img[i] + 0.587 * img[plane + i] + 0.114 * img[2 * plane + i]
         };
-        let mean = (0..plane).map(|i| gray(&self.image, i)).sum::<f32>() / plane as f32;
-        self.image
-            .iter_mut()
-            .for_each(|v| *v = (mean + (*v - mean) * contrast).clamp(0.0, 1.0));
-        for i in 0..plane {
-            let g = gray(&self.image, i);
+        let pixel = |image: &mut [f32], i: usize, f: &dyn Fn(f32) -> f32| {
             for c in 0..3 {
-                let v = &mut self.image[c * plane + i];
-                *v = (g + (*v - g) * saturation).clamp(0.0, 1.0);
+                let v = &mut image[c * plane + i];
+                *v = f(*v).clamp(0.0, 1.0);
+            }
+        };
+        region.for_each(width, |i| pixel(image, i, &|v| v * brightness));
+        let mut sum = 0.0;
+        region.for_each(width, |i| sum += gray(image, i));
+        let mean = sum / count as f32;
+        region.for_each(width, |i| {
+            pixel(image, i, &|v| mean + (v - mean) * contrast)
+        });
+        region.for_each(width, |i| {
+            let g = gray(image, i);
+            pixel(image, i, &|v| g + (v - g) * saturation);
+        });
+    }
+}
+
+/// A window of a (scaled) picture: top-left corner (may be negative: padding) and size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// First row, in scaled-picture coordinates.
+    pub top: isize,
+    /// First column.
+    pub left: isize,
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+}
+
+impl Window {
+    /// The whole `height × width` picture.
+    pub fn whole(height: usize, width: usize) -> Window {
+        Window {
+            top: 0,
+            left: 0,
+            height,
+            width,
+        }
+    }
+
+    /// The window pixels that fall inside a `scaled` picture, in window coordinates.
+    fn inside(&self, scaled: [usize; 2]) -> Region {
+        let span = |start: isize, len: usize, n: usize| {
+            let a = (-start).clamp(0, len as isize) as usize;
+            let b = (n as isize - start).clamp(0, len as isize) as usize;
+            a..b.max(a)
+        };
+        Region {
+            rows: span(self.top, self.height, scaled[0]),
+            cols: span(self.left, self.width, scaled[1]),
+        }
+    }
+}
+
+/// Rows × columns of a picture that hold real pixels (the rest is padding).
+#[derive(Clone, Debug)]
+struct Region {
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+}
+
+impl Region {
+    /// Calls `f(index)` for each pixel of the region in a picture `width` wide.
+    fn for_each(&self, width: usize, mut f: impl FnMut(usize)) {
+        for y in self.rows.clone() {
+            for x in self.cols.clone() {
+                f(y * width + x);
             }
         }
     }
@@ -229,12 +269,14 @@ pub fn prepare(sample: &Sample, resize: Option<[usize; 2]>) -> Result<Prepared> 
         check_size("resize", h, w)?;
         prepared = prepared.resize(h, w);
     }
-    prepared.normalise();
+    let whole = Window::whole(prepared.height, prepared.width);
+    prepared.normalise(&whole.inside([prepared.height, prepared.width]));
     Ok(prepared)
 }
 
 /// Applies `config` to a sample (after an optional fixed resize), all random choices drawn
-/// from `seed`: scale, jitter, normalise, crop, flip.
+/// from `seed`: scale, crop window (padding where the crop is larger), jitter, normalise,
+/// flip. Only the crop window is resampled, so large scales of large images stay cheap.
 pub fn augment(
     sample: &Sample,
     config: &AugmentConfig,
@@ -257,23 +299,38 @@ pub fn augment(
     let scale = rng.uniform(lo, hi);
     let h = ((prepared.height as f32 * scale).round() as usize).max(1);
     let w = ((prepared.width as f32 * scale).round() as usize).max(1);
-    prepared = prepared.resize(h, w);
     let j = config.color_jitter.clamp(0.0, 1.0);
     let mut factor = || rng.uniform(1.0 - j, 1.0 + j);
     let (b, c, s) = (factor(), factor(), factor());
+    let window = match config.crop {
+        None => Window::whole(h, w),
+        Some([ch, cw]) => {
+            check_size("crop", ch, cw)?;
+            // Offsets over the larger of picture and crop: padding is placed at random.
+            let offset = |n: usize, size: usize, rng: &mut Rng| {
+                let o = rng.below(n.abs_diff(size) + 1) as isize;
+                if n >= size {
+                    o
+                } else {
+                    -o
+                }
+            };
+            let top = offset(h, ch, &mut rng);
+            let left = offset(w, cw, &mut rng);
+            Window {
+                top,
+                left,
+                height: ch,
+                width: cw,
+            }
+        }
+    };
+    prepared = prepared.resample([h, w], window);
+    let region = window.inside([h, w]);
     if j > 0.0 {
-        prepared.jitter(b, c, s);
+        prepared.jitter(b, c, s, &region);
     }
-    prepared.normalise();
-    if let Some([ch, cw]) = config.crop {
-        check_size("crop", ch, cw)?;
-        // Offsets over the larger of image and crop: padding is split randomly.
-        let top = rng.below(prepared.height.abs_diff(ch) + 1) as isize;
-        let left = rng.below(prepared.width.abs_diff(cw) + 1) as isize;
-        let top = if prepared.height >= ch { top } else { -top };
-        let left = if prepared.width >= cw { left } else { -left };
-        prepared = prepared.crop(top, left, ch, cw);
-    }
+    prepared.normalise(&region);
     if config.flip && rng.next_f32() < 0.5 {
         prepared.flip_horizontal();
     }

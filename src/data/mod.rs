@@ -19,7 +19,7 @@ pub mod pictures;
 mod raster;
 pub mod synthetic;
 
-pub use augment::{AugmentConfig, Prepared};
+pub use augment::{AugmentConfig, Prepared, Window};
 pub use bdd100k::{write_bdd100k, Bdd100k};
 pub use cityscapes::{write_cityscapes, Cityscapes};
 pub use loader::{Batch, BatchIter, Loader, LoaderConfig};

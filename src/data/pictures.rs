@@ -206,6 +206,11 @@ pub fn save_label_png(labels: &[u8], height: usize, width: usize, path: &Path) -
     files::write_gray_png(labels, height, width, path)
 }
 
+/// Creates a folder and its parents (errors name the folder).
+pub fn create_dir(dir: &Path) -> Result<()> {
+    files::create_dir(dir)
+}
+
 fn create_parent(path: &Path) -> Result<()> {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => files::create_dir(parent),

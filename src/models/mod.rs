@@ -162,3 +162,23 @@ pub fn build(name: ModelName, config: &ModelConfig) -> Result<Box<dyn SegNet>> {
         ModelName::Pspnet => pspnet::build(config),
     }
 }
+
+/// The training loss of one forward: pixel-wise cross-entropy of the logits against `target`
+/// `[B, H, W]` (ignore index 255, mean), plus each auxiliary head's cross-entropy times its
+/// weight, plus the weighted balancing losses of every PatchConvMoE in `net`.
+pub fn training_loss(net: &dyn SegNet, output: &SegOutput, target: &Tensor) -> Result<Tensor> {
+    use crate::ops::loss::CrossEntropyOptions;
+    let mut loss = output
+        .logits
+        .cross_entropy(target, CrossEntropyOptions::default())?;
+    for aux in &output.aux {
+        let aux_loss = aux
+            .logits
+            .cross_entropy(target, CrossEntropyOptions::default())?;
+        loss = loss.add(&aux_loss.mul_scalar(aux.weight)?)?;
+    }
+    if let Some(balance) = crate::moe::balance_loss(net)? {
+        loss = loss.add(&balance)?;
+    }
+    Ok(loss)
+}

@@ -37,8 +37,11 @@ impl ConfusionMatrix {
         &self.counts
     }
 
-    /// `M[target][prediction]`.
+    /// `M[target][prediction]` (0 outside the matrix).
     pub fn count(&self, target: usize, prediction: usize) -> u64 {
+        if target >= self.classes || prediction >= self.classes {
+            return 0;
+        }
         self.counts[target * self.classes + prediction]
     }
 
@@ -98,11 +101,11 @@ impl ConfusionMatrix {
                 ),
             ));
         }
+        if c == 0 || c > 255 {
+            return Err(Error::invalid(op, format!("{c} classes: need 1..=255")));
+        }
         let values = logits.to_vec();
         let mut pred = vec![0u8; b * plane];
-        if c > 256 {
-            return Err(Error::invalid(op, format!("{c} classes do not fit in u8")));
-        }
         for (i, p) in pred.iter_mut().enumerate() {
             let (n, pixel) = (i / plane, i % plane);
             let base = n * c * plane + pixel;

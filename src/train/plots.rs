@@ -499,3 +499,75 @@ pub fn heatmap(
 pub fn usage_plot(path: &Path, title: &str, layers: &[(String, Vec<f64>)]) -> Result<()> {
     Plotter::default().usage_plot(path, title, layers)
 }
+
+/// The routing pictures of one MoE layer (moe.md §4) in `dir`: `<layer>_usage.png`,
+/// `<layer>_coactivation.png` and, when class histograms were collected,
+/// `<layer>_expert_class.png` and `<layer>_class_expert.png`. Returns the files written.
+pub fn routing_report_plots(
+    dir: &Path,
+    layer: &str,
+    report: &crate::moe::RoutingReport,
+    class_names: &[impl AsRef<str>],
+) -> Result<Vec<std::path::PathBuf>> {
+    crate::data::pictures::create_dir(dir)?;
+    let stem: String = layer
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let experts: Vec<String> = (0..report.usage.len())
+        .map(|e| format!("expert {e}"))
+        .collect();
+    let classes: Vec<String> = class_names.iter().map(|c| c.as_ref().to_string()).collect();
+    let mut written = Vec::new();
+    let mut path = |suffix: &str| {
+        let p = dir.join(format!("{stem}_{suffix}.png"));
+        written.push(p.clone());
+        p
+    };
+    let title = format!(
+        "{layer}: expert usage (NRE {:.3}, TEC {:.3}, {} tokens)",
+        report.nre, report.tec, report.tokens
+    );
+    usage_plot(
+        &path("usage"),
+        &title,
+        &[(layer.to_string(), report.usage.clone())],
+    )?;
+    let title = format!("{layer}: co-activation");
+    heatmap(
+        &path("coactivation"),
+        &title,
+        &experts,
+        &experts,
+        &report.coactivation,
+    )?;
+    let has_classes = report
+        .expert_class
+        .first()
+        .is_some_and(|row| !row.is_empty());
+    if has_classes && classes.len() == report.expert_class[0].len() {
+        let title = format!("{layer}: class distribution per expert");
+        heatmap(
+            &path("expert_class"),
+            &title,
+            &experts,
+            &classes,
+            &report.expert_class,
+        )?;
+        let title = format!("{layer}: expert distribution per class");
+        heatmap(
+            &path("class_expert"),
+            &title,
+            &classes,
+            &experts,
+            &report.class_expert,
+        )?;
+    }
+    Ok(written)
+}
