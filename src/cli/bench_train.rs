@@ -5,7 +5,6 @@
 
 use crate::error::{Error, Result};
 use crate::nn::{named_parameters, set_training, Module};
-use crate::ops::loss::CrossEntropyOptions;
 use crate::tensor::{manual_seed, Rng, Tensor};
 use crate::train::config::{ModelSection, OptimConfig};
 use crate::train::setup;
@@ -102,18 +101,7 @@ pub fn run(args: &BenchTrainArgs) -> Result<()> {
     for step in 0..args.warmup + args.steps {
         let start = Instant::now();
         let output = model.forward_seg(&images)?;
-        let mut loss = output
-            .logits
-            .cross_entropy(&labels, CrossEntropyOptions::default())?;
-        for head in &output.aux {
-            let aux = head
-                .logits
-                .cross_entropy(&labels, CrossEntropyOptions::default())?;
-            loss = loss.add(&aux.mul_scalar(head.weight)?)?;
-        }
-        if let Some(balance) = crate::moe::balance_loss(&*model as &dyn Module)? {
-            loss = loss.add(&balance)?;
-        }
+        let loss = crate::models::training_loss(&*model, &output, &labels)?;
         optimizer.zero_grad();
         loss.backward()?;
         optimizer.step()?;

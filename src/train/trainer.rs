@@ -67,7 +67,8 @@ struct LossParts {
     balance: f64,
 }
 
-/// Forward and loss of one batch in training mode.
+/// Forward and loss of one batch in training mode: [`crate::models::training_loss`] with
+/// optional class weights, keeping each part for the log.
 fn training_loss(
     model: &dyn SegNet,
     images: &Tensor,
