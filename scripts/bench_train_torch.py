@@ -6,9 +6,9 @@ balancing losses, backward, SGD (lr 0.02, momentum 0.9, weight decay 1e-4). Rand
 images and uniform random labels, `--warmup` untimed steps, then the median of `--steps` timed
 steps; torch.set_num_threads(number of cores), as rayon uses one thread per core.
 
-The network comes from `scripts/fixtures/<model>.py` (the PyTorch definitions the Rust networks
-are checked against: a `build(num_classes)` function or the first nn.Module class taking
-`num_classes`), else from torchvision where it has the model (lraspp). `--moe default|PATHS`
+The network comes from the PyTorch definitions the Rust networks are checked against
+(`scripts/fixtures/enet.py`, `nets_a.py`: ENet, ERFNet, U-Net), else from torchvision where it
+has the model (lraspp). `--moe default|PATHS`
 replaces convs by the reference PatchConvMoE of `scripts/fixtures/moe.py` (E=8, k=2, 3x3 grid,
 2conv_gap, entropy), as the Rust bench does.
 
@@ -45,25 +45,22 @@ DEFAULT_MOE_PATH = {
 
 
 def build_network(name, classes):
-    """The fixtures' PyTorch definition of `name`, else torchvision's."""
-    try:
-        module = importlib.import_module(f"fixtures.{name}")
-    except ImportError:
-        module = None
-    if module is not None:
-        if hasattr(module, "build"):
-            return module.build(classes)
-        for _, cls in inspect.getmembers(module, inspect.isclass):
-            if issubclass(cls, nn.Module) and cls.__module__ == module.__name__:
-                params = inspect.signature(cls).parameters
-                if "num_classes" in params:
-                    return cls(num_classes=classes)
+    """The fixtures' PyTorch definition of `name` (a class of that name, case-insensitive, taking
+    `num_classes`, in fixtures/<name>.py, nets_a.py or nets_b.py), else torchvision's."""
+    for module_name in (name, "nets_a", "nets_b"):
+        try:
+            module = importlib.import_module(f"fixtures.{module_name}")
+        except ImportError:
+            continue
+        for class_name, cls in inspect.getmembers(module, inspect.isclass):
+            if (class_name.lower() == name and issubclass(cls, nn.Module)
+                    and "num_classes" in inspect.signature(cls).parameters):
+                return cls(num_classes=classes)
     if name == "lraspp":
         from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
         return lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=classes)
-    sys.exit(f"no PyTorch definition of {name}: expected scripts/fixtures/{name}.py "
-             "(or torchvision for lraspp)")
+    sys.exit(f"no full-size PyTorch definition of {name} in scripts/fixtures (nor torchvision)")
 
 
 class MoeInPlace(nn.Module):
