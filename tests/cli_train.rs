@@ -555,3 +555,42 @@ fn real_dataset_presets_train_on_the_on_disk_formats() {
         ]);
     }
 }
+
+/// Every command explains its options.
+#[test]
+fn every_command_has_help() {
+    for command in [
+        &["train"][..],
+        &["eval"],
+        &["predict"],
+        &["eval-fixed-expert"],
+        &["routing-stats"],
+        &["presets"],
+        &["bench", "train"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let output = ok(&args);
+        let help = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(help.contains("Usage: moeseg"), "{command:?}: {help}");
+    }
+    let output = ok(&["presets"]);
+    let listed = String::from_utf8_lossy(&output.stdout).into_owned();
+    for net in [
+        "enet",
+        "erfnet",
+        "unet",
+        "lraspp",
+        "deeplabv3plus",
+        "pspnet",
+    ] {
+        for dataset in ["cityscapes", "bdd100k"] {
+            for variant in ["default", "patch_conv_moe"] {
+                assert!(
+                    listed.contains(&format!("{dataset}-{net}/{variant}")),
+                    "{listed}"
+                );
+            }
+        }
+    }
+}
