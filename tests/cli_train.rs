@@ -593,4 +593,8 @@ fn every_command_has_help() {
             }
         }
     }
+    // Every built-in preset is valid under the schema.
+    for preset in listed.lines() {
+        ok(&["train", "--preset", preset, "--print-config"]);
+    }
 }
