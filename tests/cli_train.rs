@@ -511,6 +511,8 @@ fn real_dataset_presets_train_on_the_on_disk_formats() {
             "--set",
             "train.class_weights=enet",
             "--set",
+            "data.workers=1",
+            "--set",
             "model.moe.num_experts=2",
             "--set",
             "model.moe.k=1",

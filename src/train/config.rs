@@ -56,8 +56,10 @@ pub struct DataConfig {
     pub batch_size: usize,
     /// Images per evaluation batch (full-resolution images of one size only).
     pub val_batch_size: usize,
-    /// Batches decoded and augmented ahead of the training step (rayon threads do the work).
+    /// Batches decoded and augmented ahead of the training step.
     pub prefetch: usize,
+    /// Threads that decode and augment (0: rayon's global pool, shared with the compute).
+    pub workers: usize,
     /// Evaluate on at most this many validation images (0: the whole split).
     pub max_val_images: usize,
     /// The built-in synthetic street scenes.
@@ -220,6 +222,7 @@ impl Default for DataConfig {
             batch_size: 8,
             val_batch_size: 1,
             prefetch: 2,
+            workers: 0,
             max_val_images: 0,
             synthetic: SyntheticSection::default(),
         }

@@ -297,10 +297,30 @@ fn optional_size(size: [usize; 2]) -> Option<[usize; 2]> {
     (size != [0, 0]).then_some(size)
 }
 
+/// `loader` with its own pool of `data.workers` threads (when > 0).
+fn with_workers(loader: Loader, data: &DataConfig) -> Result<Loader> {
+    if data.workers == 0 {
+        return Ok(loader);
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(data.workers)
+        .build()
+        .map_err(|e| {
+            Error::invalid(
+                "config",
+                format!(
+                    "data.workers = {}: cannot start the threads: {e}",
+                    data.workers
+                ),
+            )
+        })?;
+    Ok(loader.with_thread_pool(Arc::new(pool)))
+}
+
 /// The loader of the training split: shuffled, augmented, incomplete last batch dropped.
 pub fn train_loader(config: &Config, dataset: Arc<dyn Dataset>) -> Result<Loader> {
     let data = &config.data;
-    Loader::new(
+    let loader = Loader::new(
         dataset,
         LoaderConfig {
             batch_size: data.batch_size,
@@ -316,13 +336,14 @@ pub fn train_loader(config: &Config, dataset: Arc<dyn Dataset>) -> Result<Loader
             seed: config.train.seed,
             prefetch: data.prefetch,
         },
-    )
+    )?;
+    with_workers(loader, data)
 }
 
 /// The loader of an evaluation split: in order, no augmentation, every image.
 pub fn eval_loader(config: &Config, dataset: Arc<dyn Dataset>) -> Result<Loader> {
     let data = &config.data;
-    Loader::new(
+    let loader = Loader::new(
         dataset,
         LoaderConfig {
             batch_size: data.val_batch_size.max(1),
@@ -333,5 +354,6 @@ pub fn eval_loader(config: &Config, dataset: Arc<dyn Dataset>) -> Result<Loader>
             seed: config.train.seed,
             prefetch: data.prefetch,
         },
-    )
+    )?;
+    with_workers(loader, data)
 }
