@@ -448,7 +448,7 @@ fn ctrl_c_saves_a_resumable_checkpoint() {
     let stopped = state(&run);
     assert_eq!(stopped["finished"], false);
     let step = stopped["step"].as_u64().unwrap();
-    assert!(step >= 1 && step < 1000, "{stopped}");
+    assert!((1..1000).contains(&step), "{stopped}");
     let target = (step + 2).to_string();
     ok(&[
         "train",
