@@ -416,13 +416,20 @@ fn measure(case: &Case<'_>, repeats: usize, device: &Device) -> Result<Measured>
 /// is one line of error (the first line of the driver report), not the whole search report.
 fn open_device(request: &str) -> Result<(Device, String)> {
     open_device_detailed(request).map_err(|e| {
-        let text = e.to_string();
-        let first = text.lines().next().unwrap_or_default();
-        let first = first.trim_end_matches("looked in:").trim_end_matches([';', ' ']);
+        let first = first_line(&e.to_string());
         Error::Unsupported(format!(
             "bench ops --device {request}: {first} (use --device cpu, or `moeseg verify` for details)"
         ))
     })
+}
+
+/// The first line of a (possibly multi-line) driver report, without a trailing `looked in:`.
+fn first_line(text: &str) -> String {
+    let first = text.lines().next().unwrap_or_default();
+    first
+        .trim_end_matches("looked in:")
+        .trim_end_matches([';', ' '])
+        .to_string()
 }
 
 /// [`open_device`] with the full error.
@@ -436,7 +443,10 @@ fn open_device_detailed(request: &str) -> Result<(Device, String)> {
         }
     };
     let description = match fallback {
-        Some(reason) => format!("{description}; auto fell back to the CPU: {reason}"),
+        Some(reason) => format!(
+            "{description}; auto fell back to the CPU: {}",
+            first_line(&reason)
+        ),
         None => description,
     };
     Ok((device, description))
