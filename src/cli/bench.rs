@@ -42,6 +42,9 @@ enum BenchCommand {
     /// Time full training steps (forward, loss, backward, SGD) of a network on random data; the
     /// last line is `train_step_ms=… images_per_s=…`, as `scripts/bench_train_torch.py` prints.
     Train(super::bench_train::BenchTrainArgs),
+    /// Time the main kernels (conv fwd/dgrad/wgrad, batch norm, bilinear ×2, max pool) through
+    /// the backend traits on `--device cpu|cuda[:N]|auto`, next to a device copy's bandwidth.
+    Ops(super::bench_ops::OpsArgs),
 }
 
 /// The feature map of a default placement.
@@ -106,6 +109,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         BenchCommand::Routing(routing) => run_routing(routing),
         BenchCommand::Nets(nets) => super::bench_nets::run_nets(nets),
         BenchCommand::Train(train) => super::bench_train::run(train),
+        BenchCommand::Ops(ops) => super::bench_ops::run(ops),
     }
 }
 

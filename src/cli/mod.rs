@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_nets;
+mod bench_ops;
 mod bench_train;
 mod demo;
 mod eval;

@@ -195,6 +195,31 @@ impl CudaBackend {
         Ok(host)
     }
 
+    /// A new device buffer holding a copy of `buffer` (one device-to-device memcpy, queued on
+    /// the stream, not waited for): the bandwidth reference of `moeseg bench ops`.
+    pub fn copy_buffer(&self, buffer: &CudaBuffer) -> Result<CudaBuffer> {
+        let state = self.state()?;
+        let copy = self.alloc(buffer.len())?;
+        if buffer.is_empty() {
+            return Ok(copy);
+        }
+        let src = buffer.device_address(&state.stream);
+        let dst = copy.device_address(&state.stream);
+        bind(state, self.ordinal)?;
+        // SAFETY: both addresses hold ≥ buffer.len() floats of this device; the stream orders
+        // the copy after the writes of `buffer` and before any later use of `copy`.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(
+                dst,
+                src,
+                buffer.len() * std::mem::size_of::<f32>(),
+                state.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| driver_error(self.ordinal, "cuMemcpyDtoDAsync", e))?;
+        Ok(copy)
+    }
+
     /// The device buffer of `storage`, or an error naming `op` and the two devices when it
     /// lives elsewhere.
     pub fn buffer<'s>(&self, op: &'static str, storage: &'s Storage) -> Result<&'s CudaBuffer> {
