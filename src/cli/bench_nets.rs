@@ -79,7 +79,7 @@ pub fn run_nets(args: &NetsArgs) -> Result<()> {
                 let params = named_parameters(net.as_ref());
                 Some(time_runs(args.repeats, || {
                     let output = net.forward_seg(&input)?;
-                    let loss = training_loss(net.as_ref(), &output, &target)?;
+                    let loss = training_loss(net.as_ref(), &output, &target, None)?.total;
                     loss.backward()?;
                     params.iter().for_each(|(_, p)| p.clear_grad());
                     Ok(())

@@ -101,7 +101,7 @@ pub fn run(args: &BenchTrainArgs) -> Result<()> {
     for step in 0..args.warmup + args.steps {
         let start = Instant::now();
         let output = model.forward_seg(&images)?;
-        let loss = crate::models::training_loss(&*model, &output, &labels)?;
+        let loss = crate::models::training_loss(&*model, &output, &labels, None)?.total;
         optimizer.zero_grad();
         loss.backward()?;
         optimizer.step()?;

@@ -5,8 +5,8 @@
 use crate::error::{Error, Result};
 use crate::io::safetensors::{save, SafetensorsFile};
 use crate::models::{
-    build, complexity, place_moe, training_loss, Complexity, ModelConfig, ModelName, MoePlacement,
-    SegNet,
+    build, complexity, complexity::parameter_counts, place_moe, training_loss, Complexity,
+    ModelConfig, ModelName, MoePlacement, SegNet,
 };
 use crate::moe::{BalanceLoss, GateConfig, GateKind, Granularity, PatchConvMoeConfig};
 use crate::nn::state_dict::{load_state_dict, LoadOptions};
@@ -164,7 +164,7 @@ pub fn manifest(args: &ModelArgs) -> Result<String> {
             torch_dtype(dtype)
         ));
     }
-    let counts = complexity_without_forward(net.as_ref())?;
+    let counts = parameter_counts(net.as_ref());
     out.push_str(&format!(
         "# entries {} (parameters {parameters}, buffers {buffers})\n",
         parameters + buffers
@@ -178,18 +178,6 @@ pub fn manifest(args: &ModelArgs) -> Result<String> {
         ));
     }
     Ok(out)
-}
-
-/// `(total, active)` parameters without running a forward.
-fn complexity_without_forward(net: &dyn SegNet) -> Result<(u64, u64)> {
-    let total = crate::nn::parameter_count(net) as u64;
-    let mut inactive = 0u64;
-    crate::nn::visit_modules(net, &mut |_, m| {
-        if let Some(moe) = m.as_any().downcast_ref::<crate::moe::PatchConvMoE>() {
-            inactive += moe.inactive_parameter_count() as u64;
-        }
-    });
-    Ok((total, total - inactive))
 }
 
 /// PyTorch's name of a dtype (`float32`, `int64`).
@@ -320,7 +308,7 @@ pub fn run_forward(args: &ForwardArgs) -> Result<()> {
     }
     let target = read_tensor(target_path, "target")?;
     let output = net.forward_seg(&input)?;
-    let loss = training_loss(net.as_ref(), &output, &target)?;
+    let loss = training_loss(net.as_ref(), &output, &target, None)?.total;
     loss.backward()?;
     save(&args.output, [("output", &output.logits, DType::F32)])?;
     let mut entries: Vec<(String, Tensor, DType)> = vec![("loss".to_string(), loss, DType::F32)];

@@ -34,6 +34,21 @@ impl Complexity {
 /// Counts the parameters of `net` and the MACs of one forward at `input` (a dry run: no
 /// arithmetic is done, so a 512×1024 forward takes a moment). Leaves `net` in eval mode.
 pub fn complexity(net: &dyn Module, input: [usize; 4]) -> Result<Complexity> {
+    let (total, active) = parameter_counts(net);
+    set_training(net, false);
+    let zeros = Tensor::zeros(input, &Device::Cpu)?;
+    let (_, macs) = count_macs(|| net.forward(&zeros))?;
+    Ok(Complexity {
+        total_params: total,
+        active_params: active,
+        macs,
+        input,
+    })
+}
+
+/// `(total, active)` parameters: active leaves out the `E − k` unused experts of every
+/// PatchConvMoE.
+pub fn parameter_counts(net: &dyn Module) -> (u64, u64) {
     let total = parameter_count(net) as u64;
     let mut inactive = 0u64;
     visit_modules(net, &mut |_, module| {
@@ -41,13 +56,5 @@ pub fn complexity(net: &dyn Module, input: [usize; 4]) -> Result<Complexity> {
             inactive += moe.inactive_parameter_count() as u64;
         }
     });
-    set_training(net, false);
-    let zeros = Tensor::zeros(input, &Device::Cpu)?;
-    let (_, macs) = count_macs(|| net.forward(&zeros))?;
-    Ok(Complexity {
-        total_params: total,
-        active_params: total - inactive,
-        macs,
-        input,
-    })
+    (total, total - inactive)
 }

@@ -163,22 +163,53 @@ pub fn build(name: ModelName, config: &ModelConfig) -> Result<Box<dyn SegNet>> {
     }
 }
 
+/// The parts of a training loss (the parts are for logs; `total` is what `backward` runs on).
+pub struct TrainingLoss {
+    /// `main + aux + balance`.
+    pub total: Tensor,
+    /// Cross-entropy of the main logits.
+    pub main: Tensor,
+    /// Σ weight·cross-entropy of the auxiliary heads (`None` without any).
+    pub aux: Option<Tensor>,
+    /// Σ alpha·L_balance of every PatchConvMoE (`None` without any).
+    pub balance: Option<Tensor>,
+}
+
 /// The training loss of one forward: pixel-wise cross-entropy of the logits against `target`
-/// `[B, H, W]` (ignore index 255, mean), plus each auxiliary head's cross-entropy times its
-/// weight, plus the weighted balancing losses of every PatchConvMoE in `net`.
-pub fn training_loss(net: &dyn SegNet, output: &SegOutput, target: &Tensor) -> Result<Tensor> {
-    use crate::ops::loss::CrossEntropyOptions;
-    let mut loss = output
-        .logits
-        .cross_entropy(target, CrossEntropyOptions::default())?;
-    for aux in &output.aux {
-        let aux_loss = aux
+/// `[B, H, W]` (ignore index 255, mean, optional class weights), plus each auxiliary head's
+/// cross-entropy times its weight, plus the weighted balancing losses of every PatchConvMoE in
+/// `net`.
+pub fn training_loss(
+    net: &dyn SegNet,
+    output: &SegOutput,
+    target: &Tensor,
+    class_weights: Option<&Tensor>,
+) -> Result<TrainingLoss> {
+    let options = crate::ops::loss::CrossEntropyOptions {
+        weight: class_weights,
+        ..Default::default()
+    };
+    let main = output.logits.cross_entropy(target, options)?;
+    let mut aux: Option<Tensor> = None;
+    for head in &output.aux {
+        let loss = head
             .logits
-            .cross_entropy(target, CrossEntropyOptions::default())?;
-        loss = loss.add(&aux_loss.mul_scalar(aux.weight)?)?;
+            .cross_entropy(target, options)?
+            .mul_scalar(head.weight)?;
+        aux = Some(match aux {
+            Some(sum) => sum.add(&loss)?,
+            None => loss,
+        });
     }
-    if let Some(balance) = crate::moe::balance_loss(net)? {
-        loss = loss.add(&balance)?;
+    let balance = crate::moe::balance_loss(net)?;
+    let mut total = main.clone();
+    for part in aux.iter().chain(balance.iter()) {
+        total = total.add(part)?;
     }
-    Ok(loss)
+    Ok(TrainingLoss {
+        total,
+        main,
+        aux,
+        balance,
+    })
 }

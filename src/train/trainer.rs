@@ -10,9 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::models::SegNet;
-use crate::moe::balance_loss;
 use crate::nn::{named_parameters, parameter_count, set_training, Module};
-use crate::ops::loss::CrossEntropyOptions;
 use crate::optim::LrScheduler;
 use crate::tensor::{manual_seed, Tensor};
 use crate::train::checkpoint::{self, LossSums, TrainState};
@@ -67,40 +65,27 @@ struct LossParts {
     balance: f64,
 }
 
-/// Forward and loss of one batch in training mode: [`crate::models::training_loss`] with
-/// optional class weights, keeping each part for the log.
+/// Forward and loss of one batch in training mode ([`crate::models::training_loss`]), keeping
+/// each part for the log.
 fn training_loss(
     model: &dyn SegNet,
     images: &Tensor,
     labels: &Tensor,
     class_weights: Option<&Tensor>,
 ) -> Result<LossParts> {
-    let options = CrossEntropyOptions {
-        weight: class_weights,
-        ..CrossEntropyOptions::default()
-    };
     let output = model.forward_seg(images)?;
-    let main = output.logits.cross_entropy(labels, options)?;
-    let mut total = main.clone();
-    let mut aux = 0.0;
-    for head in &output.aux {
-        let loss = head
-            .logits
-            .cross_entropy(labels, options)?
-            .mul_scalar(head.weight)?;
-        aux += loss.item()? as f64;
-        total = total.add(&loss)?;
-    }
-    let mut balance = 0.0;
-    if let Some(b) = balance_loss(model as &dyn Module)? {
-        balance = b.item()? as f64;
-        total = total.add(&b)?;
-    }
+    let loss = crate::models::training_loss(model, &output, labels, class_weights)?;
+    let value = |part: Option<&Tensor>| -> Result<f64> {
+        Ok(match part {
+            Some(t) => t.item()? as f64,
+            None => 0.0,
+        })
+    };
     Ok(LossParts {
-        main: main.item()? as f64,
-        total,
-        aux,
-        balance,
+        main: loss.main.item()? as f64,
+        aux: value(loss.aux.as_ref())?,
+        balance: value(loss.balance.as_ref())?,
+        total: loss.total,
     })
 }
 
