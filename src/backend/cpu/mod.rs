@@ -26,6 +26,49 @@ impl Backend for CpuBackend {
     }
 }
 
+/// Whether the hand-written AVX-512F kernels run (e.g. [`crate::ops::conv::direct`]): the CPU
+/// has AVX-512F, `MOESEG_CPU_KERNELS` is not `portable`, and the calling thread is not inside
+/// [`with_portable_kernels`]. Where it is false every product runs on the portable im2col + GEMM
+/// paths. The choice is made on the thread that launches an op, before its parallel part.
+pub fn avx512_kernels() -> bool {
+    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let detected = *DETECTED.get_or_init(|| {
+        let portable = std::env::var("MOESEG_CPU_KERNELS").is_ok_and(|v| v == "portable");
+        #[cfg(target_arch = "x86_64")]
+        let available = std::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let available = false;
+        available && !portable
+    });
+    detected && !FORCE_PORTABLE.with(|f| f.get())
+}
+
+thread_local! {
+    static FORCE_PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the AVX-512F kernels off on this thread, so that ops launched by `f` take the
+/// portable paths (to compare the two, in tests and benchmarks).
+pub fn with_portable_kernels<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCE_PORTABLE.with(|flag| flag.set(self.0));
+        }
+    }
+    let _restore = Restore(FORCE_PORTABLE.with(|flag| flag.replace(true)));
+    f()
+}
+
+/// A short description of the CPU kernels in use, for benchmark headers.
+pub fn kernels_description() -> &'static str {
+    if avx512_kernels() {
+        "AVX-512F direct stride-1 convs + ndarray GEMM"
+    } else {
+        "portable im2col + ndarray GEMM"
+    }
+}
+
 /// Elements per rayon task in the elementwise helpers: large enough that scheduling is noise.
 pub const PAR_CHUNK: usize = 1 << 14;
 

@@ -3,7 +3,7 @@
 //! as a flipped-kernel forward convolution, other strides through col2im).
 
 use super::gemm_paths::{self, COL_TILE_ELEMS};
-use super::{depthwise, Conv2dGeometry, ConvBackend};
+use super::{depthwise, direct, Conv2dGeometry, ConvBackend};
 use crate::backend::cpu::CpuBackend;
 use crate::error::Result;
 use crate::tensor::Storage;
@@ -23,6 +23,8 @@ impl ConvBackend for CpuBackend {
             depthwise::forward(&geometry, x, weight, bias)
         } else if geometry.is_pointwise() {
             gemm_paths::pointwise_forward(&geometry, x, weight, bias)
+        } else if direct::usable(&geometry) {
+            direct::forward(&geometry, x, weight, bias)
         } else {
             gemm_paths::forward(&geometry, x, weight, bias, COL_TILE_ELEMS)
         };

@@ -257,6 +257,9 @@ pub(super) fn stride1_input_backward(
             ..p
         },
     };
+    if super::direct::usable(&adjoint) {
+        return Some(super::direct::forward(&adjoint, grad_out, &flipped, None));
+    }
     Some(forward(&adjoint, grad_out, &flipped, None, col_budget))
 }
 

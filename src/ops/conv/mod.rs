@@ -10,6 +10,7 @@
 mod cpu_kernel;
 mod cuda_kernel;
 mod depthwise;
+pub(crate) mod direct;
 pub(crate) mod gemm_paths;
 pub(crate) mod im2col;
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! tiled paths cut images into many partial-row tiles.
 
 use super::gemm_paths::{self, COL_TILE_ELEMS};
-use super::{depthwise, Conv2dGeometry, Conv2dParams};
+use super::{depthwise, direct, Conv2dGeometry, Conv2dParams};
 use crate::tensor::Rng;
 
 /// `(out, ∂x, ∂w)` by the definition, one multiply-add per (output, input channel, tap),
@@ -127,6 +127,26 @@ fn check(name: &str, geometry: Conv2dGeometry) {
             &grad_w,
         );
     }
+    // The stride-1 input gradient as a flipped-kernel forward conv, on both kernels.
+    for portable in [true, false] {
+        let run = || gemm_paths::stride1_input_backward(&geometry, &g, &w, COL_TILE_ELEMS);
+        let result = if portable {
+            crate::backend::cpu::with_portable_kernels(run)
+        } else {
+            run()
+        };
+        if let Some(grad) = result {
+            close(
+                &format!("{name} (stride-1 adjoint, portable {portable})"),
+                &grad,
+                &grad_x,
+            );
+        }
+    }
+    if direct::usable(&geometry) {
+        let what = format!("{name} (direct)");
+        close(&what, &direct::forward(&geometry, &x, &w, None), &out);
+    }
     if geometry.is_pointwise() {
         let what = format!("{name} (pointwise)");
         close(
@@ -225,6 +245,19 @@ fn kernels_match_the_definition() {
                 groups: 1,
             },
         ),
+    );
+    // Rows at least a vector wide, so the AVX-512F direct kernel takes them where it runs.
+    check(
+        "wide 3x3 pad 1",
+        geometry(2, [5, 9], [6, 37], [3, 3], Conv2dParams::new(1, 1, 1, 1)),
+    );
+    check(
+        "wide dilated groups",
+        geometry(1, [4, 6], [5, 40], [3, 3], Conv2dParams::new(1, 2, 2, 2)),
+    );
+    check(
+        "wide asymmetric padding",
+        geometry(1, [3, 10], [4, 33], [3, 2], padded(0, 2, 1, 3)),
     );
     let mut cropped = geometry(1, [2, 3], [9, 8], [3, 3], Conv2dParams::new(1, 1, 2, 1));
     cropped.out_size = [cropped.out_size[0] - 1, cropped.out_size[1] - 2];

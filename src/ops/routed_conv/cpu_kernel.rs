@@ -20,6 +20,7 @@ use super::{RoutedConvBackend, RoutedConvGeometry, RoutingPlan};
 use crate::backend::cpu::gemm::{gemm, Operand};
 use crate::backend::cpu::{pool, CpuBackend, SendPtr, PAR_CHUNK};
 use crate::error::{Error, Result};
+use crate::ops::conv::direct;
 use crate::ops::conv::gemm_paths::{flipped_weight, scratch, COL_TILE_ELEMS};
 use crate::ops::conv::im2col::for_each_tap_row;
 use crate::ops::conv::{Conv2dGeometry, Conv2dParams};
@@ -411,6 +412,9 @@ fn expert_convolutions(
     biases: Option<&[f32]>,
     plan: &RoutingPlan,
 ) -> Vec<f32> {
+    if direct::usable(conv) {
+        return direct_expert_convolutions(conv, source, weights, biases, plan);
+    }
     let (groups, k, weight_len) = (conv.params.groups, conv.col_rows(), conv.weight_len());
     let (out_group, pixels) = (conv.out_channels_per_group(), conv.out_pixels());
     let tiles = ColumnTiles::new(plan, pixels, k, 4 * rayon::current_num_threads());
@@ -456,6 +460,59 @@ fn expert_convolutions(
                     }
                 }
             }
+        });
+    out
+}
+
+/// [`expert_convolutions`] on the direct stride-1 kernel: tasks (assignment, channel block, row
+/// band) read the assignment's token in place and write its output rows.
+fn direct_expert_convolutions(
+    conv: &Conv2dGeometry,
+    source: &[f32],
+    weights: &[f32],
+    biases: Option<&[f32]>,
+    plan: &RoutingPlan,
+) -> Vec<f32> {
+    let weight_len = conv.weight_len();
+    let packed_len = direct::packed_len(conv);
+    let packed: Vec<f32> = weights
+        .par_chunks(weight_len.max(1))
+        .flat_map_iter(|w| direct::pack_weight(conv, w))
+        .collect();
+    let (in_len, out_len) = (conv.input_len(), conv.output_len());
+    let blocks = conv.params.groups * direct::blocks_per_group(conv);
+    let per_assignment =
+        (4 * rayon::current_num_threads()).div_ceil(plan.assignment_count() * blocks);
+    let bands = direct::row_bands(conv.out_size[0], per_assignment);
+    let mut tasks = Vec::new();
+    for expert in 0..plan.experts() {
+        for &assignment in plan.assignments_of(expert) {
+            for block in 0..blocks {
+                for band in &bands {
+                    tasks.push((expert, assignment, block, band.clone()));
+                }
+            }
+        }
+    }
+    let mut out = pool::uninit(plan.assignment_count() * out_len);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let per_group = direct::blocks_per_group(conv);
+    tasks
+        .par_iter()
+        .for_each(|(expert, assignment, block, rows)| {
+            let ptr = out_ptr; // the whole `SendPtr`, not its raw field
+            let token = plan.token_of(*assignment);
+            let task = direct::BlockTask {
+                group: block / per_group,
+                block: block % per_group,
+                rows: rows.clone(),
+                x: &source[token * in_len..][..in_len],
+                packed: &packed[expert * packed_len..][..packed_len],
+                bias: biases.map(|b| &b[expert * conv.out_channels..][..conv.out_channels]),
+            };
+            // SAFETY: `direct::usable(conv)` holds; the task writes only its (block, rows) part of
+            // assignment `assignment`'s output, and every (assignment, block, band) is one task.
+            unsafe { task.run(conv, ptr.0.add(assignment * out_len)) };
         });
     out
 }
