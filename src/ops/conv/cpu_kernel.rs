@@ -64,6 +64,8 @@ impl ConvBackend for CpuBackend {
             depthwise::weight_backward(&geometry, grad_out, x)
         } else if geometry.is_pointwise() {
             gemm_paths::pointwise_weight_backward(&geometry, grad_out, x)
+        } else if direct::usable(&geometry) {
+            direct::weight_backward(&geometry, grad_out, x)
         } else {
             gemm_paths::weight_backward(&geometry, grad_out, x, COL_TILE_ELEMS)
         };

@@ -24,7 +24,10 @@ pub(crate) const MR: usize = 8;
 const NR: usize = 32;
 /// Largest `Cin/groups · taps` the direct kernel takes: past it the im2col + GEMM path keeps
 /// the weights and input rows of a tile in cache better.
-const MAX_DEPTH: usize = 64 * 9;
+const MAX_DEPTH: usize = 512 * 9;
+
+/// Most kernel taps the direct kernel takes (7×7).
+const MAX_TAPS: usize = 49;
 
 /// Whether `geometry` runs on the direct kernel on this machine: stride 1, not depthwise, a
 /// moderate depth, output rows at least a vector wide, and AVX-512F.
@@ -33,6 +36,7 @@ pub(crate) fn usable(geometry: &Conv2dGeometry) -> bool {
         && !geometry.is_depthwise()
         && geometry.col_rows() <= MAX_DEPTH
         && geometry.out_size[1] >= 16
+        && geometry.taps() <= MAX_TAPS
         && avx512_kernels()
 }
 
@@ -114,13 +118,12 @@ pub(crate) fn forward(
     let per_group = blocks_per_group(geometry);
     let blocks = geometry.params.groups * per_group;
     let items = geometry.batch * blocks;
-    let bands = row_bands(
-        geometry.out_size[0],
-        (4 * rayon::current_num_threads()).div_ceil(items.max(1)),
-    );
+    let bands = task_bands(geometry.out_size[0], items);
+    // Band-major: the threads sweep the map band by band with every block, so the input rows
+    // in use stay in cache however deep the convolution is.
     let tasks: Vec<(usize, usize, Range<usize>)> = (0..geometry.batch)
-        .flat_map(|image| (0..blocks).map(move |block| (image, block)))
-        .flat_map(|(image, block)| bands.iter().map(move |rows| (image, block, rows.clone())))
+        .flat_map(|image| bands.iter().map(move |rows| (image, rows.clone())))
+        .flat_map(|(image, rows)| (0..blocks).map(move |block| (image, block, rows.clone())))
         .collect();
     let mut out = pool::uninit(geometry.output_len());
     let out_ptr = SendPtr(out.as_mut_ptr());
@@ -141,6 +144,106 @@ pub(crate) fn forward(
     out
 }
 
+/// Columns of the weight gradient (`(ci, tap)` pairs) per register tile of [`grad`].
+pub(crate) const GRAD_NR: usize = 3;
+/// Output rows per pass of the weight-gradient tiles (the rows' data stays in L2 meanwhile).
+const GRAD_BAND_ROWS: usize = 8;
+
+/// A task of the weight gradient: the entries of `∂W` for channel block `block` of group
+/// `group` (rows) and `(ci, tap)` tiles `tiles` (columns), accumulated over whole images.
+pub(crate) struct GradTask {
+    pub group: usize,
+    pub block: usize,
+    pub tiles: Range<usize>,
+}
+
+/// Number of `(ci, tap)` tiles of the weight gradient.
+pub(crate) fn grad_tiles(geometry: &Conv2dGeometry) -> usize {
+    geometry.col_rows().div_ceil(GRAD_NR)
+}
+
+/// The weight-gradient tasks: every (group, block) with its tiles cut into runs so there are at
+/// least `min_tasks` tasks where the tiles allow. Each entry of `∂W` belongs to one task.
+pub(crate) fn grad_tasks(geometry: &Conv2dGeometry, min_tasks: usize) -> Vec<GradTask> {
+    let blocks = geometry.params.groups * blocks_per_group(geometry);
+    let tiles = grad_tiles(geometry);
+    let runs = min_tasks.div_ceil(blocks.max(1)).clamp(1, tiles.max(1));
+    let per_run = tiles.div_ceil(runs).max(1);
+    let mut tasks = Vec::new();
+    for block in 0..blocks {
+        for start in (0..tiles).step_by(per_run) {
+            tasks.push(GradTask {
+                group: block / blocks_per_group(geometry),
+                block: block % blocks_per_group(geometry),
+                tiles: start..(start + per_run).min(tiles),
+            });
+        }
+    }
+    tasks
+}
+
+impl GradTask {
+    /// Adds `scale · Σ_positions ∂y[co, p] · x[ci, p + tap]` for this task's entries to `grad`
+    /// (`[Cout, Cin/g, kh, kw]`), for one image: `dy` `[Cout, out_h, out_w]`, `x`
+    /// `[Cin, in_h, in_w]`. `buffer` is scratch space, reused across calls.
+    ///
+    /// # Safety
+    /// [`usable`] must hold for `geometry`; `grad` must hold the whole weight gradient, and no
+    /// other thread may touch this task's entries during the call.
+    pub(crate) unsafe fn accumulate(
+        &self,
+        geometry: &Conv2dGeometry,
+        dy: &[f32],
+        x: &[f32],
+        scale: f32,
+        grad: *mut f32,
+        buffer: &mut Vec<f32>,
+    ) {
+        assert!(dy.len() >= geometry.out_channels * geometry.out_pixels());
+        assert!(x.len() >= geometry.in_channels * geometry.in_pixels());
+        #[cfg(target_arch = "x86_64")]
+        kernel::grad(geometry, self, dy, x, scale, grad, buffer);
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("the direct convolution needs x86-64 AVX-512F");
+    }
+}
+
+/// The weight gradient of a whole (batched) stride-1 convolution on the direct kernel, summed
+/// over images in order. [`usable`] must hold.
+pub(crate) fn weight_backward(geometry: &Conv2dGeometry, grad_out: &[f32], x: &[f32]) -> Vec<f32> {
+    debug_assert!(usable(geometry));
+    let mut grad = pool::zeroed(geometry.weight_len());
+    let grad_ptr = SendPtr(grad.as_mut_ptr());
+    let (in_len, out_len) = (
+        geometry.in_channels * geometry.in_pixels(),
+        geometry.out_channels * geometry.out_pixels(),
+    );
+    grad_tasks(geometry, 4 * rayon::current_num_threads())
+        .par_iter()
+        .for_each_init(Vec::new, |buffer, task| {
+            let ptr = grad_ptr; // the whole `SendPtr`, not its raw field
+            for image in 0..geometry.batch {
+                let dy = &grad_out[image * out_len..][..out_len];
+                let x = &x[image * in_len..][..in_len];
+                // SAFETY: `usable` holds; tasks own disjoint entries of `grad`, which outlives
+                // the loop.
+                unsafe { task.accumulate(geometry, dy, x, 1.0, ptr.0, buffer) };
+            }
+        });
+    grad
+}
+
+/// Output rows per task band: enough rows per task to amortise it, few enough that a band's
+/// input rows stay in cache while every channel block runs over them.
+const BAND_ROWS: usize = 8;
+
+/// The row bands of the forward tasks: [`BAND_ROWS`] rows, or fewer when `items` (images or
+/// assignments × channel blocks) would otherwise give fewer than four tasks per thread.
+pub(crate) fn task_bands(rows: usize, items: usize) -> Vec<Range<usize>> {
+    let wanted = (4 * rayon::current_num_threads()).div_ceil(items.max(1));
+    row_bands(rows, wanted.max(rows.div_ceil(BAND_ROWS)))
+}
+
 /// Row bands splitting `rows` output rows into about `parts` tasks.
 pub(crate) fn row_bands(rows: usize, parts: usize) -> Vec<Range<usize>> {
     let band = rows.div_ceil(parts.max(1)).max(1);
@@ -152,7 +255,7 @@ pub(crate) fn row_bands(rows: usize, parts: usize) -> Vec<Range<usize>> {
 
 #[cfg(target_arch = "x86_64")]
 mod kernel {
-    use super::{BlockTask, MR, NR};
+    use super::{BlockTask, GradTask, GRAD_BAND_ROWS, GRAD_NR, MAX_TAPS, MR, NR};
     use crate::ops::conv::Conv2dGeometry;
     use std::arch::x86_64::*;
 
@@ -164,6 +267,139 @@ mod kernel {
             0
         } else {
             (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as __mmask16
+        }
+    }
+
+    /// See [`GradTask::accumulate`]. Registers hold an `MR × GRAD_NR` tile of vector partial
+    /// sums over output columns; each band of rows runs every tile of the task, parking the
+    /// partial sums in `buffer` between bands; the lanes are summed at the end.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn grad(
+        g: &Conv2dGeometry,
+        task: &GradTask,
+        dy: &[f32],
+        x: &[f32],
+        scale: f32,
+        grad: *mut f32,
+        buffer: &mut Vec<f32>,
+    ) {
+        let [in_h, in_w] = g.in_size;
+        let [out_h, out_w] = g.out_size;
+        let kw_n = g.kernel[1];
+        let [dh, dw] = g.params.dilation;
+        let [pad_top, _, pad_left, _] = g.params.padding;
+        let (in_group, out_group) = (g.in_channels_per_group(), g.out_channels_per_group());
+        let (depth, taps) = (g.col_rows(), g.taps());
+        let first_channel = task.group * out_group + task.block * MR;
+        let channels = MR.min(out_group - task.block * MR);
+        let tile_floats = MR * GRAD_NR * 16;
+        let parked_len = task.tiles.len() * tile_floats;
+        // Vectors per output row; ∂y of a band is packed as [row][vector][channel][16 lanes].
+        let vectors = out_w.div_ceil(16);
+        let band_floats = GRAD_BAND_ROWS * vectors * MR * 16;
+        buffer.clear();
+        buffer.resize(parked_len + band_floats, 0.0);
+        let (parked_all, dy_pack) = buffer.split_at_mut(parked_len);
+        let out_pixels = out_h * out_w;
+        let x = x[task.group * in_group * in_h * in_w..].as_ptr();
+        for band in super::row_bands(out_h, out_h.div_ceil(GRAD_BAND_ROWS)) {
+            for (r, oh) in band.clone().enumerate() {
+                for v in 0..vectors {
+                    let dst = &mut dy_pack[(r * vectors + v) * MR * 16..][..MR * 16];
+                    let (start, len) = (v * 16, 16.min(out_w - v * 16));
+                    for (i, lanes) in dst.chunks_mut(16).enumerate() {
+                        if i < channels {
+                            let at = (first_channel + i) * out_pixels + oh * out_w + start;
+                            lanes[..len].copy_from_slice(&dy[at..at + len]);
+                            lanes[len..].fill(0.0);
+                        } else {
+                            lanes.fill(0.0);
+                        }
+                    }
+                }
+            }
+            for (slot, tile) in task.tiles.clone().enumerate() {
+                // The tile's (ci, tap) columns; past the depth they repeat the last one.
+                let steps: [usize; GRAD_NR] =
+                    std::array::from_fn(|c| (tile * GRAD_NR + c).min(depth - 1));
+                let parked = parked_all.as_mut_ptr().add(slot * tile_floats);
+                let mut acc = [[_mm512_setzero_ps(); GRAD_NR]; MR];
+                for (i, row) in acc.iter_mut().enumerate() {
+                    for (c, v) in row.iter_mut().enumerate() {
+                        *v = _mm512_loadu_ps(parked.add((i * GRAD_NR + c) * 16));
+                    }
+                }
+                for (r, oh) in band.clone().enumerate() {
+                    let mut src = [x; GRAD_NR];
+                    let mut row_ok = [true; GRAD_NR];
+                    let mut col0 = [0isize; GRAD_NR];
+                    for c in 0..GRAD_NR {
+                        let (ci, tap) = (steps[c] / taps, steps[c] % taps);
+                        let (kh, kw) = (tap / kw_n, tap % kw_n);
+                        let ih = (oh + kh * dh) as isize - pad_top as isize;
+                        row_ok[c] = ih >= 0 && ih < in_h as isize;
+                        col0[c] = (kw * dw) as isize - pad_left as isize;
+                        src[c] = x.wrapping_offset(
+                            (ci * in_h * in_w) as isize + ih * in_w as isize + col0[c],
+                        );
+                    }
+                    // Vectors `fast` need no masks: whole, and every tap's columns in the row.
+                    let lead = col0
+                        .iter()
+                        .map(|&c| (-c).max(0) as usize)
+                        .max()
+                        .unwrap_or(0);
+                    let reach = col0.iter().map(|&c| c.max(0) as usize).max().unwrap_or(0);
+                    let fast = if row_ok.iter().all(|&ok| ok) {
+                        lead.div_ceil(16)..(out_w.min(in_w.saturating_sub(reach)) / 16)
+                    } else {
+                        0..0
+                    };
+                    let dy_row = dy_pack.as_ptr().add(r * vectors * MR * 16);
+                    for v in 0..vectors {
+                        let ow0 = v * 16;
+                        let xv: [__m512; GRAD_NR] = if fast.contains(&v) {
+                            std::array::from_fn(|c| _mm512_loadu_ps(src[c].wrapping_add(ow0)))
+                        } else {
+                            let m = lane_mask(ow0 as isize, out_w);
+                            std::array::from_fn(|c| {
+                                let mask = if row_ok[c] {
+                                    lane_mask(ow0 as isize + col0[c], in_w) & m
+                                } else {
+                                    0
+                                };
+                                _mm512_maskz_loadu_ps(mask, src[c].wrapping_add(ow0))
+                            })
+                        };
+                        let d = dy_row.add(v * MR * 16);
+                        for (i, row) in acc.iter_mut().enumerate() {
+                            let dv = _mm512_loadu_ps(d.add(i * 16));
+                            for (c, acc) in row.iter_mut().enumerate() {
+                                *acc = _mm512_fmadd_ps(dv, xv[c], *acc);
+                            }
+                        }
+                    }
+                }
+                for (i, row) in acc.iter().enumerate() {
+                    for (c, v) in row.iter().enumerate() {
+                        _mm512_storeu_ps(parked.add((i * GRAD_NR + c) * 16), *v);
+                    }
+                }
+            }
+        }
+        for (slot, tile) in task.tiles.clone().enumerate() {
+            let parked = &parked_all[slot * tile_floats..][..tile_floats];
+            for i in 0..channels {
+                for c in 0..GRAD_NR {
+                    let step = tile * GRAD_NR + c;
+                    if step >= depth {
+                        continue;
+                    }
+                    let lanes = &parked[(i * GRAD_NR + c) * 16..][..16];
+                    let sum = _mm512_reduce_add_ps(_mm512_loadu_ps(lanes.as_ptr()));
+                    *grad.add((first_channel + i) * depth + step) += scale * sum;
+                }
+            }
         }
     }
 
@@ -188,17 +424,17 @@ mod kernel {
         if let Some(b) = task.bias {
             bias[..channels].copy_from_slice(&b[first_channel..first_channel + channels]);
         }
+        let mut offsets = [0isize; MAX_TAPS];
+        let mut steps = [0usize; MAX_TAPS];
+        let mut masks = [[0 as __mmask16; 2]; MAX_TAPS];
         for oh in task.rows.clone() {
             for ow0 in (0..out_w).step_by(NR) {
                 let store = [
                     lane_mask(ow0 as isize, out_w),
                     lane_mask(ow0 as isize + 16, out_w),
                 ];
-                let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-                for (i, row) in acc.iter_mut().enumerate() {
-                    row[0] = _mm512_set1_ps(bias[i]);
-                    row[1] = row[0];
-                }
+                // The taps that fall on input rows, with their offsets and column masks.
+                let mut live = 0;
                 for kh in 0..kh_n {
                     let ih = (oh + kh * dh) as isize - pad_top as isize;
                     if ih < 0 || ih >= in_h as isize {
@@ -206,22 +442,34 @@ mod kernel {
                     }
                     for kw in 0..kw_n {
                         let c0 = (ow0 + kw * dw) as isize - pad_left as isize;
-                        let m0 = lane_mask(c0, in_w) & store[0];
-                        let m1 = lane_mask(c0 + 16, in_w) & store[1];
+                        offsets[live] = ih * in_w as isize + c0;
+                        steps[live] = (kh * kw_n + kw) * MR;
+                        masks[live] = [
+                            lane_mask(c0, in_w) & store[0],
+                            lane_mask(c0 + 16, in_w) & store[1],
+                        ];
+                        live += 1;
+                    }
+                }
+                let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+                for (i, row) in acc.iter_mut().enumerate() {
+                    row[0] = _mm512_set1_ps(bias[i]);
+                    row[1] = row[0];
+                }
+                for ci in 0..in_group {
+                    let plane_start = x.wrapping_add(ci * plane);
+                    let w_ci = weights.add(ci * taps * MR);
+                    for j in 0..live {
                         // Masked-out lanes are never read, so the pointer may sit outside the
                         // row (wrapping arithmetic, no dereference of those lanes).
-                        let mut src = x.wrapping_offset(ih * in_w as isize + c0);
-                        let mut w = weights.add((kh * kw_n + kw) * MR);
-                        for _ in 0..in_group {
-                            let b0 = _mm512_maskz_loadu_ps(m0, src);
-                            let b1 = _mm512_maskz_loadu_ps(m1, src.wrapping_add(16));
-                            for (i, row) in acc.iter_mut().enumerate() {
-                                let a = _mm512_set1_ps(*w.add(i));
-                                row[0] = _mm512_fmadd_ps(a, b0, row[0]);
-                                row[1] = _mm512_fmadd_ps(a, b1, row[1]);
-                            }
-                            src = src.wrapping_add(plane);
-                            w = w.add(taps * MR);
+                        let src = plane_start.wrapping_offset(offsets[j]);
+                        let b0 = _mm512_maskz_loadu_ps(masks[j][0], src);
+                        let b1 = _mm512_maskz_loadu_ps(masks[j][1], src.wrapping_add(16));
+                        let w = w_ci.add(steps[j]);
+                        for (i, row) in acc.iter_mut().enumerate() {
+                            let a = _mm512_set1_ps(*w.add(i));
+                            row[0] = _mm512_fmadd_ps(a, b0, row[0]);
+                            row[1] = _mm512_fmadd_ps(a, b1, row[1]);
                         }
                     }
                 }
@@ -358,7 +606,67 @@ mod tests {
                     "case {i}: element {j} is {got}, expected {want}"
                 );
             }
+            // Weight gradient for ∂y = dy over two images, against f64 sums.
+            let g2 = Conv2dGeometry { batch: 2, ..g };
+            let x2 = values(g2.input_len(), 300 + i as u64);
+            let dy = values(g2.output_len(), 400 + i as u64);
+            let got = weight_backward(&g2, &dy, &x2);
+            let expected = naive_weight_grad(&g2, &dy, &x2);
+            let positions = (2 * out_size[0] * out_size[1]) as f64;
+            for (j, (&got, &want)) in got.iter().zip(&expected).enumerate() {
+                let tol = 4.0 * positions.sqrt() * positions.log2() * f32::EPSILON as f64;
+                assert!(
+                    (got as f64 - want).abs() <= tol,
+                    "case {i}: weight gradient {j} is {got}, expected {want}"
+                );
+            }
         }
+    }
+
+    /// `∂W[co, ci, kh, kw] = Σ_images,positions ∂y[co, p] · x[ci, p + tap]` in f64.
+    fn naive_weight_grad(g: &Conv2dGeometry, dy: &[f32], x: &[f32]) -> Vec<f64> {
+        let [in_h, in_w] = g.in_size;
+        let [out_h, out_w] = g.out_size;
+        let [kh_n, kw_n] = g.kernel;
+        let [dh, dw] = g.params.dilation;
+        let [pt, _, pl, _] = g.params.padding;
+        let (ig, og) = (g.in_channels_per_group(), g.out_channels_per_group());
+        let mut grad = vec![0.0f64; g.weight_len()];
+        for image in 0..g.batch {
+            for co in 0..g.out_channels {
+                let group = co / og;
+                for ci in 0..ig {
+                    for kh in 0..kh_n {
+                        for kw in 0..kw_n {
+                            let mut acc = 0.0f64;
+                            for oh in 0..out_h {
+                                for ow in 0..out_w {
+                                    let ih = (oh + kh * dh) as isize - pt as isize;
+                                    let iw = (ow + kw * dw) as isize - pl as isize;
+                                    if ih < 0
+                                        || iw < 0
+                                        || ih >= in_h as isize
+                                        || iw >= in_w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xv = x[(((image * g.in_channels) + group * ig + ci)
+                                        * in_h
+                                        + ih as usize)
+                                        * in_w
+                                        + iw as usize];
+                                    let d = dy
+                                        [((image * g.out_channels + co) * out_h + oh) * out_w + ow];
+                                    acc += xv as f64 * d as f64;
+                                }
+                            }
+                            grad[((co * ig + ci) * kh_n + kh) * kw_n + kw] += acc;
+                        }
+                    }
+                }
+            }
+        }
+        grad
     }
 
     fn usable_on_this_cpu() -> bool {

@@ -146,6 +146,7 @@ fn check(name: &str, geometry: Conv2dGeometry) {
     if direct::usable(&geometry) {
         let what = format!("{name} (direct)");
         close(&what, &direct::forward(&geometry, &x, &w, None), &out);
+        close(&what, &direct::weight_backward(&geometry, &g, &x), &grad_w);
     }
     if geometry.is_pointwise() {
         let what = format!("{name} (pointwise)");

@@ -481,14 +481,13 @@ fn direct_expert_convolutions(
         .collect();
     let (in_len, out_len) = (conv.input_len(), conv.output_len());
     let blocks = conv.params.groups * direct::blocks_per_group(conv);
-    let per_assignment =
-        (4 * rayon::current_num_threads()).div_ceil(plan.assignment_count() * blocks);
-    let bands = direct::row_bands(conv.out_size[0], per_assignment);
+    let bands = direct::task_bands(conv.out_size[0], plan.assignment_count() * blocks);
+    // Band-major within an assignment, so the token rows in use stay in cache.
     let mut tasks = Vec::new();
     for expert in 0..plan.experts() {
         for &assignment in plan.assignments_of(expert) {
-            for block in 0..blocks {
-                for band in &bands {
+            for band in &bands {
+                for block in 0..blocks {
                     tasks.push((expert, assignment, block, band.clone()));
                 }
             }
@@ -527,6 +526,9 @@ fn expert_weight_gradients(
     routing: &[f32],
     plan: &RoutingPlan,
 ) -> Vec<f32> {
+    if direct::usable(conv) {
+        return direct_expert_weight_gradients(conv, grad_out, tokens, routing, plan);
+    }
     let threads = rayon::current_num_threads();
     let (groups, k, weight_len) = (conv.params.groups, conv.col_rows(), conv.weight_len());
     let (out_group, pixels) = (conv.out_channels_per_group(), conv.out_pixels());
@@ -588,6 +590,47 @@ fn expert_weight_gradients(
             for ((_, _), partial) in chunks.iter().zip(&partials).filter(|((c, _), _)| *c == e) {
                 for (g, &p) in grad_e.iter_mut().zip(partial) {
                     *g += p;
+                }
+            }
+        });
+    grad
+}
+
+/// [`expert_weight_gradients`] on the direct stride-1 kernel: tasks (expert, channel block, run
+/// of `(ci, tap)` tiles) own their entries of `∂W_e` and add `w[a] · ∂L/∂y[t(a)] ⋆ x[t(a)]`
+/// over the expert's assignments in order.
+fn direct_expert_weight_gradients(
+    conv: &Conv2dGeometry,
+    grad_out: &[f32],
+    tokens: &[f32],
+    routing: &[f32],
+    plan: &RoutingPlan,
+) -> Vec<f32> {
+    let weight_len = conv.weight_len();
+    let (in_len, out_len) = (conv.input_len(), conv.output_len());
+    let min_tasks = (4 * rayon::current_num_threads()).div_ceil(plan.experts().max(1));
+    let tasks: Vec<(usize, direct::GradTask)> = (0..plan.experts())
+        .flat_map(|e| {
+            direct::grad_tasks(conv, min_tasks)
+                .into_iter()
+                .map(move |t| (e, t))
+        })
+        .collect();
+    let mut grad = pool::zeroed(plan.experts() * weight_len);
+    let grad_ptr = SendPtr(grad.as_mut_ptr());
+    tasks
+        .par_iter()
+        .for_each_init(Vec::new, |buffer, (expert, task)| {
+            let ptr = grad_ptr; // the whole `SendPtr`, not its raw field
+            for &assignment in plan.assignments_of(*expert) {
+                let token = plan.token_of(assignment);
+                let dy = &grad_out[token * out_len..][..out_len];
+                let x = &tokens[token * in_len..][..in_len];
+                // SAFETY: `direct::usable(conv)` holds; each task owns its entries of expert
+                // `expert`'s gradient, and `grad` outlives the loop.
+                unsafe {
+                    let grad_e = ptr.0.add(expert * weight_len);
+                    task.accumulate(conv, dy, x, routing[assignment], grad_e, buffer);
                 }
             }
         });
