@@ -201,10 +201,11 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
     println!(
         "moeseg bench routing: shape {} = [{batch}, {channels}, {height}, {width}], 3×3 conv; \
          E = {experts}, k = {k}, grid {g}×{g} → T = {tokens_count} tokens of {}×{} (+ halo 1 = \
-         {th}×{tw}); 2conv_gap gate, entropy loss; CPU backend, {} threads; median of {} runs",
+         {th}×{tw}); 2conv_gap gate, entropy loss; CPU backend ({}), {} threads; median of {} runs",
         args.shape.name(),
         grid.patch[0],
         grid.patch[1],
+        crate::backend::cpu::kernels_description(),
         rayon::current_num_threads(),
         args.repeats,
         g = args.grid,
@@ -319,22 +320,63 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
         ),
     });
 
+    // Forward + backward of the dispatch alone: gradients for the tokens, the experts' weights
+    // and biases, and the routing weights.
+    let tokens_leaf = tokens.detach().with_requires_grad(true);
+    let routing_leaf = routing.detach().with_requires_grad(true);
+    let expert_params: Vec<Tensor> = expert_weights
+        .iter()
+        .map(|w| w.detach().with_requires_grad(true))
+        .collect();
+    let expert_refs: Vec<&Tensor> = expert_params.iter().collect();
+    let slot_upstream = Tensor::randn(
+        [tokens_count, channels, grid.patch[0], grid.patch[1]],
+        0.0,
+        1.0,
+        &mut rng,
+    )?;
+    let dispatch_fwd_bwd = || {
+        time_runs(args.repeats, || {
+            let y = tokens_leaf.dispatch_routed_conv(
+                &expert_refs,
+                expert_biases.as_deref(),
+                &indices,
+                &routing_leaf,
+                RoutedConvParams::default(),
+            )?;
+            y.mul(&slot_upstream)?.sum_all()?.backward()?;
+            tokens_leaf.clear_grad();
+            routing_leaf.clear_grad();
+            expert_params.iter().for_each(Tensor::clear_grad);
+            Ok(())
+        })
+    };
+    let dispatch_train = dispatch_fwd_bwd()?;
+    rows.push(Row {
+        name: "dispatch_routed_conv fwd+bwd",
+        ms: dispatch_train,
+        note: "∂tokens, ∂expert weights, ∂routing weights".to_string(),
+    });
+
     // (d) The whole layer and the dense conv, forward (eval, no graph) and forward + backward.
     set_training(&layer, false);
     let layer_fwd = time_runs(args.repeats, || no_grad(|| layer.forward(&input)).map(drop))?;
     set_training(&layer, true);
     let layer_params = named_parameters(&layer);
-    let layer_fwd_bwd = time_runs(args.repeats, || {
-        let y = layer.forward(&x)?;
-        let mut loss = y.mul(&upstream)?.sum_all()?;
-        if let Some(record) = layer.last_routing() {
-            loss = loss.add(&record.balance_loss)?;
-        }
-        loss.backward()?;
-        x.clear_grad();
-        layer_params.iter().for_each(|(_, p)| p.clear_grad());
-        Ok(())
-    })?;
+    let layer_train = || {
+        time_runs(args.repeats, || {
+            let y = layer.forward(&x)?;
+            let mut loss = y.mul(&upstream)?.sum_all()?;
+            if let Some(record) = layer.last_routing() {
+                loss = loss.add(&record.balance_loss)?;
+            }
+            loss.backward()?;
+            x.clear_grad();
+            layer_params.iter().for_each(|(_, p)| p.clear_grad());
+            Ok(())
+        })
+    };
+    let layer_fwd_bwd = layer_train()?;
     let usage = layer
         .last_routing()
         .map(|r| expert_usage(&r.indices.to_vec(), experts))
@@ -375,13 +417,37 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
         ),
     });
 
+    // (e) Where the AVX-512F direct kernels run: the same dispatch and layer on the portable
+    // im2col + GEMM kernels, in the same run.
+    if crate::backend::cpu::avx512_kernels() {
+        use crate::backend::cpu::with_portable_kernels;
+        let portable_dispatch = with_portable_kernels(dispatch_fwd_bwd)?;
+        let portable_layer = with_portable_kernels(layer_train)?;
+        rows.push(Row {
+            name: "dispatch fwd+bwd, portable",
+            ms: portable_dispatch,
+            note: format!(
+                "im2col + GEMM: the direct kernels take {:.2}× its time",
+                dispatch_train.median / portable_dispatch.median
+            ),
+        });
+        rows.push(Row {
+            name: "PatchConvMoE fwd+bwd, portable",
+            ms: portable_layer,
+            note: format!(
+                "im2col + GEMM: the direct kernels take {:.2}× its time",
+                layer_fwd_bwd.median / portable_layer.median
+            ),
+        });
+    }
+
     println!(
-        "\n  {:<26} {:>10} {:>10}  comparison (on the medians)",
+        "\n  {:<30} {:>10} {:>10}  comparison (on the medians)",
         "part", "median ms", "best ms"
     );
     for row in &rows {
         println!(
-            "  {:<26} {:>10.3} {:>10.3}  {}",
+            "  {:<30} {:>10.3} {:>10.3}  {}",
             row.name, row.ms.median, row.ms.best, row.note
         );
     }
@@ -396,6 +462,7 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
         ("reassemble", reassemble),
         ("copy", copy),
         ("dispatch_fwd", dispatch),
+        ("dispatch_fwd_bwd", dispatch_train),
         ("layer_fwd", layer_fwd),
         ("layer_fwd_bwd", layer_fwd_bwd),
         ("dense_fwd", dense_fwd),
@@ -404,7 +471,7 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
     for (key, timing) in keyed {
         summary.push_str(&format!(" {key}_ms={:.3}", timing.median));
     }
-    for (key, timing) in &keyed[4..] {
+    for (key, timing) in &keyed[5..] {
         summary.push_str(&format!(" {key}_best_ms={:.3}", timing.best));
     }
     println!("\n{summary}");

@@ -2,8 +2,8 @@
 //! with no im2col matrix and no packing of the input.
 //!
 //! For stride 1 the input under one kernel tap, for a run of output columns, is a contiguous run
-//! of an input row, so a register tile of [`MR`] output channels × [`NR`] output columns is
-//! accumulated as `Σ_{tap, ci} w[co, ci, tap] · x[ci, row(tap), cols(tap)]`: two (masked) vector
+//! of an input row, so a register tile of [`MR`] output channels × 32 output columns (16 for a
+//! row's short tail) is accumulated as `Σ_{tap, ci} w[co, ci, tap] · x[ci, row(tap), cols(tap)]`: two (masked) vector
 //! loads of the input and `MR` broadcast weights per step. Padding is handled by skipping input
 //! rows outside the map and by load masks for columns outside it, so padded and VALID
 //! convolutions (and the full-padded flipped-kernel convolution that is a stride-1 input
@@ -20,8 +20,6 @@ use std::ops::Range;
 
 /// Output channels per register tile.
 pub(crate) const MR: usize = 8;
-/// Output columns per register tile (two 16-float vectors).
-const NR: usize = 32;
 /// Largest `Cin/groups · taps` the direct kernel takes: past it the im2col + GEMM path keeps
 /// the weights and input rows of a tile in cache better.
 const MAX_DEPTH: usize = 512 * 9;
@@ -255,7 +253,7 @@ pub(crate) fn row_bands(rows: usize, parts: usize) -> Vec<Range<usize>> {
 
 #[cfg(target_arch = "x86_64")]
 mod kernel {
-    use super::{BlockTask, GradTask, GRAD_BAND_ROWS, GRAD_NR, MAX_TAPS, MR, NR};
+    use super::{BlockTask, GradTask, GRAD_BAND_ROWS, GRAD_NR, MAX_TAPS, MR};
     use crate::ops::conv::Conv2dGeometry;
     use std::arch::x86_64::*;
 
@@ -329,29 +327,35 @@ mod kernel {
                         *v = _mm512_loadu_ps(parked.add((i * GRAD_NR + c) * 16));
                     }
                 }
+                // Per (ci, tap) column: its input row offset, first column, and plane start.
+                let mut row_shift = [0isize; GRAD_NR];
+                let mut col0 = [0isize; GRAD_NR];
+                let mut base = [0isize; GRAD_NR];
+                for c in 0..GRAD_NR {
+                    let (ci, tap) = (steps[c] / taps, steps[c] % taps);
+                    let (kh, kw) = (tap / kw_n, tap % kw_n);
+                    row_shift[c] = (kh * dh) as isize - pad_top as isize;
+                    col0[c] = (kw * dw) as isize - pad_left as isize;
+                    base[c] = (ci * in_h * in_w) as isize + col0[c];
+                }
+                // Vectors in `interior` need no masks: whole, and every column's input in the row.
+                let lead = col0
+                    .iter()
+                    .map(|&c| (-c).max(0) as usize)
+                    .max()
+                    .unwrap_or(0);
+                let reach = col0.iter().map(|&c| c.max(0) as usize).max().unwrap_or(0);
+                let interior = lead.div_ceil(16)..(out_w.min(in_w.saturating_sub(reach)) / 16);
                 for (r, oh) in band.clone().enumerate() {
                     let mut src = [x; GRAD_NR];
                     let mut row_ok = [true; GRAD_NR];
-                    let mut col0 = [0isize; GRAD_NR];
                     for c in 0..GRAD_NR {
-                        let (ci, tap) = (steps[c] / taps, steps[c] % taps);
-                        let (kh, kw) = (tap / kw_n, tap % kw_n);
-                        let ih = (oh + kh * dh) as isize - pad_top as isize;
+                        let ih = oh as isize + row_shift[c];
                         row_ok[c] = ih >= 0 && ih < in_h as isize;
-                        col0[c] = (kw * dw) as isize - pad_left as isize;
-                        src[c] = x.wrapping_offset(
-                            (ci * in_h * in_w) as isize + ih * in_w as isize + col0[c],
-                        );
+                        src[c] = x.wrapping_offset(base[c] + ih * in_w as isize);
                     }
-                    // Vectors `fast` need no masks: whole, and every tap's columns in the row.
-                    let lead = col0
-                        .iter()
-                        .map(|&c| (-c).max(0) as usize)
-                        .max()
-                        .unwrap_or(0);
-                    let reach = col0.iter().map(|&c| c.max(0) as usize).max().unwrap_or(0);
                     let fast = if row_ok.iter().all(|&ok| ok) {
-                        lead.div_ceil(16)..(out_w.min(in_w.saturating_sub(reach)) / 16)
+                        interior.clone()
                     } else {
                         0..0
                     };
@@ -403,81 +407,125 @@ mod kernel {
         }
     }
 
+    /// What the register tiles of one forward task share.
+    struct TileContext {
+        x: *const f32,
+        weights: *const f32,
+        plane: usize,
+        in_size: [usize; 2],
+        in_group: usize,
+        taps: usize,
+        kernel: [usize; 2],
+        dilation: [usize; 2],
+        pad: [usize; 2],
+        bias: [f32; MR],
+        out: *mut f32,
+        out_size: [usize; 2],
+        channels: usize,
+    }
+
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn block(g: &Conv2dGeometry, task: &BlockTask, out: *mut f32) {
-        let [in_h, in_w] = g.in_size;
-        let [out_h, out_w] = g.out_size;
-        let [kh_n, kw_n] = g.kernel;
-        let [dh, dw] = g.params.dilation;
-        let [pad_top, _, pad_left, _] = g.params.padding;
         let (in_group, out_group) = (g.in_channels_per_group(), g.out_channels_per_group());
         let depth = g.col_rows();
-        let taps = kh_n * kw_n;
         let first_channel = task.group * out_group + task.block * MR;
         let channels = MR.min(out_group - task.block * MR);
         let blocks = out_group.div_ceil(MR);
-        let weights = task.packed[(task.group * blocks + task.block) * MR * depth..].as_ptr();
-        let x = task.x[task.group * in_group * in_h * in_w..].as_ptr();
-        let plane = in_h * in_w;
-        let out_pixels = out_h * out_w;
+        let [in_h, in_w] = g.in_size;
         let mut bias = [0.0f32; MR];
         if let Some(b) = task.bias {
             bias[..channels].copy_from_slice(&b[first_channel..first_channel + channels]);
         }
+        let [pad_top, _, pad_left, _] = g.params.padding;
+        let ctx = TileContext {
+            x: task.x[task.group * in_group * in_h * in_w..].as_ptr(),
+            weights: task.packed[(task.group * blocks + task.block) * MR * depth..].as_ptr(),
+            plane: in_h * in_w,
+            in_size: g.in_size,
+            in_group,
+            taps: g.taps(),
+            kernel: g.kernel,
+            dilation: g.params.dilation,
+            pad: [pad_top, pad_left],
+            bias,
+            out: out.add(first_channel * g.out_pixels()),
+            out_size: g.out_size,
+            channels,
+        };
+        let out_w = g.out_size[1];
+        for oh in task.rows.clone() {
+            // Tiles of two vectors, and one vector for a short tail (less wasted work on
+            // narrow tokens).
+            let mut ow0 = 0;
+            while ow0 < out_w {
+                if out_w - ow0 > 16 {
+                    tile::<2>(&ctx, oh, ow0);
+                    ow0 += 32;
+                } else {
+                    tile::<1>(&ctx, oh, ow0);
+                    ow0 += 16;
+                }
+            }
+        }
+    }
+
+    /// The `MR × 16·NV` output tile at row `oh`, columns from `ow0`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile<const NV: usize>(ctx: &TileContext, oh: usize, ow0: usize) {
+        let [in_h, in_w] = ctx.in_size;
+        let [out_h, out_w] = ctx.out_size;
+        let [kh_n, kw_n] = ctx.kernel;
+        let [dh, dw] = ctx.dilation;
+        let [pad_top, pad_left] = ctx.pad;
+        let store: [__mmask16; NV] =
+            std::array::from_fn(|v| lane_mask((ow0 + 16 * v) as isize, out_w));
+        // The taps that fall on input rows, with their offsets and column masks.
         let mut offsets = [0isize; MAX_TAPS];
         let mut steps = [0usize; MAX_TAPS];
-        let mut masks = [[0 as __mmask16; 2]; MAX_TAPS];
-        for oh in task.rows.clone() {
-            for ow0 in (0..out_w).step_by(NR) {
-                let store = [
-                    lane_mask(ow0 as isize, out_w),
-                    lane_mask(ow0 as isize + 16, out_w),
-                ];
-                // The taps that fall on input rows, with their offsets and column masks.
-                let mut live = 0;
-                for kh in 0..kh_n {
-                    let ih = (oh + kh * dh) as isize - pad_top as isize;
-                    if ih < 0 || ih >= in_h as isize {
-                        continue;
-                    }
-                    for kw in 0..kw_n {
-                        let c0 = (ow0 + kw * dw) as isize - pad_left as isize;
-                        offsets[live] = ih * in_w as isize + c0;
-                        steps[live] = (kh * kw_n + kw) * MR;
-                        masks[live] = [
-                            lane_mask(c0, in_w) & store[0],
-                            lane_mask(c0 + 16, in_w) & store[1],
-                        ];
-                        live += 1;
-                    }
-                }
-                let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let mut masks = [[0 as __mmask16; NV]; MAX_TAPS];
+        let mut live = 0;
+        for kh in 0..kh_n {
+            let ih = (oh + kh * dh) as isize - pad_top as isize;
+            if ih < 0 || ih >= in_h as isize {
+                continue;
+            }
+            for kw in 0..kw_n {
+                let c0 = (ow0 + kw * dw) as isize - pad_left as isize;
+                offsets[live] = ih * in_w as isize + c0;
+                steps[live] = (kh * kw_n + kw) * MR;
+                masks[live] =
+                    std::array::from_fn(|v| lane_mask(c0 + 16 * v as isize, in_w) & store[v]);
+                live += 1;
+            }
+        }
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        for (i, row) in acc.iter_mut().enumerate() {
+            *row = [_mm512_set1_ps(ctx.bias[i]); NV];
+        }
+        for ci in 0..ctx.in_group {
+            let plane_start = ctx.x.wrapping_add(ci * ctx.plane);
+            let w_ci = ctx.weights.add(ci * ctx.taps * MR);
+            for j in 0..live {
+                // Masked-out lanes are never read, so the pointer may sit outside the row
+                // (wrapping arithmetic, no dereference of those lanes).
+                let src = plane_start.wrapping_offset(offsets[j]);
+                let b: [__m512; NV] = std::array::from_fn(|v| {
+                    _mm512_maskz_loadu_ps(masks[j][v], src.wrapping_add(16 * v))
+                });
+                let w = w_ci.add(steps[j]);
                 for (i, row) in acc.iter_mut().enumerate() {
-                    row[0] = _mm512_set1_ps(bias[i]);
-                    row[1] = row[0];
-                }
-                for ci in 0..in_group {
-                    let plane_start = x.wrapping_add(ci * plane);
-                    let w_ci = weights.add(ci * taps * MR);
-                    for j in 0..live {
-                        // Masked-out lanes are never read, so the pointer may sit outside the
-                        // row (wrapping arithmetic, no dereference of those lanes).
-                        let src = plane_start.wrapping_offset(offsets[j]);
-                        let b0 = _mm512_maskz_loadu_ps(masks[j][0], src);
-                        let b1 = _mm512_maskz_loadu_ps(masks[j][1], src.wrapping_add(16));
-                        let w = w_ci.add(steps[j]);
-                        for (i, row) in acc.iter_mut().enumerate() {
-                            let a = _mm512_set1_ps(*w.add(i));
-                            row[0] = _mm512_fmadd_ps(a, b0, row[0]);
-                            row[1] = _mm512_fmadd_ps(a, b1, row[1]);
-                        }
+                    let a = _mm512_set1_ps(*w.add(i));
+                    for v in 0..NV {
+                        row[v] = _mm512_fmadd_ps(a, b[v], row[v]);
                     }
                 }
-                for (i, row) in acc.iter().enumerate().take(channels) {
-                    let dst = out.add((first_channel + i) * out_pixels + oh * out_w + ow0);
-                    _mm512_mask_storeu_ps(dst, store[0], row[0]);
-                    _mm512_mask_storeu_ps(dst.wrapping_add(16), store[1], row[1]);
-                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate().take(ctx.channels) {
+            let dst = ctx.out.add(i * out_h * out_w + oh * out_w + ow0);
+            for v in 0..NV {
+                _mm512_mask_storeu_ps(dst.wrapping_add(16 * v), store[v], row[v]);
             }
         }
     }
