@@ -417,25 +417,25 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
         ),
     });
 
-    // (e) Where the AVX-512F direct kernels run: the same dispatch and layer on the portable
-    // im2col + GEMM kernels, in the same run.
-    if crate::backend::cpu::avx512_kernels() {
+    // (e) The same dispatch and layer in their reference forms (im2col + GEMM convolutions,
+    // the routed conv by slot outputs: k convolutions per token), in the same run.
+    if !crate::backend::cpu::portable_forced() {
         use crate::backend::cpu::with_portable_kernels;
         let portable_dispatch = with_portable_kernels(dispatch_fwd_bwd)?;
         let portable_layer = with_portable_kernels(layer_train)?;
         rows.push(Row {
-            name: "dispatch fwd+bwd, portable",
+            name: "dispatch fwd+bwd, reference",
             ms: portable_dispatch,
             note: format!(
-                "im2col + GEMM: the direct kernels take {:.2}× its time",
+                "slot outputs, im2col + GEMM: the default takes {:.2}× its time",
                 dispatch_train.median / portable_dispatch.median
             ),
         });
         rows.push(Row {
-            name: "PatchConvMoE fwd+bwd, portable",
+            name: "PatchConvMoE fwd+bwd, reference",
             ms: portable_layer,
             note: format!(
-                "im2col + GEMM: the direct kernels take {:.2}× its time",
+                "slot outputs, im2col + GEMM: the default takes {:.2}× its time",
                 layer_fwd_bwd.median / portable_layer.median
             ),
         });

@@ -33,22 +33,32 @@ impl Backend for CpuBackend {
 pub fn avx512_kernels() -> bool {
     static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let detected = *DETECTED.get_or_init(|| {
-        let portable = std::env::var("MOESEG_CPU_KERNELS").is_ok_and(|v| v == "portable");
         #[cfg(target_arch = "x86_64")]
         let available = std::is_x86_feature_detected!("avx512f");
         #[cfg(not(target_arch = "x86_64"))]
         let available = false;
-        available && !portable
+        available
     });
-    detected && !FORCE_PORTABLE.with(|f| f.get())
+    detected && !portable_forced()
+}
+
+/// Whether the calling thread is inside [`with_portable_kernels`] (or `MOESEG_CPU_KERNELS` is
+/// `portable`): then every op takes its plain reference form — im2col + GEMM convolutions and
+/// the slot-output form of the routed convolution instead of weight mixing.
+pub fn portable_forced() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let env =
+        *ENV.get_or_init(|| std::env::var("MOESEG_CPU_KERNELS").is_ok_and(|v| v == "portable"));
+    env || FORCE_PORTABLE.with(|f| f.get())
 }
 
 thread_local! {
     static FORCE_PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `f` with the AVX-512F kernels off on this thread, so that ops launched by `f` take the
-/// portable paths (to compare the two, in tests and benchmarks).
+/// Runs `f` with the AVX-512F kernels and the routed convolution's weight mixing off on this
+/// thread, so that ops launched by `f` take their plain reference forms (to compare, in tests
+/// and benchmarks).
 pub fn with_portable_kernels<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(bool);
     impl Drop for Restore {
@@ -62,10 +72,10 @@ pub fn with_portable_kernels<R>(f: impl FnOnce() -> R) -> R {
 
 /// A short description of the CPU kernels in use, for benchmark headers.
 pub fn kernels_description() -> &'static str {
-    if avx512_kernels() {
-        "AVX-512F direct stride-1 convs + ndarray GEMM"
-    } else {
-        "portable im2col + ndarray GEMM"
+    match (avx512_kernels(), portable_forced()) {
+        (true, _) => "AVX-512F direct stride-1 convs, routed conv by weight mixing",
+        (false, false) => "im2col + ndarray GEMM convs, routed conv by weight mixing",
+        (false, true) => "portable: im2col + ndarray GEMM convs, routed conv by slot outputs",
     }
 }
 

@@ -103,17 +103,19 @@ impl RoutedConvBackend for CpuBackend {
             routing_len(&geometry),
         )?;
         let weight_len = geometry.expert_weight_len();
-        let flipped: Vec<f32> = weights
+        // Linear in the weights: one adjoint convolution per token with its mixed expert
+        // `Σ_j w[t, j] · W_{e(t, j)}` (flipped), written straight into the token gradient.
+        let mixed = mix_rows(weights, routing, &plan, weight_len);
+        let flipped: Vec<f32> = mixed
             .par_chunks(weight_len.max(1))
             .flat_map_iter(|w| flipped_weight(&conv, w))
             .collect();
-        let slot_grads = expert_convolutions(&adjoint(&conv), grad_out, &flipped, None, &plan);
-        let per_token = conv.input_len();
-        Ok(Storage::cpu(combine(
-            &slot_grads,
-            routing,
-            geometry.slots,
-            per_token,
+        Ok(Storage::cpu(expert_convolutions(
+            &adjoint(&conv),
+            grad_out,
+            &flipped,
+            None,
+            &token_plan(geometry.tokens)?,
         )))
     }
 
@@ -177,6 +179,68 @@ impl RoutedConvBackend for CpuBackend {
         Ok(Storage::cpu(grad))
     }
 
+    fn routed_conv_mixes_weights(&self, _geometry: &RoutedConvGeometry) -> bool {
+        !crate::backend::cpu::portable_forced()
+    }
+
+    fn routed_conv_mixed_forward(
+        &self,
+        tokens: &Storage,
+        weights: &Storage,
+        biases: Option<&Storage>,
+        indices: &Storage,
+        routing_weights: &Storage,
+        geometry: RoutedConvGeometry,
+    ) -> Result<Storage> {
+        let op = "routed_conv_mixed_forward";
+        let conv = geometry.token_conv();
+        let plan = routing_plan(op, indices, &geometry)?;
+        let tokens = cpu_slice(op, "tokens", tokens, geometry.tokens_len())?;
+        let weights = cpu_slice(op, "weights", weights, stacked_weight_len(&geometry))?;
+        let channels = geometry.out_channels;
+        let biases = biases
+            .map(|b| cpu_slice(op, "biases", b, geometry.experts * channels))
+            .transpose()?;
+        let routing = cpu_slice(
+            op,
+            "routing weights",
+            routing_weights,
+            routing_len(&geometry),
+        )?;
+        let mixed = mix_rows(weights, routing, &plan, geometry.expert_weight_len());
+        let mixed_biases = biases.map(|b| mix_rows(b, routing, &plan, channels));
+        Ok(Storage::cpu(expert_convolutions(
+            &conv,
+            tokens,
+            &mixed,
+            mixed_biases.as_deref(),
+            &token_plan(geometry.tokens)?,
+        )))
+    }
+
+    fn routed_conv_mixed_parameter_grads(
+        &self,
+        grad_out: &Storage,
+        tokens: &Storage,
+        weights: &Storage,
+        biases: Option<&Storage>,
+        indices: &Storage,
+        routing_weights: &Storage,
+        geometry: RoutedConvGeometry,
+        needs: [bool; 3],
+    ) -> Result<[Option<Storage>; 3]> {
+        self.mixed_parameter_grads(
+            grad_out,
+            tokens,
+            weights,
+            biases,
+            indices,
+            routing_weights,
+            geometry,
+            needs,
+        )
+    }
+
     fn routed_conv_routing_weights_backward(
         &self,
         grad_out: &Storage,
@@ -207,6 +271,136 @@ impl RoutedConvBackend for CpuBackend {
         });
         Ok(Storage::cpu(grad))
     }
+}
+
+impl CpuBackend {
+    /// `∂W`, `∂w`, `∂b` of the weight-mixing form; see
+    /// [`RoutedConvBackend::routed_conv_mixed_parameter_grads`].
+    #[allow(clippy::too_many_arguments)]
+    fn mixed_parameter_grads(
+        &self,
+        grad_out: &Storage,
+        tokens: &Storage,
+        weights: &Storage,
+        biases: Option<&Storage>,
+        indices: &Storage,
+        routing_weights: &Storage,
+        geometry: RoutedConvGeometry,
+        needs: [bool; 3],
+    ) -> Result<[Option<Storage>; 3]> {
+        let op = "routed_conv_mixed_parameter_grads";
+        let conv = geometry.token_conv();
+        let plan = routing_plan(op, indices, &geometry)?;
+        let grad_out = cpu_slice(op, "grad_out", grad_out, geometry.output_len())?;
+        let tokens = cpu_slice(op, "tokens", tokens, geometry.tokens_len())?;
+        let weights = cpu_slice(op, "weights", weights, stacked_weight_len(&geometry))?;
+        let channels = geometry.out_channels;
+        let biases = biases
+            .map(|b| cpu_slice(op, "biases", b, geometry.experts * channels))
+            .transpose()?;
+        let routing = cpu_slice(
+            op,
+            "routing weights",
+            routing_weights,
+            routing_len(&geometry),
+        )?;
+        let weight_len = geometry.expert_weight_len();
+        let (k, token_count) = (geometry.slots, geometry.tokens);
+        // G_t: the unweighted weight gradient of every token (needed for ∂W and ∂w).
+        let per_token = (needs[0] || needs[1]).then(|| {
+            let ones = vec![1.0; token_count];
+            let identity = token_plan(token_count)?;
+            Ok::<_, Error>(expert_weight_gradients(
+                &conv, grad_out, tokens, &ones, &identity,
+            ))
+        });
+        let per_token = per_token.transpose()?;
+        // S_t[o] = Σ_p ∂L/∂y[t, o, p] (needed for ∂b, and for ∂w when there are biases).
+        let pixels = geometry.out_size[0] * geometry.out_size[1];
+        let sums = (needs[2] || (needs[1] && biases.is_some())).then(|| {
+            let mut sums = pool::uninit(token_count * channels);
+            sums.par_iter_mut()
+                .zip(grad_out.par_chunks(pixels.max(1)))
+                .for_each(|(s, row)| *s = row.iter().sum());
+            sums
+        });
+        let grad_weights = needs[0].then(|| {
+            let g = per_token.as_deref().unwrap_or_default();
+            Storage::cpu(scatter_to_experts(g, routing, &plan, weight_len))
+        });
+        let grad_routing = needs[1].then(|| {
+            let g = per_token.as_deref().unwrap_or_default();
+            let mut grad = pool::uninit(token_count * k);
+            grad.par_iter_mut().enumerate().for_each(|(a, out)| {
+                let (t, e) = (a / k, plan.expert_of(a));
+                let w_e = &weights[e * weight_len..][..weight_len];
+                let g_t = &g[t * weight_len..][..weight_len];
+                let mut dot: f64 = w_e
+                    .iter()
+                    .zip(g_t)
+                    .map(|(&w, &g)| w as f64 * g as f64)
+                    .sum();
+                if let (Some(b), Some(s)) = (biases, sums.as_deref()) {
+                    dot += b[e * channels..][..channels]
+                        .iter()
+                        .zip(&s[t * channels..][..channels])
+                        .map(|(&b, &s)| b as f64 * s as f64)
+                        .sum::<f64>();
+                }
+                *out = dot as f32;
+            });
+            Storage::cpu(grad)
+        });
+        let grad_biases = needs[2].then(|| {
+            let s = sums.as_deref().unwrap_or_default();
+            Storage::cpu(scatter_to_experts(s, routing, &plan, channels))
+        });
+        Ok([grad_weights, grad_routing, grad_biases])
+    }
+}
+
+/// `out[e] = Σ_{a of e, in order} w[a] · rows[t(a)]` for per-token rows of `len`, `[E, len]`.
+fn scatter_to_experts(rows: &[f32], routing: &[f32], plan: &RoutingPlan, len: usize) -> Vec<f32> {
+    let mut out = pool::zeroed(plan.experts() * len);
+    out.par_chunks_mut(len.max(1))
+        .enumerate()
+        .for_each(|(e, out_e)| {
+            for &a in plan.assignments_of(e) {
+                let row = &rows[plan.token_of(a) * len..][..len];
+                for (o, &r) in out_e.iter_mut().zip(row) {
+                    *o += routing[a] * r;
+                }
+            }
+        });
+    out
+}
+
+/// `out[t] = Σ_j w[t, j] · rows[e(t, j)]` (slot order) for per-expert rows of `len`, `[T, len]`:
+/// each token's mixed expert weights (or biases).
+fn mix_rows(rows: &[f32], routing: &[f32], plan: &RoutingPlan, len: usize) -> Vec<f32> {
+    let k = plan.slots();
+    let tokens = routing.len() / k.max(1);
+    let mut out = pool::uninit(tokens * len);
+    out.par_chunks_mut(len.max(1))
+        .enumerate()
+        .for_each(|(t, out_t)| {
+            out_t.fill(0.0);
+            for j in 0..k {
+                let a = t * k + j;
+                let row = &rows[plan.expert_of(a) * len..][..len];
+                for (o, &r) in out_t.iter_mut().zip(row) {
+                    *o += routing[a] * r;
+                }
+            }
+        });
+    out
+}
+
+/// The plan that routes token `t` to "expert" `t` (k = 1): runs per-token weights through the
+/// expert convolution kernels.
+fn token_plan(tokens: usize) -> Result<RoutingPlan> {
+    let ids: Vec<f32> = (0..tokens).map(|t| t as f32).collect();
+    RoutingPlan::new(&ids, tokens, 1, tokens)
 }
 
 /// The host slice of `storage`, checked to hold `len` elements.

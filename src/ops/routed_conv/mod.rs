@@ -5,7 +5,17 @@
 //!
 //! where `conv_e` is expert `e`'s VALID (unpadded), stride-1 convolution with its own bias.
 //!
-//! The op runs as two kernels: [`RoutedConvBackend::routed_conv_expert_outputs`] computes the
+//! Two forms, chosen by the backend ([`RoutedConvBackend::routed_conv_mixes_weights`]):
+//!
+//! - **Weight mixing** (the CPU backend's default): a convolution is linear in its weights, so
+//!   `y[t] = conv(tokens[t]; Σ_j w[t, j]·W_e, Σ_j w[t, j]·b_e)` — one convolution per token
+//!   with its mixed expert instead of k, the token gradient likewise, and the parameter
+//!   gradients from the per-token weight gradient `G_t` (`∂W_e = Σ w·G_t`, `∂w = ⟨W_e, G_t⟩ +
+//!   ⟨b_e, S_t⟩`). Same values up to f32 rounding, at about 1/k of the arithmetic.
+//! - **Slot outputs** (the CUDA backend, and the CPU under
+//!   [`crate::backend::cpu::with_portable_kernels`]), described below.
+//!
+//! The slot-output form runs as two kernels: [`RoutedConvBackend::routed_conv_expert_outputs`] computes the
 //! *slot outputs* `s[t, j] = conv_{e(t, j)}(tokens[t])` (bias included, no routing weight), and
 //! [`RoutedConvBackend::routed_conv_combine`] mixes them in slot order (0, 1, …), so the result
 //! does not depend on how the experts' work was scheduled. The slot outputs are kept from the
@@ -172,6 +182,55 @@ pub trait RoutedConvBackend {
         slot_outputs: &Storage,
         geometry: RoutedConvGeometry,
     ) -> Result<Storage>;
+
+    /// Whether this backend runs the op by *weight mixing*
+    /// ([`RoutedConvBackend::routed_conv_mixed_forward`] and
+    /// [`RoutedConvBackend::routed_conv_mixed_parameter_grads`]) instead of slot outputs.
+    fn routed_conv_mixes_weights(&self, _geometry: &RoutedConvGeometry) -> bool {
+        false
+    }
+
+    /// `y[t] = conv(tokens[t]; W_t, b_t)` with the token's mixed expert `W_t = Σ_j w[t, j] ·
+    /// W_{e(t, j)}`, `b_t = Σ_j w[t, j] · b_{e(t, j)}` (summed in slot order). A convolution is
+    /// linear in its weights, so this equals the combined slot outputs, at the cost of one
+    /// convolution per token instead of k.
+    fn routed_conv_mixed_forward(
+        &self,
+        _tokens: &Storage,
+        _weights: &Storage,
+        _biases: Option<&Storage>,
+        _indices: &Storage,
+        _routing_weights: &Storage,
+        _geometry: RoutedConvGeometry,
+    ) -> Result<Storage> {
+        Err(Error::invalid(
+            OP,
+            "this backend does not mix expert weights",
+        ))
+    }
+
+    /// The parameter gradients of the weight-mixing form, from the per-token weight gradient
+    /// `G_t[o, c, tap] = Σ_p ∂L/∂y[t, o, p] · tokens[t, c, p + tap·dilation]` and the per-token
+    /// channel sums `S_t[o] = Σ_p ∂L/∂y[t, o, p]`: `∂W_e = Σ_{(t, j): e(t, j) = e} w[t, j] ·
+    /// G_t`, `∂w[t, j] = ⟨W_e, G_t⟩ + ⟨b_e, S_t⟩` with `e = e(t, j)`, and `∂b_e = Σ w[t, j] ·
+    /// S_t`. `needs` says which of (weights, routing weights, biases) to compute.
+    #[allow(clippy::too_many_arguments)]
+    fn routed_conv_mixed_parameter_grads(
+        &self,
+        _grad_out: &Storage,
+        _tokens: &Storage,
+        _weights: &Storage,
+        _biases: Option<&Storage>,
+        _indices: &Storage,
+        _routing_weights: &Storage,
+        _geometry: RoutedConvGeometry,
+        _needs: [bool; 3],
+    ) -> Result<[Option<Storage>; 3]> {
+        Err(Error::invalid(
+            OP,
+            "this backend does not mix expert weights",
+        ))
+    }
 }
 
 const OP: &str = "dispatch_routed_conv";
@@ -237,29 +296,43 @@ impl Tensor {
     ) -> Result<Tensor> {
         let backend = self.backend();
         let bias_storage = biases.map(Tensor::storage);
-        let slot_outputs = backend.routed_conv_expert_outputs(
-            &self.storage(),
-            &weights.storage(),
-            bias_storage.as_ref(),
-            &indices.storage(),
-            geometry,
-        )?;
-        let out =
-            backend.routed_conv_combine(&slot_outputs, &routing_weights.storage(), geometry)?;
+        let mixing = backend.routed_conv_mixes_weights(&geometry);
+        let (out, kept_slots) = if mixing {
+            let out = backend.routed_conv_mixed_forward(
+                &self.storage(),
+                &weights.storage(),
+                bias_storage.as_ref(),
+                &indices.storage(),
+                &routing_weights.storage(),
+                geometry,
+            )?;
+            (out, None)
+        } else {
+            let slot_outputs = backend.routed_conv_expert_outputs(
+                &self.storage(),
+                &weights.storage(),
+                bias_storage.as_ref(),
+                &indices.storage(),
+                geometry,
+            )?;
+            let out =
+                backend.routed_conv_combine(&slot_outputs, &routing_weights.storage(), geometry)?;
+            // Kept only when the routing weights will need their gradient.
+            (out, routing_weights.requires_grad().then_some(slot_outputs))
+        };
         let out_shape = [
             geometry.tokens,
             geometry.out_channels,
             geometry.out_size[0],
             geometry.out_size[1],
         ];
-        // Kept only when the routing weights will need their gradient.
-        let kept_slots = routing_weights.requires_grad().then_some(slot_outputs);
         let (x, w, idx, rw) = (
             self.detach(),
             weights.detach(),
             indices.detach(),
             routing_weights.detach(),
         );
+        let b = biases.map(Tensor::detach);
         let mut inputs = vec![self, weights, routing_weights];
         inputs.extend(biases);
         Tensor::from_op(OP, out, out_shape, &inputs, move || {
@@ -279,51 +352,99 @@ impl Tensor {
                         Tensor::from_storage(storage, x.shape().clone())
                     })
                     .transpose()?;
-                let grad_weights = needs[1]
-                    .then(|| {
-                        let storage = backend.routed_conv_expert_weights_backward(
-                            &grad,
-                            &x.storage(),
-                            &idx,
-                            &rw_storage,
-                            geometry,
-                        )?;
-                        Tensor::from_storage(storage, w.shape().clone())
-                    })
-                    .transpose()?;
-                let grad_routing = needs[2]
-                    .then(|| {
-                        let slots = kept_slots.as_ref().ok_or_else(|| {
-                            Error::Autograd(format!(
-                                "{OP}: routing weights {} did not require a gradient in the \
-                                 forward, so its slot outputs were not kept",
-                                rw.shape()
-                            ))
-                        })?;
-                        let storage =
-                            backend.routed_conv_routing_weights_backward(&grad, slots, geometry)?;
-                        Tensor::from_storage(storage, rw.shape().clone())
-                    })
-                    .transpose()?;
+                let need_biases = needs.get(3).copied().unwrap_or(false);
+                let [grad_weights, grad_routing, grad_biases] = if mixing {
+                    let [dw, drw, db] = backend.routed_conv_mixed_parameter_grads(
+                        &grad,
+                        &x.storage(),
+                        &w.storage(),
+                        b.as_ref().map(Tensor::storage).as_ref(),
+                        &idx,
+                        &rw_storage,
+                        geometry,
+                        [needs[1], needs[2], need_biases],
+                    )?;
+                    [
+                        dw.map(|s| Tensor::from_storage(s, w.shape().clone()))
+                            .transpose()?,
+                        drw.map(|s| Tensor::from_storage(s, rw.shape().clone()))
+                            .transpose()?,
+                        db.map(|s| {
+                            Tensor::from_storage(s, [geometry.experts, geometry.out_channels])
+                        })
+                        .transpose()?,
+                    ]
+                } else {
+                    slot_parameter_grads(
+                        &*backend,
+                        &grad,
+                        &x,
+                        &w,
+                        &idx,
+                        &rw,
+                        kept_slots.as_ref(),
+                        geometry,
+                        [needs[1], needs[2], need_biases],
+                    )?
+                };
                 let mut grads = vec![grad_tokens, grad_weights, grad_routing];
                 if needs.len() > 3 {
-                    let grad_biases = needs[3]
-                        .then(|| {
-                            let storage = backend.routed_conv_expert_biases_backward(
-                                &grad,
-                                &idx,
-                                &rw_storage,
-                                geometry,
-                            )?;
-                            Tensor::from_storage(storage, [geometry.experts, geometry.out_channels])
-                        })
-                        .transpose()?;
                     grads.push(grad_biases);
                 }
                 Ok(grads)
             })
         })
     }
+}
+
+/// The parameter gradients (weights, routing weights, biases; those `needs` asks for) of the
+/// slot-output form, each by its own kernel.
+#[allow(clippy::too_many_arguments)]
+fn slot_parameter_grads(
+    backend: &dyn crate::backend::Backend,
+    grad: &Storage,
+    x: &Tensor,
+    w: &Tensor,
+    idx: &Storage,
+    rw: &Tensor,
+    kept_slots: Option<&Storage>,
+    geometry: RoutedConvGeometry,
+    needs: [bool; 3],
+) -> Result<[Option<Tensor>; 3]> {
+    let rw_storage = rw.storage();
+    let grad_weights = needs[0]
+        .then(|| {
+            let storage = backend.routed_conv_expert_weights_backward(
+                grad,
+                &x.storage(),
+                idx,
+                &rw_storage,
+                geometry,
+            )?;
+            Tensor::from_storage(storage, w.shape().clone())
+        })
+        .transpose()?;
+    let grad_routing = needs[1]
+        .then(|| {
+            let slots = kept_slots.ok_or_else(|| {
+                Error::Autograd(format!(
+                    "{OP}: routing weights {} did not require a gradient in the forward, so \
+                     its slot outputs were not kept",
+                    rw.shape()
+                ))
+            })?;
+            let storage = backend.routed_conv_routing_weights_backward(grad, slots, geometry)?;
+            Tensor::from_storage(storage, rw.shape().clone())
+        })
+        .transpose()?;
+    let grad_biases = needs[2]
+        .then(|| {
+            let storage =
+                backend.routed_conv_expert_biases_backward(grad, idx, &rw_storage, geometry)?;
+            Tensor::from_storage(storage, [geometry.experts, geometry.out_channels])
+        })
+        .transpose()?;
+    Ok([grad_weights, grad_routing, grad_biases])
 }
 
 /// `[E, …]` from E equally shaped tensors (a differentiable `cat` of their `unsqueeze(0)`).

@@ -11,6 +11,8 @@ pub struct RoutingPlan {
     /// Expert `e`'s assignments are `assignments[offsets[e]..offsets[e + 1]]`.
     offsets: Vec<usize>,
     assignments: Vec<usize>,
+    /// The expert of every assignment, in assignment order.
+    experts_of: Vec<usize>,
 }
 
 impl RoutingPlan {
@@ -59,6 +61,7 @@ impl RoutingPlan {
             slots,
             offsets,
             assignments,
+            experts_of,
         })
     }
 
@@ -82,7 +85,12 @@ impl RoutingPlan {
         &self.assignments[self.offsets[expert]..self.offsets[expert + 1]]
     }
 
-    /// The token of assignment `a`.
+    /// The expert of assignment `a`.
+    pub fn expert_of(&self, assignment: usize) -> usize {
+        self.experts_of[assignment]
+    }
+
+    /// The token `t` of assignment `t·k + j`.
     pub fn token_of(&self, assignment: usize) -> usize {
         assignment / self.slots.max(1)
     }
