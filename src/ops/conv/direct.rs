@@ -454,17 +454,16 @@ mod kernel {
         };
         let out_w = g.out_size[1];
         for oh in task.rows.clone() {
-            // Tiles of two vectors, and one vector for a short tail (less wasted work on
+            // Tiles of three vectors, and two or one for the row's tail (less wasted work on
             // narrow tokens).
             let mut ow0 = 0;
             while ow0 < out_w {
-                if out_w - ow0 > 16 {
-                    tile::<2>(&ctx, oh, ow0);
-                    ow0 += 32;
-                } else {
-                    tile::<1>(&ctx, oh, ow0);
-                    ow0 += 16;
+                match out_w - ow0 {
+                    left if left > 32 => tile::<3>(&ctx, oh, ow0),
+                    left if left > 16 => tile::<2>(&ctx, oh, ow0),
+                    _ => tile::<1>(&ctx, oh, ow0),
                 }
+                ow0 += 48;
             }
         }
     }
