@@ -3,8 +3,8 @@
 //!
 //! For stride 1 the input under one kernel tap, for a run of output columns, is a contiguous run
 //! of an input row, so a register tile of [`MR`] output channels × 48 output columns (32 or 16
-//! for a row's tail) is accumulated as `Σ_{tap, ci} w[co, ci, tap] · x[ci, row(tap), cols(tap)]`: two (masked) vector
-//! loads of the input and `MR` broadcast weights per step. Padding is handled by skipping input
+//! for a row's tail) is accumulated as `Σ_{tap, ci} w[co, ci, tap] · x[ci, row(tap), cols(tap)]`:
+//! up to three (masked) vector loads of the input and `MR` broadcast weights per step. Padding is handled by skipping input
 //! rows outside the map and by load masks for columns outside it, so padded and VALID
 //! convolutions (and the full-padded flipped-kernel convolution that is a stride-1 input
 //! gradient) run the same kernel.
