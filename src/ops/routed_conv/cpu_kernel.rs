@@ -158,25 +158,14 @@ impl RoutedConvBackend for CpuBackend {
             routing_weights,
             routing_len(&geometry),
         )?;
-        let channels = geometry.out_channels;
-        let pixels = geometry.out_size[0] * geometry.out_size[1];
         // s[t, o] = Σ_p ∂L/∂y[t, o, p], then ∂b_e[o] = Σ_{a of e, in order} w[a]·s[t(a), o].
-        let mut sums = pool::uninit(geometry.tokens * channels);
-        sums.par_iter_mut()
-            .zip(grad_out.par_chunks(pixels.max(1)))
-            .for_each(|(s, row)| *s = row.iter().sum());
-        let mut grad = pool::zeroed(geometry.experts * channels);
-        grad.par_chunks_mut(channels.max(1))
-            .enumerate()
-            .for_each(|(e, grad_e)| {
-                for &a in plan.assignments_of(e) {
-                    let t = plan.token_of(a);
-                    for (g, &s) in grad_e.iter_mut().zip(&sums[t * channels..]) {
-                        *g += routing[a] * s;
-                    }
-                }
-            });
-        Ok(Storage::cpu(grad))
+        let sums = channel_sums(grad_out, &geometry);
+        Ok(Storage::cpu(scatter_to_experts(
+            &sums,
+            routing,
+            &plan,
+            geometry.out_channels,
+        )))
     }
 
     fn routed_conv_mixes_weights(&self, _geometry: &RoutedConvGeometry) -> bool {
@@ -193,24 +182,14 @@ impl RoutedConvBackend for CpuBackend {
         geometry: RoutedConvGeometry,
     ) -> Result<Storage> {
         let op = "routed_conv_mixed_forward";
-        let conv = geometry.token_conv();
         let plan = routing_plan(op, indices, &geometry)?;
         let tokens = cpu_slice(op, "tokens", tokens, geometry.tokens_len())?;
-        let weights = cpu_slice(op, "weights", weights, stacked_weight_len(&geometry))?;
-        let channels = geometry.out_channels;
-        let biases = biases
-            .map(|b| cpu_slice(op, "biases", b, geometry.experts * channels))
-            .transpose()?;
-        let routing = cpu_slice(
-            op,
-            "routing weights",
-            routing_weights,
-            routing_len(&geometry),
-        )?;
+        let (weights, biases, routing) =
+            expert_operands(op, weights, biases, routing_weights, &geometry)?;
         let mixed = mix_rows(weights, routing, &plan, geometry.expert_weight_len());
-        let mixed_biases = biases.map(|b| mix_rows(b, routing, &plan, channels));
+        let mixed_biases = biases.map(|b| mix_rows(b, routing, &plan, geometry.out_channels));
         Ok(Storage::cpu(expert_convolutions(
-            &conv,
+            &geometry.token_conv(),
             tokens,
             &mixed,
             mixed_biases.as_deref(),
@@ -218,6 +197,9 @@ impl RoutedConvBackend for CpuBackend {
         )))
     }
 
+    /// The parameter gradients of the weight-mixing form, from the per-token weight gradient
+    /// `G_t` (one pass per token, not per assignment) and channel sums `S_t`.
+    #[allow(clippy::too_many_arguments)]
     fn routed_conv_mixed_parameter_grads(
         &self,
         grad_out: &Storage,
@@ -229,16 +211,60 @@ impl RoutedConvBackend for CpuBackend {
         geometry: RoutedConvGeometry,
         needs: [bool; 3],
     ) -> Result<[Option<Storage>; 3]> {
-        self.mixed_parameter_grads(
-            grad_out,
-            tokens,
-            weights,
-            biases,
-            indices,
-            routing_weights,
-            geometry,
-            needs,
-        )
+        let op = "routed_conv_mixed_parameter_grads";
+        let conv = geometry.token_conv();
+        let plan = routing_plan(op, indices, &geometry)?;
+        let grad_out = cpu_slice(op, "grad_out", grad_out, geometry.output_len())?;
+        let tokens = cpu_slice(op, "tokens", tokens, geometry.tokens_len())?;
+        let (weights, biases, routing) =
+            expert_operands(op, weights, biases, routing_weights, &geometry)?;
+        let channels = geometry.out_channels;
+        let weight_len = geometry.expert_weight_len();
+        let (k, token_count) = (geometry.slots, geometry.tokens);
+        // G_t: the unweighted weight gradient of every token (needed for ∂W and ∂w).
+        let per_token = (needs[0] || needs[1]).then(|| {
+            let ones = vec![1.0; token_count];
+            let identity = token_plan(token_count)?;
+            Ok::<_, Error>(expert_weight_gradients(
+                &conv, grad_out, tokens, &ones, &identity,
+            ))
+        });
+        let per_token = per_token.transpose()?;
+        // S_t[o] = Σ_p ∂L/∂y[t, o, p] (needed for ∂b, and for ∂w when there are biases).
+        let sums =
+            (needs[2] || (needs[1] && biases.is_some())).then(|| channel_sums(grad_out, &geometry));
+        let grad_weights = needs[0].then(|| {
+            let g = per_token.as_deref().unwrap_or_default();
+            Storage::cpu(scatter_to_experts(g, routing, &plan, weight_len))
+        });
+        let grad_routing = needs[1].then(|| {
+            let g = per_token.as_deref().unwrap_or_default();
+            let mut grad = pool::uninit(token_count * k);
+            grad.par_iter_mut().enumerate().for_each(|(a, out)| {
+                let (t, e) = (a / k, plan.expert_of(a));
+                let w_e = &weights[e * weight_len..][..weight_len];
+                let g_t = &g[t * weight_len..][..weight_len];
+                let mut dot: f64 = w_e
+                    .iter()
+                    .zip(g_t)
+                    .map(|(&w, &g)| w as f64 * g as f64)
+                    .sum();
+                if let (Some(b), Some(s)) = (biases, sums.as_deref()) {
+                    dot += b[e * channels..][..channels]
+                        .iter()
+                        .zip(&s[t * channels..][..channels])
+                        .map(|(&b, &s)| b as f64 * s as f64)
+                        .sum::<f64>();
+                }
+                *out = dot as f32;
+            });
+            Storage::cpu(grad)
+        });
+        let grad_biases = needs[2].then(|| {
+            let s = sums.as_deref().unwrap_or_default();
+            Storage::cpu(scatter_to_experts(s, routing, &plan, channels))
+        });
+        Ok([grad_weights, grad_routing, grad_biases])
     }
 
     fn routed_conv_routing_weights_backward(
@@ -273,90 +299,38 @@ impl RoutedConvBackend for CpuBackend {
     }
 }
 
-impl CpuBackend {
-    /// `∂W`, `∂w`, `∂b` of the weight-mixing form; see
-    /// [`RoutedConvBackend::routed_conv_mixed_parameter_grads`].
-    #[allow(clippy::too_many_arguments)]
-    fn mixed_parameter_grads(
-        &self,
-        grad_out: &Storage,
-        tokens: &Storage,
-        weights: &Storage,
-        biases: Option<&Storage>,
-        indices: &Storage,
-        routing_weights: &Storage,
-        geometry: RoutedConvGeometry,
-        needs: [bool; 3],
-    ) -> Result<[Option<Storage>; 3]> {
-        let op = "routed_conv_mixed_parameter_grads";
-        let conv = geometry.token_conv();
-        let plan = routing_plan(op, indices, &geometry)?;
-        let grad_out = cpu_slice(op, "grad_out", grad_out, geometry.output_len())?;
-        let tokens = cpu_slice(op, "tokens", tokens, geometry.tokens_len())?;
-        let weights = cpu_slice(op, "weights", weights, stacked_weight_len(&geometry))?;
-        let channels = geometry.out_channels;
-        let biases = biases
-            .map(|b| cpu_slice(op, "biases", b, geometry.experts * channels))
-            .transpose()?;
-        let routing = cpu_slice(
-            op,
-            "routing weights",
-            routing_weights,
-            routing_len(&geometry),
-        )?;
-        let weight_len = geometry.expert_weight_len();
-        let (k, token_count) = (geometry.slots, geometry.tokens);
-        // G_t: the unweighted weight gradient of every token (needed for ∂W and ∂w).
-        let per_token = (needs[0] || needs[1]).then(|| {
-            let ones = vec![1.0; token_count];
-            let identity = token_plan(token_count)?;
-            Ok::<_, Error>(expert_weight_gradients(
-                &conv, grad_out, tokens, &ones, &identity,
-            ))
-        });
-        let per_token = per_token.transpose()?;
-        // S_t[o] = Σ_p ∂L/∂y[t, o, p] (needed for ∂b, and for ∂w when there are biases).
-        let pixels = geometry.out_size[0] * geometry.out_size[1];
-        let sums = (needs[2] || (needs[1] && biases.is_some())).then(|| {
-            let mut sums = pool::uninit(token_count * channels);
-            sums.par_iter_mut()
-                .zip(grad_out.par_chunks(pixels.max(1)))
-                .for_each(|(s, row)| *s = row.iter().sum());
-            sums
-        });
-        let grad_weights = needs[0].then(|| {
-            let g = per_token.as_deref().unwrap_or_default();
-            Storage::cpu(scatter_to_experts(g, routing, &plan, weight_len))
-        });
-        let grad_routing = needs[1].then(|| {
-            let g = per_token.as_deref().unwrap_or_default();
-            let mut grad = pool::uninit(token_count * k);
-            grad.par_iter_mut().enumerate().for_each(|(a, out)| {
-                let (t, e) = (a / k, plan.expert_of(a));
-                let w_e = &weights[e * weight_len..][..weight_len];
-                let g_t = &g[t * weight_len..][..weight_len];
-                let mut dot: f64 = w_e
-                    .iter()
-                    .zip(g_t)
-                    .map(|(&w, &g)| w as f64 * g as f64)
-                    .sum();
-                if let (Some(b), Some(s)) = (biases, sums.as_deref()) {
-                    dot += b[e * channels..][..channels]
-                        .iter()
-                        .zip(&s[t * channels..][..channels])
-                        .map(|(&b, &s)| b as f64 * s as f64)
-                        .sum::<f64>();
-                }
-                *out = dot as f32;
-            });
-            Storage::cpu(grad)
-        });
-        let grad_biases = needs[2].then(|| {
-            let s = sums.as_deref().unwrap_or_default();
-            Storage::cpu(scatter_to_experts(s, routing, &plan, channels))
-        });
-        Ok([grad_weights, grad_routing, grad_biases])
-    }
+/// The experts' stacked weights, their biases (if any) and the routing weights.
+type ExpertOperands<'a> = (&'a [f32], Option<&'a [f32]>, &'a [f32]);
+
+/// [`ExpertOperands`] as host slices, each checked against `geometry`.
+fn expert_operands<'a>(
+    op: &'static str,
+    weights: &'a Storage,
+    biases: Option<&'a Storage>,
+    routing_weights: &'a Storage,
+    geometry: &RoutedConvGeometry,
+) -> Result<ExpertOperands<'a>> {
+    let weights = cpu_slice(op, "weights", weights, stacked_weight_len(geometry))?;
+    let biases = biases
+        .map(|b| cpu_slice(op, "biases", b, geometry.experts * geometry.out_channels))
+        .transpose()?;
+    let routing = cpu_slice(
+        op,
+        "routing weights",
+        routing_weights,
+        routing_len(geometry),
+    )?;
+    Ok((weights, biases, routing))
+}
+
+/// `S[t, o] = Σ_p ∂L/∂y[t, o, p]`, `[T, Cout]`.
+fn channel_sums(grad_out: &[f32], geometry: &RoutedConvGeometry) -> Vec<f32> {
+    let pixels = geometry.out_size[0] * geometry.out_size[1];
+    let mut sums = pool::uninit(geometry.tokens * geometry.out_channels);
+    sums.par_iter_mut()
+        .zip(grad_out.par_chunks(pixels.max(1)))
+        .for_each(|(s, row)| *s = row.iter().sum());
+    sums
 }
 
 /// `out[e] = Σ_{a of e, in order} w[a] · rows[t(a)]` for per-token rows of `len`, `[E, len]`.
@@ -803,12 +777,9 @@ fn direct_expert_weight_gradients(
     let weight_len = conv.weight_len();
     let (in_len, out_len) = (conv.input_len(), conv.output_len());
     let min_tasks = (4 * rayon::current_num_threads()).div_ceil(plan.experts().max(1));
-    let tasks: Vec<(usize, direct::GradTask)> = (0..plan.experts())
-        .flat_map(|e| {
-            direct::grad_tasks(conv, min_tasks)
-                .into_iter()
-                .map(move |t| (e, t))
-        })
+    let per_expert = direct::grad_tasks(conv, min_tasks);
+    let tasks: Vec<(usize, &direct::GradTask)> = (0..plan.experts())
+        .flat_map(|e| per_expert.iter().map(move |t| (e, t)))
         .collect();
     let mut grad = pool::zeroed(plan.experts() * weight_len);
     let grad_ptr = SendPtr(grad.as_mut_ptr());
