@@ -60,11 +60,15 @@ pub(crate) fn pack_weight(geometry: &Conv2dGeometry, weight: &[f32]) -> Vec<f32>
     for group in 0..geometry.params.groups {
         for block in 0..blocks {
             let dst = &mut packed[(group * blocks + block) * MR * depth..][..MR * depth];
-            for i in 0..MR.min(out_group - block * MR) {
-                let channel = group * out_group + block * MR + i;
-                let src = &weight[channel * depth..][..depth];
-                for (step, &w) in src.iter().enumerate() {
-                    dst[step * MR + i] = w;
+            let first = (group * out_group + block * MR) * depth;
+            let rows: Vec<&[f32]> = weight[first..]
+                .chunks(depth)
+                .take(MR.min(out_group - block * MR))
+                .collect();
+            // Written in order, the block's rows read side by side.
+            for (step, lanes) in dst.chunks_exact_mut(MR).enumerate() {
+                for (lane, row) in lanes.iter_mut().zip(&rows) {
+                    *lane = row[step];
                 }
             }
         }
@@ -147,8 +151,11 @@ pub(crate) fn forward(
 
 /// Columns of the weight gradient (`(ci, tap)` pairs) per register tile of [`grad`].
 pub(crate) const GRAD_NR: usize = 3;
-/// Output rows per pass of the weight-gradient tiles (the rows' data stays in L2 meanwhile).
+/// Fewest output rows per pass of the weight-gradient tiles.
 const GRAD_BAND_ROWS: usize = 8;
+/// Largest pack of one band's `∂y` (`MR` channels, 1 MiB); the bands are as tall as fit.
+/// Unit tests use 16 KiB, so their small maps run in several bands as large maps do.
+const GRAD_PACK_FLOATS: usize = if cfg!(test) { 1 << 12 } else { 1 << 18 };
 
 /// A task of the weight gradient: the entries of `∂W` for channel block `block` of group
 /// `group` (rows) and `(ci, tap)` tiles `tiles` (columns), accumulated over whole images.
@@ -256,7 +263,9 @@ pub(crate) fn row_bands(rows: usize, parts: usize) -> Vec<Range<usize>> {
 
 #[cfg(target_arch = "x86_64")]
 mod kernel {
-    use super::{BlockTask, GradTask, CHANNEL_CHUNK, GRAD_BAND_ROWS, GRAD_NR, MAX_TAPS, MR};
+    use super::{
+        BlockTask, GradTask, CHANNEL_CHUNK, GRAD_BAND_ROWS, GRAD_NR, GRAD_PACK_FLOATS, MAX_TAPS, MR,
+    };
     use crate::ops::conv::Conv2dGeometry;
     use std::arch::x86_64::*;
     use std::ops::Range;
@@ -298,13 +307,18 @@ mod kernel {
         let parked_len = task.tiles.len() * tile_floats;
         // Vectors per output row; ∂y of a band is packed as [row][vector][channel][16 lanes].
         let vectors = out_w.div_ceil(16);
-        let band_floats = GRAD_BAND_ROWS * vectors * MR * 16;
+        // Bands as tall as keep ∂y's pack within GRAD_PACK_FLOATS: parking the partial sums
+        // between bands costs more than reading the pack from L2 or L3.
+        let band_rows = (GRAD_PACK_FLOATS / (vectors * MR * 16)).max(GRAD_BAND_ROWS);
+        let band_floats = out_h.min(band_rows) * vectors * MR * 16;
         buffer.clear();
-        buffer.resize(parked_len + band_floats, 0.0);
-        let (parked_all, dy_pack) = buffer.split_at_mut(parked_len);
+        // Room to start on a cache line: the ∂y loads of the inner loop then never split.
+        buffer.resize(parked_len + band_floats + 16, 0.0);
+        let skew = buffer.as_ptr().align_offset(64).min(16);
+        let (parked_all, dy_pack) = buffer[skew..].split_at_mut(parked_len);
         let out_pixels = out_h * out_w;
         let x = x[task.group * in_group * in_h * in_w..].as_ptr();
-        for band in super::row_bands(out_h, out_h.div_ceil(GRAD_BAND_ROWS)) {
+        for band in super::row_bands(out_h, out_h.div_ceil(band_rows)) {
             for (r, oh) in band.clone().enumerate() {
                 for v in 0..vectors {
                     let dst = &mut dy_pack[(r * vectors + v) * MR * 16..][..MR * 16];

@@ -102,21 +102,20 @@ impl RoutedConvBackend for CpuBackend {
             routing_weights,
             routing_len(&geometry),
         )?;
-        let weight_len = geometry.expert_weight_len();
         // Linear in the weights: one adjoint convolution per token with its mixed expert
         // `Σ_j w[t, j] · W_{e(t, j)}` (flipped), written straight into the token gradient.
-        let mixed = mix_rows(weights, routing, &plan, weight_len);
-        let flipped: Vec<f32> = mixed
-            .par_chunks(weight_len.max(1))
+        let flipped: Vec<f32> = weights
+            .par_chunks(geometry.expert_weight_len().max(1))
             .flat_map_iter(|w| flipped_weight(&conv, w))
             .collect();
-        Ok(Storage::cpu(expert_convolutions(
+        Ok(Storage::cpu(mixed_token_convolutions(
             &adjoint(&conv),
             grad_out,
             &flipped,
             None,
-            &token_plan(geometry.tokens)?,
-        )))
+            routing,
+            &plan,
+        )?))
     }
 
     fn routed_conv_expert_weights_backward(
@@ -186,15 +185,15 @@ impl RoutedConvBackend for CpuBackend {
         let tokens = cpu_slice(op, "tokens", tokens, geometry.tokens_len())?;
         let (weights, biases, routing) =
             expert_operands(op, weights, biases, routing_weights, &geometry)?;
-        let mixed = mix_rows(weights, routing, &plan, geometry.expert_weight_len());
         let mixed_biases = biases.map(|b| mix_rows(b, routing, &plan, geometry.out_channels));
-        Ok(Storage::cpu(expert_convolutions(
+        Ok(Storage::cpu(mixed_token_convolutions(
             &geometry.token_conv(),
             tokens,
-            &mixed,
+            weights,
             mixed_biases.as_deref(),
-            &token_plan(geometry.tokens)?,
-        )))
+            routing,
+            &plan,
+        )?))
     }
 
     /// The parameter gradients of the weight-mixing form, from the per-token weight gradient
@@ -368,6 +367,43 @@ fn mix_rows(rows: &[f32], routing: &[f32], plan: &RoutingPlan, len: usize) -> Ve
             }
         });
     out
+}
+
+/// `out[t] = conv(source[t]; Σ_j w[t, j] · W_{e(t, j)}, bias[t])`: one convolution per token
+/// with its mixed expert (`weights` `[E, weight_len]`, `mixed_biases` `[T, Cout]`). On the
+/// direct kernel the experts are packed once and mixed in the packed layout (mixing is linear
+/// and packing a permutation), so no per-token weight is ever repacked.
+fn mixed_token_convolutions(
+    conv: &Conv2dGeometry,
+    source: &[f32],
+    weights: &[f32],
+    mixed_biases: Option<&[f32]>,
+    routing: &[f32],
+    plan: &RoutingPlan,
+) -> Result<Vec<f32>> {
+    let tokens = token_plan(routing.len() / plan.slots().max(1))?;
+    if !direct::usable(conv) {
+        let mixed = mix_rows(weights, routing, plan, conv.weight_len());
+        return Ok(expert_convolutions(
+            conv,
+            source,
+            &mixed,
+            mixed_biases,
+            &tokens,
+        ));
+    }
+    let packed: Vec<f32> = weights
+        .par_chunks(conv.weight_len().max(1))
+        .flat_map_iter(|w| direct::pack_weight(conv, w))
+        .collect();
+    let mixed = mix_rows(&packed, routing, plan, direct::packed_len(conv));
+    Ok(direct_packed_convolutions(
+        conv,
+        source,
+        &mixed,
+        mixed_biases,
+        &tokens,
+    ))
 }
 
 /// The plan that routes token `t` to "expert" `t` (k = 1): runs per-token weights through the
@@ -641,12 +677,23 @@ fn direct_expert_convolutions(
     biases: Option<&[f32]>,
     plan: &RoutingPlan,
 ) -> Vec<f32> {
-    let weight_len = conv.weight_len();
-    let packed_len = direct::packed_len(conv);
     let packed: Vec<f32> = weights
-        .par_chunks(weight_len.max(1))
+        .par_chunks(conv.weight_len().max(1))
         .flat_map_iter(|w| direct::pack_weight(conv, w))
         .collect();
+    direct_packed_convolutions(conv, source, &packed, biases, plan)
+}
+
+/// [`direct_expert_convolutions`] from the experts' packed weights (`[E, packed_len]`, see
+/// [`direct::pack_weight`]).
+fn direct_packed_convolutions(
+    conv: &Conv2dGeometry,
+    source: &[f32],
+    packed: &[f32],
+    biases: Option<&[f32]>,
+    plan: &RoutingPlan,
+) -> Vec<f32> {
+    let packed_len = direct::packed_len(conv);
     let (in_len, out_len) = (conv.input_len(), conv.output_len());
     let blocks = conv.params.groups * direct::blocks_per_group(conv);
     let bands = direct::task_bands(conv.out_size[0], plan.assignment_count() * blocks);
