@@ -4,14 +4,14 @@
 //! For stride 1 the input under one kernel tap, for a run of output columns, is a contiguous run
 //! of an input row, so a register tile of [`MR`] output channels × 48 output columns (32 or 16
 //! for a row's tail) is accumulated as `Σ_{tap, ci} w[co, ci, tap] · x[ci, row(tap), cols(tap)]`:
-//! up to three (masked) vector loads of the input and `MR` broadcast weights per step. Padding is handled by skipping input
-//! rows outside the map and by load masks for columns outside it, so padded and VALID
-//! convolutions (and the full-padded flipped-kernel convolution that is a stride-1 input
-//! gradient) run the same kernel.
+//! up to three (masked) vector loads of the input and `MR` broadcast weights per step. Padding
+//! is handled by skipping input rows outside the map and by load masks for columns outside it,
+//! so padded and VALID convolutions (and the full-padded flipped-kernel convolution that is a
+//! stride-1 input gradient) run the same kernel.
 //!
 //! Used where [`avx512_kernels`] holds; elsewhere the im2col + GEMM paths run. Every output
-//! element is written by one task with a fixed summation order (taps, then input channels), so
-//! results do not depend on the thread count.
+//! element is written by one task with a fixed summation order (chunks of input channels in
+//! order; within a chunk, taps, then channels), so results do not depend on the thread count.
 
 use super::Conv2dGeometry;
 use crate::backend::cpu::{avx512_kernels, pool, SendPtr};
@@ -537,23 +537,31 @@ mod kernel {
                 [_mm512_setzero_ps(); NV]
             };
         }
-        for ci in input_channels {
-            let plane_start = ctx.x.wrapping_add(ci * ctx.plane);
-            let w_ci = ctx.weights.add(ci * ctx.taps * MR);
-            for j in 0..live {
-                // Masked-out lanes are never read, so the pointer may sit outside the row
-                // (wrapping arithmetic, no dereference of those lanes).
-                let src = plane_start.wrapping_offset(offsets[j]);
+        // Taps outer, channels inner: a tap's offset and masks stay in registers while the
+        // chunk's channels stream past.
+        for j in 0..live {
+            let mask = masks[j];
+            // Masked-out lanes are never read, so the pointer may sit outside the row
+            // (wrapping arithmetic, no dereference of those lanes).
+            let mut src = ctx
+                .x
+                .wrapping_add(input_channels.start * ctx.plane)
+                .wrapping_offset(offsets[j]);
+            let mut w = ctx
+                .weights
+                .add(input_channels.start * ctx.taps * MR + steps[j]);
+            for _ in input_channels.clone() {
                 let b: [__m512; NV] = std::array::from_fn(|v| {
-                    _mm512_maskz_loadu_ps(masks[j][v], src.wrapping_add(16 * v))
+                    _mm512_maskz_loadu_ps(mask[v], src.wrapping_add(16 * v))
                 });
-                let w = w_ci.add(steps[j]);
                 for (i, row) in acc.iter_mut().enumerate() {
                     let a = _mm512_set1_ps(*w.add(i));
                     for v in 0..NV {
                         row[v] = _mm512_fmadd_ps(a, b[v], row[v]);
                     }
                 }
+                src = src.wrapping_add(ctx.plane);
+                w = w.add(ctx.taps * MR);
             }
         }
         for (i, row) in acc.iter().enumerate().take(ctx.channels) {
