@@ -270,6 +270,9 @@ mod kernel {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
+    /// Edge vectors per side whose masks the weight-gradient tiles compute once.
+    const EDGES: usize = 2;
+
     /// The lanes `l` of a 16-float vector whose column `start + l` lies in `0..len`.
     fn lane_mask(start: isize, len: usize) -> __mmask16 {
         let lo = (-start).clamp(0, 16);
@@ -364,6 +367,15 @@ mod kernel {
                     .unwrap_or(0);
                 let reach = col0.iter().map(|&c| c.max(0) as usize).max().unwrap_or(0);
                 let interior = lead.div_ceil(16)..(out_w.min(in_w.saturating_sub(reach)) / 16);
+                // The column masks of the vectors outside `interior` (the first EDGES before
+                // it and after it), for rows whose input rows all lie in the map.
+                let edge_masks = |v: usize| -> [__mmask16; GRAD_NR] {
+                    let m = lane_mask((v * 16) as isize, out_w);
+                    std::array::from_fn(|c| lane_mask((v * 16) as isize + col0[c], in_w) & m)
+                };
+                let head: [[__mmask16; GRAD_NR]; EDGES] = std::array::from_fn(edge_masks);
+                let tail: [[__mmask16; GRAD_NR]; EDGES] =
+                    std::array::from_fn(|i| edge_masks(interior.end + i));
                 for (r, oh) in band.clone().enumerate() {
                     let mut src = [x; GRAD_NR];
                     let mut row_ok = [true; GRAD_NR];
@@ -380,8 +392,21 @@ mod kernel {
                     let dy_row = dy_pack.as_ptr().add(r * vectors * MR * 16);
                     for v in 0..vectors {
                         let ow0 = v * 16;
+                        let edge = if fast.is_empty() {
+                            None
+                        } else if v < EDGES.min(interior.start) {
+                            Some(head[v])
+                        } else if v >= interior.end && v - interior.end < EDGES {
+                            Some(tail[v - interior.end])
+                        } else {
+                            None
+                        };
                         let xv: [__m512; GRAD_NR] = if fast.contains(&v) {
                             std::array::from_fn(|c| _mm512_loadu_ps(src[c].wrapping_add(ow0)))
+                        } else if let Some(masks) = edge {
+                            std::array::from_fn(|c| {
+                                _mm512_maskz_loadu_ps(masks[c], src[c].wrapping_add(ow0))
+                            })
                         } else {
                             let m = lane_mask(ow0 as isize, out_w);
                             std::array::from_fn(|c| {
