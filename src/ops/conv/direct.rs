@@ -54,9 +54,15 @@ pub(crate) fn packed_len(geometry: &Conv2dGeometry) -> usize {
 /// `weight` (`[Cout, Cin/g, kh, kw]`) packed as `[group][block][ci][tap][MR]`, zero for the
 /// channels past the end of a group.
 pub(crate) fn pack_weight(geometry: &Conv2dGeometry, weight: &[f32]) -> Vec<f32> {
+    let mut packed = pool::uninit(packed_len(geometry));
+    pack_weight_into(geometry, weight, &mut packed);
+    packed
+}
+
+/// [`pack_weight`] into `packed` (`packed_len` floats, every one written).
+pub(crate) fn pack_weight_into(geometry: &Conv2dGeometry, weight: &[f32], packed: &mut [f32]) {
     let (out_group, depth) = (geometry.out_channels_per_group(), geometry.col_rows());
     let blocks = blocks_per_group(geometry);
-    let mut packed = vec![0.0; packed_len(geometry)];
     for group in 0..geometry.params.groups {
         for block in 0..blocks {
             let dst = &mut packed[(group * blocks + block) * MR * depth..][..MR * depth];
@@ -65,15 +71,14 @@ pub(crate) fn pack_weight(geometry: &Conv2dGeometry, weight: &[f32]) -> Vec<f32>
                 .chunks(depth)
                 .take(MR.min(out_group - block * MR))
                 .collect();
-            // Written in order, the block's rows read side by side.
+            // Written in order, the block's rows read side by side; missing channels are zero.
             for (step, lanes) in dst.chunks_exact_mut(MR).enumerate() {
-                for (lane, row) in lanes.iter_mut().zip(&rows) {
-                    *lane = row[step];
+                for (i, lane) in lanes.iter_mut().enumerate() {
+                    *lane = rows.get(i).map_or(0.0, |row| row[step]);
                 }
             }
         }
     }
-    packed
 }
 
 /// One task's output: output rows `rows` of channel block `block` of group `group` for one
@@ -146,6 +151,7 @@ pub(crate) fn forward(
         // of image `image`'s output, and `out` outlives the loop.
         unsafe { task.run(geometry, ptr.0.add(image * out_len)) };
     });
+    pool::recycle(packed);
     out
 }
 

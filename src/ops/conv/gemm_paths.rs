@@ -257,21 +257,30 @@ pub(super) fn stride1_input_backward(
             ..p
         },
     };
-    if super::direct::usable(&adjoint) {
-        return Some(super::direct::forward(&adjoint, grad_out, &flipped, None));
-    }
-    Some(forward(&adjoint, grad_out, &flipped, None, col_budget))
+    let grad_x = if super::direct::usable(&adjoint) {
+        super::direct::forward(&adjoint, grad_out, &flipped, None)
+    } else {
+        forward(&adjoint, grad_out, &flipped, None, col_budget)
+    };
+    crate::backend::cpu::pool::recycle(flipped);
+    Some(grad_x)
 }
 
 /// The weight of the adjoint convolution of a stride-1 conv: `W'[g·Cin/g + c, o, tap] =
 /// W[g·Cout/g + o, c, taps − 1 − tap]` (kernel flipped, channel roles swapped within each group).
 pub(crate) fn flipped_weight(geometry: &Conv2dGeometry, weight: &[f32]) -> Vec<f32> {
+    let mut flipped = crate::backend::cpu::pool::uninit(weight.len());
+    flipped_weight_into(geometry, weight, &mut flipped);
+    flipped
+}
+
+/// [`flipped_weight`] into `flipped` (as long as `weight`, every element written).
+pub(crate) fn flipped_weight_into(geometry: &Conv2dGeometry, weight: &[f32], flipped: &mut [f32]) {
     let (in_group, out_group, taps) = (
         geometry.in_channels_per_group(),
         geometry.out_channels_per_group(),
         geometry.taps(),
     );
-    let mut flipped = crate::backend::cpu::pool::zeroed(weight.len());
     for (row, flipped_row) in flipped.chunks_mut((out_group * taps).max(1)).enumerate() {
         let (group, c) = (row / in_group, row % in_group);
         for (o, flipped_taps) in flipped_row.chunks_mut(taps).enumerate() {
@@ -281,7 +290,6 @@ pub(crate) fn flipped_weight(geometry: &Conv2dGeometry, weight: &[f32]) -> Vec<f
             }
         }
     }
-    flipped
 }
 
 /// Weight gradient of a general convolution: the (image, tile) items are cut into a fixed

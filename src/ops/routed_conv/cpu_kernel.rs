@@ -21,7 +21,7 @@ use crate::backend::cpu::gemm::{gemm, Operand};
 use crate::backend::cpu::{pool, CpuBackend, SendPtr, PAR_CHUNK};
 use crate::error::{Error, Result};
 use crate::ops::conv::direct;
-use crate::ops::conv::gemm_paths::{flipped_weight, scratch, COL_TILE_ELEMS};
+use crate::ops::conv::gemm_paths::{flipped_weight_into, scratch, COL_TILE_ELEMS};
 use crate::ops::conv::im2col::for_each_tap_row;
 use crate::ops::conv::{Conv2dGeometry, Conv2dParams};
 use crate::tensor::Storage;
@@ -104,18 +104,16 @@ impl RoutedConvBackend for CpuBackend {
         )?;
         // Linear in the weights: one adjoint convolution per token with its mixed expert
         // `Σ_j w[t, j] · W_{e(t, j)}` (flipped), written straight into the token gradient.
-        let flipped: Vec<f32> = weights
-            .par_chunks(geometry.expert_weight_len().max(1))
-            .flat_map_iter(|w| flipped_weight(&conv, w))
-            .collect();
-        Ok(Storage::cpu(mixed_token_convolutions(
-            &adjoint(&conv),
-            grad_out,
-            &flipped,
-            None,
-            routing,
-            &plan,
-        )?))
+        let weight_len = geometry.expert_weight_len().max(1);
+        let mut flipped = pool::uninit(weights.len());
+        flipped
+            .par_chunks_mut(weight_len)
+            .zip(weights.par_chunks(weight_len))
+            .for_each(|(dst, w)| flipped_weight_into(&conv, w, dst));
+        let grad_tokens =
+            mixed_token_convolutions(&adjoint(&conv), grad_out, &flipped, None, routing, &plan);
+        pool::recycle(flipped);
+        Ok(Storage::cpu(grad_tokens?))
     }
 
     fn routed_conv_expert_weights_backward(
@@ -263,6 +261,9 @@ impl RoutedConvBackend for CpuBackend {
             let s = sums.as_deref().unwrap_or_default();
             Storage::cpu(scatter_to_experts(s, routing, &plan, channels))
         });
+        if let Some(g) = per_token {
+            pool::recycle(g);
+        }
         Ok([grad_weights, grad_routing, grad_biases])
     }
 
@@ -392,18 +393,23 @@ fn mixed_token_convolutions(
             &tokens,
         ));
     }
-    let packed: Vec<f32> = weights
-        .par_chunks(conv.weight_len().max(1))
-        .flat_map_iter(|w| direct::pack_weight(conv, w))
-        .collect();
+    let packed = pack_experts(conv, weights);
     let mixed = mix_rows(&packed, routing, plan, direct::packed_len(conv));
-    Ok(direct_packed_convolutions(
-        conv,
-        source,
-        &mixed,
-        mixed_biases,
-        &tokens,
-    ))
+    pool::recycle(packed);
+    let out = direct_packed_convolutions(conv, source, &mixed, mixed_biases, &tokens);
+    pool::recycle(mixed);
+    Ok(out)
+}
+
+/// Every expert's weight (`[E, weight_len]`) packed for the direct kernel, `[E, packed_len]`.
+fn pack_experts(conv: &Conv2dGeometry, weights: &[f32]) -> Vec<f32> {
+    let (weight_len, packed_len) = (conv.weight_len().max(1), direct::packed_len(conv).max(1));
+    let mut packed = pool::uninit(weights.len() / weight_len * packed_len);
+    packed
+        .par_chunks_mut(packed_len)
+        .zip(weights.par_chunks(weight_len))
+        .for_each(|(dst, w)| direct::pack_weight_into(conv, w, dst));
+    packed
 }
 
 /// The plan that routes token `t` to "expert" `t` (k = 1): runs per-token weights through the
@@ -677,11 +683,10 @@ fn direct_expert_convolutions(
     biases: Option<&[f32]>,
     plan: &RoutingPlan,
 ) -> Vec<f32> {
-    let packed: Vec<f32> = weights
-        .par_chunks(conv.weight_len().max(1))
-        .flat_map_iter(|w| direct::pack_weight(conv, w))
-        .collect();
-    direct_packed_convolutions(conv, source, &packed, biases, plan)
+    let packed = pack_experts(conv, weights);
+    let out = direct_packed_convolutions(conv, source, &packed, biases, plan);
+    pool::recycle(packed);
+    out
 }
 
 /// [`direct_expert_convolutions`] from the experts' packed weights (`[E, packed_len]`, see
