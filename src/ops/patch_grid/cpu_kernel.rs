@@ -2,7 +2,7 @@
 //! correspondence ([`RowWindow`]):
 //! - [`gather_tokens`] (split, and reassemble's gradient = split without halo) writes every
 //!   token row once: zeros, then one contiguous copy of the map row it overlaps; parallel over
-//!   token rows.
+//!   token planes.
 //! - [`scatter_tokens`] (split's gradient, and reassemble = its halo-free case) adds every token
 //!   row back onto its map row; one task per `(b, ch)` plane visits the tokens in a fixed order,
 //!   so overlapping halos are summed deterministically. Without halo no two tokens overlap and
@@ -72,25 +72,28 @@ fn gather_tokens(map: &[f32], grid: &PatchGrid) -> Vec<f32> {
     let (channels, cols, patches) = (grid.channels, grid.cols(), grid.patches_per_image());
     let plane = grid.height * grid.width;
     let spans = column_spans(grid);
-    let mut tokens = pool::uninit(grid.tokens() * channels * token_h * token_w);
+    let token_plane = token_h * token_w;
+    let mut tokens = pool::uninit(grid.tokens() * channels * token_plane);
+    // One task per token plane `(t, ch)`: its rows in order, indices computed once per plane.
     tokens
-        .par_chunks_mut(token_w.max(1))
+        .par_chunks_mut(token_plane.max(1))
         .enumerate()
-        .with_min_len((PAR_CHUNK / token_w.max(1)).max(1))
-        .for_each(|(row, out)| {
-            // row = ((t·C + ch)·th + i), t = b·nP + r·cols + c.
-            let i = row % token_h;
-            let ch = (row / token_h) % channels;
-            let t = row / (token_h * channels);
+        .with_min_len((PAR_CHUNK / token_plane.max(1)).max(1))
+        .for_each(|(plane_index, out)| {
+            let (t, ch) = (plane_index / channels, plane_index % channels);
             let (b, p) = (t / patches, t % patches);
-            match row_window(grid, &spans, p / cols, p % cols, i) {
-                Some(w) => {
-                    let line = &map[(b * channels + ch) * plane + w.map_row * grid.width..];
-                    out[..w.token_cols.start].fill(0.0);
-                    out[w.token_cols.clone()].copy_from_slice(&line[w.map_cols]);
-                    out[w.token_cols.end..].fill(0.0);
+            let (r, c) = (p / cols, p % cols);
+            let source = &map[(b * channels + ch) * plane..][..plane];
+            for (i, out) in out.chunks_exact_mut(token_w.max(1)).enumerate() {
+                match row_window(grid, &spans, r, c, i) {
+                    Some(w) => {
+                        let line = &source[w.map_row * grid.width..][..grid.width];
+                        out[..w.token_cols.start].fill(0.0);
+                        out[w.token_cols.clone()].copy_from_slice(&line[w.map_cols]);
+                        out[w.token_cols.end..].fill(0.0);
+                    }
+                    None => out.fill(0.0),
                 }
-                None => out.fill(0.0),
             }
         });
     tokens
