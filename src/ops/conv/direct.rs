@@ -314,12 +314,16 @@ mod kernel {
         let channels = MR.min(out_group - task.block * MR);
         let tile_floats = MR * GRAD_NR * 16;
         let parked_len = task.tiles.len() * tile_floats;
-        // Vectors per output row; ∂y of a band is packed as [row][vector][channel][16 lanes].
+        // Vectors per output row; ∂y of a band is packed as [row][vector][channel][16 lanes],
+        // or for a VALID convolution as [vector][channel][16 lanes] over the band's rows laid
+        // end to end (see `flat_grad_band`).
         let vectors = out_w.div_ceil(16);
+        let flat = g.params.padding == [0; 4];
+        let row_floats = if flat { in_w * MR } else { vectors * MR * 16 };
         // Bands as tall as keep ∂y's pack within GRAD_PACK_FLOATS: parking the partial sums
         // between bands costs more than reading the pack from L2 or L3.
-        let band_rows = (GRAD_PACK_FLOATS / (vectors * MR * 16)).max(GRAD_BAND_ROWS);
-        let band_floats = out_h.min(band_rows) * vectors * MR * 16;
+        let band_rows = (GRAD_PACK_FLOATS / row_floats).max(GRAD_BAND_ROWS);
+        let band_floats = out_h.min(band_rows) * row_floats + MR * 16;
         buffer.clear();
         // Room to start on a cache line: the ∂y loads of the inner loop then never split.
         buffer.resize(parked_len + band_floats + 16, 0.0);
@@ -328,6 +332,11 @@ mod kernel {
         let out_pixels = out_h * out_w;
         let x = x[task.group * in_group * in_h * in_w..].as_ptr();
         for band in super::row_bands(out_h, out_h.div_ceil(band_rows)) {
+            if flat {
+                let (first, channels) = (first_channel, channels);
+                flat_grad_band(g, task, dy, x, band, parked_all, dy_pack, first, channels);
+                continue;
+            }
             for (r, oh) in band.clone().enumerate() {
                 for v in 0..vectors {
                     let dst = &mut dy_pack[(r * vectors + v) * MR * 16..][..MR * 16];
@@ -456,6 +465,120 @@ mod kernel {
         }
     }
 
+    /// One band of [`grad`] for a VALID convolution, its rows laid end to end: output `(oh, ow)`
+    /// is position `(oh − r0)·in_w + ow` of one long row whose tap `(kh, kw)` reads the input
+    /// plane at that position plus `(r0 + kh·dh)·in_w + kw·dw`. ∂y is packed with zeros at the
+    /// `in_w − out_w` positions past each row's end, so they add nothing; the input is read
+    /// unmasked up to the end of its plane.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn flat_grad_band(
+        g: &Conv2dGeometry,
+        task: &GradTask,
+        dy: &[f32],
+        x: *const f32,
+        band: Range<usize>,
+        parked_all: &mut [f32],
+        dy_pack: &mut [f32],
+        first_channel: usize,
+        channels: usize,
+    ) {
+        let [in_h, in_w] = g.in_size;
+        let [out_h, out_w] = g.out_size;
+        let kw_n = g.kernel[1];
+        let [dh, dw] = g.params.dilation;
+        let (depth, taps) = (g.col_rows(), g.taps());
+        let plane = in_h * in_w;
+        let (r0, rows) = (band.start, band.len());
+        let len = (rows - 1) * in_w + out_w;
+        let vectors = len.div_ceil(16);
+        // Position q of channel i goes to lane q % 16 of pack[q / 16][i]. A vector spans at
+        // most two rows (in_w ≥ 16): the lanes of row r, then those of row r + 1 past the gap
+        // of in_w − out_w zeros; absent channels and positions past the end are zeros.
+        for i in 0..MR {
+            let source = (i < channels).then(|| {
+                dy[(first_channel + i) * out_h * out_w..]
+                    .as_ptr()
+                    .add(r0 * out_w)
+            });
+            let (mut r, mut q0) = (0usize, 0usize);
+            for v in 0..vectors {
+                let q = v * 16;
+                while q >= q0 + in_w {
+                    r += 1;
+                    q0 += in_w;
+                }
+                let lanes = match source {
+                    None => _mm512_setzero_ps(),
+                    Some(rows_start) => {
+                        let at = |row: usize, from: isize| {
+                            (
+                                lane_mask(from, out_w),
+                                rows_start.wrapping_offset(row as isize * out_w as isize + from),
+                            )
+                        };
+                        let (mask, ptr) = at(r, q as isize - q0 as isize);
+                        let mut lanes = _mm512_maskz_loadu_ps(mask, ptr);
+                        if r + 1 < rows {
+                            let (mask, ptr) = at(r + 1, q as isize - (q0 + in_w) as isize);
+                            lanes = _mm512_mask_loadu_ps(lanes, mask, ptr);
+                        }
+                        lanes
+                    }
+                };
+                _mm512_storeu_ps(dy_pack.as_mut_ptr().add((v * MR + i) * 16), lanes);
+            }
+        }
+        let pack = &dy_pack[..vectors * MR * 16];
+        let tile_floats = MR * GRAD_NR * 16;
+        for (slot, tile) in task.tiles.clone().enumerate() {
+            let steps: [usize; GRAD_NR] =
+                std::array::from_fn(|c| (tile * GRAD_NR + c).min(depth - 1));
+            let parked = parked_all.as_mut_ptr().add(slot * tile_floats);
+            let mut acc = [[_mm512_setzero_ps(); GRAD_NR]; MR];
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (c, v) in row.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(parked.add((i * GRAD_NR + c) * 16));
+                }
+            }
+            // Per column: where its long row starts, and how many floats of the plane follow.
+            let mut src = [x; GRAD_NR];
+            let mut limit = [0usize; GRAD_NR];
+            for c in 0..GRAD_NR {
+                let (ci, tap) = (steps[c] / taps, steps[c] % taps);
+                let (kh, kw) = (tap / kw_n, tap % kw_n);
+                let start = (r0 + kh * dh) * in_w + kw * dw;
+                src[c] = x.add(ci * plane + start);
+                limit[c] = plane - start;
+            }
+            // Vectors wholly inside every column's plane load unmasked.
+            let whole = (limit.iter().min().copied().unwrap_or(0) / 16).min(vectors);
+            for v in 0..vectors {
+                let q = v * 16;
+                let xv: [__m512; GRAD_NR] = if v < whole {
+                    std::array::from_fn(|c| _mm512_loadu_ps(src[c].add(q)))
+                } else {
+                    std::array::from_fn(|c| {
+                        let mask = lane_mask(q as isize, limit[c]);
+                        _mm512_maskz_loadu_ps(mask, src[c].wrapping_add(q))
+                    })
+                };
+                let d = pack.as_ptr().add(v * MR * 16);
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let dv = _mm512_loadu_ps(d.add(i * 16));
+                    for (c, acc) in row.iter_mut().enumerate() {
+                        *acc = _mm512_fmadd_ps(dv, xv[c], *acc);
+                    }
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                for (c, v) in row.iter().enumerate() {
+                    _mm512_storeu_ps(parked.add((i * GRAD_NR + c) * 16), *v);
+                }
+            }
+        }
+    }
+
     /// What the register tiles of one forward task share.
     struct TileContext {
         x: *const f32,
@@ -470,6 +593,9 @@ mod kernel {
         out: *mut f32,
         out_size: [usize; 2],
         channels: usize,
+        /// Rows laid end to end (see [`block`]): input reads are bounded by the plane, not
+        /// the row.
+        flat: bool,
     }
 
     #[target_feature(enable = "avx512f")]
@@ -498,8 +624,12 @@ mod kernel {
             out: out.add(first_channel * g.out_pixels()),
             out_size: g.out_size,
             channels,
+            flat: false,
         };
         let out_w = g.out_size[1];
+        if g.params.padding == [0; 4] {
+            return flat_block(g, task, ctx, out);
+        }
         // Input channels in chunks, so one chunk's input rows and weights stay in L1 while the
         // tiles sweep the band.
         for first in (0..in_group).step_by(CHANNEL_CHUNK) {
@@ -518,6 +648,62 @@ mod kernel {
                 }
             }
         }
+    }
+
+    thread_local! {
+        /// The output rows of a flat task, laid end to end.
+        static FLAT_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// A VALID convolution's task with its rows laid end to end: output `(oh, ow)` of the band
+    /// is position `(oh − r0)·in_w + ow` of one long row, whose tap `(kh, kw)` reads the input
+    /// at the same position plus `kh·dh·in_w + kw·dw` — the input rows are contiguous in their
+    /// plane. Positions with `ow ≥ out_w` are computed too and dropped, so a narrow map wastes
+    /// `in_w − out_w` columns per row instead of the rest of a row's last vector. The long row
+    /// is accumulated in a per-thread buffer and copied out row by row.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn flat_block(g: &Conv2dGeometry, task: &BlockTask, ctx: TileContext, out: *mut f32) {
+        let [in_h, in_w] = g.in_size;
+        let [_, out_w] = g.out_size;
+        let (r0, rows) = (task.rows.start, task.rows.len());
+        if rows == 0 {
+            return;
+        }
+        let len = (rows - 1) * in_w + out_w;
+        let mut buffer = FLAT_ROWS.with(|b| b.take());
+        if buffer.len() < MR * len {
+            buffer.resize(MR * len, 0.0);
+        }
+        let mut ctx = ctx;
+        ctx.x = ctx.x.add(r0 * in_w);
+        ctx.in_size = [in_h - r0, in_w];
+        ctx.out = buffer.as_mut_ptr();
+        ctx.out_size = [1, len];
+        ctx.flat = true;
+        for first in (0..g.in_channels_per_group()).step_by(CHANNEL_CHUNK) {
+            let chunk = first..(first + CHANNEL_CHUNK).min(g.in_channels_per_group());
+            let mut p0 = 0;
+            while p0 < len {
+                match len - p0 {
+                    left if left > 32 => tile::<3>(&ctx, 0, p0, chunk.clone()),
+                    left if left > 16 => tile::<2>(&ctx, 0, p0, chunk.clone()),
+                    _ => tile::<1>(&ctx, 0, p0, chunk.clone()),
+                }
+                p0 += 48;
+            }
+        }
+        let first_channel = task.group * g.out_channels_per_group() + task.block * MR;
+        for i in 0..ctx.channels {
+            let dst = out.add((first_channel + i) * g.out_pixels() + r0 * out_w);
+            for r in 0..rows {
+                std::ptr::copy_nonoverlapping(
+                    buffer.as_ptr().add(i * len + r * in_w),
+                    dst.add(r * out_w),
+                    out_w,
+                );
+            }
+        }
+        FLAT_ROWS.with(|b| b.replace(buffer));
     }
 
     /// The `MR × 16·NV` output tile at row `oh`, columns from `ow0`.
@@ -550,8 +736,14 @@ mod kernel {
                 let c0 = (ow0 + kw * dw) as isize - pad_left as isize;
                 offsets[live] = ih * in_w as isize + c0;
                 steps[live] = (kh * kw_n + kw) * MR;
+                // Flat rows (see `flat_block`) may read on to the end of the plane.
+                let limit = if ctx.flat {
+                    (in_h - ih as usize) * in_w
+                } else {
+                    in_w
+                };
                 masks[live] =
-                    std::array::from_fn(|v| lane_mask(c0 + 16 * v as isize, in_w) & store[v]);
+                    std::array::from_fn(|v| lane_mask(c0 + 16 * v as isize, limit) & store[v]);
                 live += 1;
             }
         }
