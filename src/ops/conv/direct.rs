@@ -867,6 +867,12 @@ mod tests {
             (16, 16, [4, 20], [3, 3], [2, 2, 2, 2], [1, 1], 1),
             // More input channels than one chunk, the last chunk partial.
             (70, 9, [5, 50], [3, 3], [1, 1, 1, 1], [1, 1], 1),
+            // VALID convolutions run with their rows laid end to end: dilation, groups, odd
+            // widths, asymmetric kernels, and rows longer than one band of the test pack.
+            (8, 12, [13, 41], [3, 3], [0, 0, 0, 0], [2, 2], 2),
+            (6, 9, [9, 23], [1, 3], [0, 0, 0, 0], [1, 3], 1),
+            (16, 8, [40, 17], [3, 1], [0, 0, 0, 0], [1, 1], 1),
+            (12, 16, [7, 19], [1, 1], [0, 0, 0, 0], [1, 1], 1),
         ];
         for (i, &(cin, cout, in_size, kernel, padding, dilation, groups)) in
             cases.iter().enumerate()
