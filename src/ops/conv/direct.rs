@@ -305,11 +305,10 @@ mod kernel {
     ) {
         let [in_h, in_w] = g.in_size;
         let [out_h, out_w] = g.out_size;
-        let kw_n = g.kernel[1];
         let [dh, dw] = g.params.dilation;
         let [pad_top, _, pad_left, _] = g.params.padding;
         let (in_group, out_group) = (g.in_channels_per_group(), g.out_channels_per_group());
-        let (depth, taps) = (g.col_rows(), g.taps());
+        let depth = g.col_rows();
         let first_channel = task.group * out_group + task.block * MR;
         let channels = MR.min(out_group - task.block * MR);
         let tile_floats = MR * GRAD_NR * 16;
@@ -353,23 +352,14 @@ mod kernel {
                 }
             }
             for (slot, tile) in task.tiles.clone().enumerate() {
-                // The tile's (ci, tap) columns; past the depth they repeat the last one.
-                let steps: [usize; GRAD_NR] =
-                    std::array::from_fn(|c| (tile * GRAD_NR + c).min(depth - 1));
+                let columns = tile_columns(g, tile);
                 let parked = parked_all.as_mut_ptr().add(slot * tile_floats);
-                let mut acc = [[_mm512_setzero_ps(); GRAD_NR]; MR];
-                for (i, row) in acc.iter_mut().enumerate() {
-                    for (c, v) in row.iter_mut().enumerate() {
-                        *v = _mm512_loadu_ps(parked.add((i * GRAD_NR + c) * 16));
-                    }
-                }
+                let mut acc = load_tile(parked);
                 // Per (ci, tap) column: its input row offset, first column, and plane start.
                 let mut row_shift = [0isize; GRAD_NR];
                 let mut col0 = [0isize; GRAD_NR];
                 let mut base = [0isize; GRAD_NR];
-                for c in 0..GRAD_NR {
-                    let (ci, tap) = (steps[c] / taps, steps[c] % taps);
-                    let (kh, kw) = (tap / kw_n, tap % kw_n);
+                for (c, &[ci, kh, kw]) in columns.iter().enumerate() {
                     row_shift[c] = (kh * dh) as isize - pad_top as isize;
                     col0[c] = (kw * dw) as isize - pad_left as isize;
                     base[c] = (ci * in_h * in_w) as isize + col0[c];
@@ -433,20 +423,10 @@ mod kernel {
                                 _mm512_maskz_loadu_ps(mask, src[c].wrapping_add(ow0))
                             })
                         };
-                        let d = dy_row.add(v * MR * 16);
-                        for (i, row) in acc.iter_mut().enumerate() {
-                            let dv = _mm512_loadu_ps(d.add(i * 16));
-                            for (c, acc) in row.iter_mut().enumerate() {
-                                *acc = _mm512_fmadd_ps(dv, xv[c], *acc);
-                            }
-                        }
+                        accumulate_step(&mut acc, dy_row.add(v * MR * 16), &xv);
                     }
                 }
-                for (i, row) in acc.iter().enumerate() {
-                    for (c, v) in row.iter().enumerate() {
-                        _mm512_storeu_ps(parked.add((i * GRAD_NR + c) * 16), *v);
-                    }
-                }
+                store_tile(parked, &acc);
             }
         }
         for (slot, tile) in task.tiles.clone().enumerate() {
@@ -485,9 +465,7 @@ mod kernel {
     ) {
         let [in_h, in_w] = g.in_size;
         let [out_h, out_w] = g.out_size;
-        let kw_n = g.kernel[1];
         let [dh, dw] = g.params.dilation;
-        let (depth, taps) = (g.col_rows(), g.taps());
         let plane = in_h * in_w;
         let (r0, rows) = (band.start, band.len());
         let len = (rows - 1) * in_w + out_w;
@@ -532,21 +510,13 @@ mod kernel {
         let pack = &dy_pack[..vectors * MR * 16];
         let tile_floats = MR * GRAD_NR * 16;
         for (slot, tile) in task.tiles.clone().enumerate() {
-            let steps: [usize; GRAD_NR] =
-                std::array::from_fn(|c| (tile * GRAD_NR + c).min(depth - 1));
+            let columns = tile_columns(g, tile);
             let parked = parked_all.as_mut_ptr().add(slot * tile_floats);
-            let mut acc = [[_mm512_setzero_ps(); GRAD_NR]; MR];
-            for (i, row) in acc.iter_mut().enumerate() {
-                for (c, v) in row.iter_mut().enumerate() {
-                    *v = _mm512_loadu_ps(parked.add((i * GRAD_NR + c) * 16));
-                }
-            }
+            let mut acc = load_tile(parked);
             // Per column: where its long row starts, and how many floats of the plane follow.
             let mut src = [x; GRAD_NR];
             let mut limit = [0usize; GRAD_NR];
-            for c in 0..GRAD_NR {
-                let (ci, tap) = (steps[c] / taps, steps[c] % taps);
-                let (kh, kw) = (tap / kw_n, tap % kw_n);
+            for (c, &[ci, kh, kw]) in columns.iter().enumerate() {
                 let start = (r0 + kh * dh) * in_w + kw * dw;
                 src[c] = x.add(ci * plane + start);
                 limit[c] = plane - start;
@@ -563,18 +533,56 @@ mod kernel {
                         _mm512_maskz_loadu_ps(mask, src[c].wrapping_add(q))
                     })
                 };
-                let d = pack.as_ptr().add(v * MR * 16);
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let dv = _mm512_loadu_ps(d.add(i * 16));
-                    for (c, acc) in row.iter_mut().enumerate() {
-                        *acc = _mm512_fmadd_ps(dv, xv[c], *acc);
-                    }
-                }
+                accumulate_step(&mut acc, pack.as_ptr().add(v * MR * 16), &xv);
             }
-            for (i, row) in acc.iter().enumerate() {
-                for (c, v) in row.iter().enumerate() {
-                    _mm512_storeu_ps(parked.add((i * GRAD_NR + c) * 16), *v);
-                }
+            store_tile(parked, &acc);
+        }
+    }
+
+    /// The `[ci, kh, kw]` of weight-gradient tile `tile`'s [`GRAD_NR`] `(ci, tap)` columns;
+    /// past the depth they repeat the last one.
+    fn tile_columns(g: &Conv2dGeometry, tile: usize) -> [[usize; 3]; GRAD_NR] {
+        let (depth, taps, kw_n) = (g.col_rows(), g.taps(), g.kernel[1]);
+        std::array::from_fn(|c| {
+            let step = (tile * GRAD_NR + c).min(depth - 1);
+            let (ci, tap) = (step / taps, step % taps);
+            [ci, tap / kw_n, tap % kw_n]
+        })
+    }
+
+    /// A weight-gradient tile's partial sums (`[MR][GRAD_NR]` vectors parked at `parked`).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load_tile(parked: *const f32) -> [[__m512; GRAD_NR]; MR] {
+        std::array::from_fn(|i| {
+            std::array::from_fn(|c| _mm512_loadu_ps(parked.add((i * GRAD_NR + c) * 16)))
+        })
+    }
+
+    /// Parks a weight-gradient tile's partial sums at `parked` (see [`load_tile`]).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store_tile(parked: *mut f32, acc: &[[__m512; GRAD_NR]; MR]) {
+        for (i, row) in acc.iter().enumerate() {
+            for (c, v) in row.iter().enumerate() {
+                _mm512_storeu_ps(parked.add((i * GRAD_NR + c) * 16), *v);
+            }
+        }
+    }
+
+    /// `acc[i][c] += ∂y[i] · x[c]` for one vector of positions: `dy` holds the `MR` channels'
+    /// packed lanes, `xv` the tile's columns.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn accumulate_step(
+        acc: &mut [[__m512; GRAD_NR]; MR],
+        dy: *const f32,
+        xv: &[__m512; GRAD_NR],
+    ) {
+        for (i, row) in acc.iter_mut().enumerate() {
+            let dv = _mm512_loadu_ps(dy.add(i * 16));
+            for (c, acc) in row.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(dv, xv[c], *acc);
             }
         }
     }
@@ -635,18 +643,24 @@ mod kernel {
         for first in (0..in_group).step_by(CHANNEL_CHUNK) {
             let chunk = first..(first + CHANNEL_CHUNK).min(in_group);
             for oh in task.rows.clone() {
-                // Tiles of three vectors, and two or one for the row's tail (less wasted work
-                // on narrow tokens).
-                let mut ow0 = 0;
-                while ow0 < out_w {
-                    match out_w - ow0 {
-                        left if left > 32 => tile::<3>(&ctx, oh, ow0, chunk.clone()),
-                        left if left > 16 => tile::<2>(&ctx, oh, ow0, chunk.clone()),
-                        _ => tile::<1>(&ctx, oh, ow0, chunk.clone()),
-                    }
-                    ow0 += 48;
-                }
+                row_tiles(&ctx, oh, out_w, &chunk);
             }
+        }
+    }
+
+    /// Output row `oh`'s `width` columns in tiles of three vectors, and two or one for the
+    /// row's tail (less wasted work on narrow rows).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn row_tiles(ctx: &TileContext, oh: usize, width: usize, chunk: &Range<usize>) {
+        let mut ow0 = 0;
+        while ow0 < width {
+            match width - ow0 {
+                left if left > 32 => tile::<3>(ctx, oh, ow0, chunk.clone()),
+                left if left > 16 => tile::<2>(ctx, oh, ow0, chunk.clone()),
+                _ => tile::<1>(ctx, oh, ow0, chunk.clone()),
+            }
+            ow0 += 48;
         }
     }
 
@@ -682,15 +696,7 @@ mod kernel {
         ctx.flat = true;
         for first in (0..g.in_channels_per_group()).step_by(CHANNEL_CHUNK) {
             let chunk = first..(first + CHANNEL_CHUNK).min(g.in_channels_per_group());
-            let mut p0 = 0;
-            while p0 < len {
-                match len - p0 {
-                    left if left > 32 => tile::<3>(&ctx, 0, p0, chunk.clone()),
-                    left if left > 16 => tile::<2>(&ctx, 0, p0, chunk.clone()),
-                    _ => tile::<1>(&ctx, 0, p0, chunk.clone()),
-                }
-                p0 += 48;
-            }
+            row_tiles(&ctx, 0, len, &chunk);
         }
         let first_channel = task.group * g.out_channels_per_group() + task.block * MR;
         for i in 0..ctx.channels {

@@ -68,12 +68,7 @@ impl RoutedConvBackend for CpuBackend {
             slot_outputs,
             geometry.slot_outputs_len(),
         )?;
-        let routing = cpu_slice(
-            op,
-            "routing weights",
-            routing_weights,
-            routing_len(&geometry),
-        )?;
+        let routing = routing_slice(op, routing_weights, &geometry)?;
         let per_token = geometry.token_conv().output_len();
         Ok(Storage::cpu(combine(
             slots,
@@ -96,12 +91,7 @@ impl RoutedConvBackend for CpuBackend {
         let plan = routing_plan(op, indices, &geometry)?;
         let grad_out = cpu_slice(op, "grad_out", grad_out, geometry.output_len())?;
         let weights = cpu_slice(op, "weights", weights, stacked_weight_len(&geometry))?;
-        let routing = cpu_slice(
-            op,
-            "routing weights",
-            routing_weights,
-            routing_len(&geometry),
-        )?;
+        let routing = routing_slice(op, routing_weights, &geometry)?;
         // Linear in the weights: one adjoint convolution per token with its mixed expert
         // `Σ_j w[t, j] · W_{e(t, j)}` (flipped), written straight into the token gradient.
         let weight_len = geometry.expert_weight_len().max(1);
@@ -128,12 +118,7 @@ impl RoutedConvBackend for CpuBackend {
         let plan = routing_plan(op, indices, &geometry)?;
         let grad_out = cpu_slice(op, "grad_out", grad_out, geometry.output_len())?;
         let tokens = cpu_slice(op, "tokens", tokens, geometry.tokens_len())?;
-        let routing = cpu_slice(
-            op,
-            "routing weights",
-            routing_weights,
-            routing_len(&geometry),
-        )?;
+        let routing = routing_slice(op, routing_weights, &geometry)?;
         let grad =
             expert_weight_gradients(&geometry.token_conv(), grad_out, tokens, routing, &plan);
         Ok(Storage::cpu(grad))
@@ -149,12 +134,7 @@ impl RoutedConvBackend for CpuBackend {
         let op = "routed_conv_expert_biases_backward";
         let plan = routing_plan(op, indices, &geometry)?;
         let grad_out = cpu_slice(op, "grad_out", grad_out, geometry.output_len())?;
-        let routing = cpu_slice(
-            op,
-            "routing weights",
-            routing_weights,
-            routing_len(&geometry),
-        )?;
+        let routing = routing_slice(op, routing_weights, &geometry)?;
         // s[t, o] = Σ_p ∂L/∂y[t, o, p], then ∂b_e[o] = Σ_{a of e, in order} w[a]·s[t(a), o].
         let sums = channel_sums(grad_out, &geometry);
         Ok(Storage::cpu(scatter_to_experts(
@@ -314,12 +294,7 @@ fn expert_operands<'a>(
     let biases = biases
         .map(|b| cpu_slice(op, "biases", b, geometry.experts * geometry.out_channels))
         .transpose()?;
-    let routing = cpu_slice(
-        op,
-        "routing weights",
-        routing_weights,
-        routing_len(geometry),
-    )?;
+    let routing = routing_slice(op, routing_weights, geometry)?;
     Ok((weights, biases, routing))
 }
 
@@ -443,6 +418,20 @@ fn routing_plan(
 ) -> Result<RoutingPlan> {
     let indices = cpu_slice(op, "indices", indices, routing_len(geometry))?;
     RoutingPlan::new(indices, geometry.tokens, geometry.slots, geometry.experts)
+}
+
+/// The routing weights `[T, k]` as a host slice, checked against `geometry`.
+fn routing_slice<'a>(
+    op: &'static str,
+    routing_weights: &'a Storage,
+    geometry: &RoutedConvGeometry,
+) -> Result<&'a [f32]> {
+    cpu_slice(
+        op,
+        "routing weights",
+        routing_weights,
+        routing_len(geometry),
+    )
 }
 
 fn routing_len(geometry: &RoutedConvGeometry) -> usize {
