@@ -1,13 +1,6 @@
 // Activation family: relu, leaky relu, sigmoid, tanh, hardswish, hardsigmoid and PReLU, forward
 // and backward side by side. CUDA twin of src/ops/activation/cpu_kernel.rs (PyTorch's choices
-// at the kinks). STATUS: compile-checked under NVRTC only; no CUDA header needed.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
-#define FOR_EACH_INDEX(idx, n)                                                   \
-    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < (n);        \
-         idx += (u64)gridDim.x * blockDim.x)
+// at the kinks).
 
 // Op codes (mirror: activation_code in cuda_kernel.rs).
 enum { A_RELU, A_LEAKY_RELU, A_SIGMOID, A_TANH, A_HARDSWISH, A_HARDSIGMOID };

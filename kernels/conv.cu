@@ -8,16 +8,7 @@
 // Each is C[M, N] = A[M, K] · B[K, N] per group (blockIdx.z), with A and B read through index
 // maps (the im2col matrix is never materialised). Tiles of 64×64 outputs, K in steps of 16;
 // 256 threads each accumulate a 4×4 block in registers.
-// STATUS: compile-checked under NVRTC only; no CUDA header needed. A tensor-core (mma.sync)
-// variant is not written yet; this f32 kernel is the reference.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
-typedef long long i64;
-
-#define FOR_EACH_INDEX(idx, n)                                                   \
-    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < (n);        \
-         idx += (u64)gridDim.x * blockDim.x)
+// A tensor-core (mma.sync) variant is not written yet; this f32 kernel is the reference.
 
 #define TILE 64
 #define TILE_K 16

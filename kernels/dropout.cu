@@ -1,14 +1,6 @@
 // Dropout family: the mask (0 or 1/(1 − p)) from a counter-based RNG, bit-identical to the CPU's
 // (src/ops/dropout/cpu_kernel.rs): element i draws splitmix64(seed + (i + 1)·γ), keeps its top
 // 24 bits as a uniform u in [0, 1), and is dropped when u < p. Backward is a multiply by the mask.
-// STATUS: compile-checked under NVRTC only; no CUDA header needed.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
-#define FOR_EACH_INDEX(idx, n)                                                   \
-    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < (n);        \
-         idx += (u64)gridDim.x * blockDim.x)
 
 // One launch (mirror: DropoutParams, 24 bytes).
 struct DropoutParams {

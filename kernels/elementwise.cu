@@ -1,15 +1,8 @@
 // Elementwise family: unary maps, binary maps with numpy broadcasting, broadcast_to, fill.
 // CUDA twin of src/ops/elementwise/cpu_kernel.rs (same formulas, same NaN choices).
 // Backward of every op here is itself elementwise (composed in src/ops/elementwise/mod.rs).
-// STATUS: compile-checked under NVRTC only; no CUDA header, so NVRTC alone compiles it.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
 
 // Grid-stride loop over the flat indices 0..n of the output.
-#define FOR_EACH_INDEX(idx, n)                                                   \
-    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < (n);        \
-         idx += (u64)gridDim.x * blockDim.x)
 
 // Highest rank the broadcast kernels handle (mirror: MAX_RANK in cuda_kernel.rs).
 #define MAX_RANK 8

@@ -2,14 +2,6 @@
 // scatter_add / index_select's backward (accumulate along the axis), and top-k.
 // CUDA twin of src/ops/index/cpu_kernel.rs. Accumulation gives each thread one (outer, inner)
 // column and walks the indices in order, so sums are deterministic and need no atomics.
-// STATUS: compile-checked under NVRTC only; no CUDA header needed.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
-#define FOR_EACH_INDEX(idx, n)                                                   \
-    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < (n);        \
-         idx += (u64)gridDim.x * blockDim.x)
 
 // One launch (mirror: IndexParams, 24 bytes). per_row = 1: one index per (outer, j) row
 // (index_select, `index[j]`); 0: one per element (gather / scatter, `index[row·inner + i]`).

@@ -3,15 +3,6 @@
 // src/ops/interpolate/cpu_kernel.rs: the same taps from the same f32 step (computed on the host).
 // The backward gathers: one thread per input pixel sums, in the CPU's order, the weighted
 // gradients of the outputs whose taps read it — deterministic, no atomics.
-// STATUS: compile-checked under NVRTC only; no CUDA header needed.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
-typedef long long i64;
-
-#define FOR_EACH_INDEX(idx, n)                                                   \
-    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < (n);        \
-         idx += (u64)gridDim.x * blockDim.x)
 
 // One launch (mirror: InterpolateParams, 40 bytes). `step` per axis as the CPU computes it.
 struct InterpolateParams {

@@ -2,14 +2,6 @@
 // index and optional class weights, and its backward. CUDA twin of src/ops/loss/cpu_kernel.rs:
 //   loss[p] = w[y] · (lse[p] − x[y, p]),  lse = ln Σ_c e^(x_c)      (0 where y = ignore)
 //   dx[c, p] = g[p] · w[y] · (e^(x_c − lse) − [c = y])
-// STATUS: compile-checked under NVRTC only; no CUDA header needed.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
-#define FOR_EACH_INDEX(idx, n)                                                   \
-    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < (n);        \
-         idx += (u64)gridDim.x * blockDim.x)
 
 // One launch (mirror: CrossEntropyParams, 24 bytes).
 struct CrossEntropyParams {

@@ -1,10 +1,6 @@
 // Matmul family: batched C[b] = op(A[b]) · op(B[b]) in f32, one tiled SGEMM for the forward and
 // both gradients (the launcher picks the transpositions and strides, as the CPU's batched_gemm
 // does). Tiles of 64×64 outputs, K in steps of 16, 256 threads with a 4×4 register block each.
-// STATUS: compile-checked under NVRTC only; no CUDA header needed.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
 
 #define TILE 64
 #define TILE_K 16

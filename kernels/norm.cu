@@ -5,14 +5,6 @@
 //   y = (x − mean)·inv_std·w + b,  inv_std = 1/√(var + eps)
 //   train: dx = a·g + b'·x + d with a = w·inv_std, b' = −a·inv_std·Σg·x̂/M, d = −a·Σg/M − b'·mean
 //   eval:  dx = a·g
-// STATUS: compile-checked under NVRTC only; no CUDA header needed.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
-#define FOR_EACH_INDEX(idx, n)                                                   \
-    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < (n);        \
-         idx += (u64)gridDim.x * blockDim.x)
 
 // Threads per block of the per-channel kernels (mirror: NORM_BLOCK in cuda_kernel.rs).
 #define NORM_BLOCK 256

@@ -1,14 +1,6 @@
 // Optimizer family: one fused pass per parameter tensor for SGD (momentum, dampening, nesterov,
 // weight decay) and Adam / AdamW (amsgrad), with the f32 scalars and fma order of
 // src/ops/optimizer/cpu_kernel.rs (which follows PyTorch's foreach kernels).
-// STATUS: compile-checked under NVRTC only; no CUDA header needed.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
-#define FOR_EACH_INDEX(idx, n)                                                   \
-    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < (n);        \
-         idx += (u64)gridDim.x * blockDim.x)
 
 // SGD modes (mirror: SgdParams::mode in cuda_kernel.rs).
 enum { SGD_PLAIN, SGD_FIRST_STEP, SGD_MOMENTUM };

@@ -4,13 +4,7 @@
 //   reassemble(y)[b, ch, r*ph + i, c*pw + j] = y[(b, r, c), ch, i, j]            (cropped to H x W)
 // Tokens are ordered batch-major, then patch row, then patch column: t = (b*rows + r)*cols + c.
 //
-// STATUS: compile-checked under NVRTC only (sm_80, sm_90); not yet run on a GPU. `moeseg verify`
-// compares it with the CPU where a GPU is present. Launch: kernel(params, input, output).
-// It includes no header, so NVRTC alone compiles it.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
-typedef long long i64;
+// Launch: kernel(params, input, output).
 
 // Shapes of one launch, passed by value (mirror: a #[repr(C)] Rust struct of ten u32, no
 // padding). `rows`/`cols` are ceil(H/ph)/ceil(W/pw), computed once on the host.
@@ -29,9 +23,6 @@ struct PatchGridParams {
 static_assert(sizeof(PatchGridParams) == 40, "PatchGridParams must match its #[repr(C)] mirror in src/ops/patch_grid/cuda_kernel.rs");
 
 // Grid-stride loop over the flat indices 0..n of the output.
-#define FOR_EACH_INDEX(idx, n)                                                   \
-    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < (n);        \
-         idx += (u64)gridDim.x * blockDim.x)
 
 // Each token element copies the one map pixel it reads, or 0 outside the map (split's gather).
 __device__ void gather_tokens(const float* __restrict__ map, float* __restrict__ tokens,

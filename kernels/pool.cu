@@ -3,15 +3,6 @@
 // adaptive avg pool with their backward. CUDA twin of src/ops/pool/cpu_kernel.rs, same windows.
 // Backward passes gather: one thread per input pixel sums the outputs whose window holds it, in
 // the CPU's order, so results are deterministic without atomics.
-// STATUS: compile-checked under NVRTC only; no CUDA header needed.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
-typedef long long i64;
-
-#define FOR_EACH_INDEX(idx, n)                                                   \
-    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < (n);        \
-         idx += (u64)gridDim.x * blockDim.x)
 
 // One launch (mirror: PoolParams, 64 bytes). Axis a: [0] = rows (h), [1] = columns (w).
 struct PoolParams {

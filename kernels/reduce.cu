@@ -1,13 +1,5 @@
 // Reduction family: sum and max (with arg-max indices) along one axis of an [outer, size, inner]
 // view, and max's backward. CUDA twin of src/ops/reduce/cpu_kernel.rs.
-// STATUS: compile-checked under NVRTC only; no CUDA header, so NVRTC alone compiles it.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
-#define FOR_EACH_INDEX(idx, n)                                                   \
-    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < (n);        \
-         idx += (u64)gridDim.x * blockDim.x)
 
 // The [outer, size, inner] view of one launch (mirror: AxisParams, 16 bytes).
 struct AxisParams {

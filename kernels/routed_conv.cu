@@ -6,14 +6,6 @@
 //   ∂W_e = Σ_{(t,j): e} w[t, j] · ∂y[t] ⋆ tokens[t]      ∂b_e = Σ_{(t,j): e} w[t, j] · Σ_p ∂y[t]
 // Every kernel gathers (one thread or block per output element, fixed order): deterministic
 // without atomics. Direct loops, no tiling yet (the dense conv's implicit GEMM is the fast path).
-// STATUS: compile-checked under NVRTC only; no CUDA header needed.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
-#define FOR_EACH_INDEX(idx, n)                                                   \
-    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < (n);        \
-         idx += (u64)gridDim.x * blockDim.x)
 
 // Threads per block of the dot-product kernel (mirror: ROUTED_BLOCK in cuda_kernel.rs).
 #define ROUTED_BLOCK 256

@@ -1,14 +1,5 @@
 // Shape family: permute, concat, and one box copy that serves narrow, pad and both of their
 // backward passes. CUDA twin of src/ops/shape/cpu_kernel.rs and permute.rs.
-// STATUS: compile-checked under NVRTC only; no CUDA header needed.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
-typedef long long i64;
-
-#define FOR_EACH_INDEX(idx, n)                                                   \
-    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < (n);        \
-         idx += (u64)gridDim.x * blockDim.x)
 
 // Highest rank (mirror: MAX_RANK in cuda_kernel.rs).
 #define MAX_RANK 8

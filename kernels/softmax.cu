@@ -2,14 +2,6 @@
 // and their backward. CUDA twin of src/ops/softmax/cpu_kernel.rs:
 //   softmax:      y = e^(x − max) / Σ e^(x − max)       dx = y · (g − Σ g·y)
 //   log-softmax:  y = x − max − ln Σ e^(x − max)        dx = g − e^y · Σ g
-// STATUS: compile-checked under NVRTC only; no CUDA header needed.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
-#define FOR_EACH_INDEX(idx, n)                                                   \
-    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < (n);        \
-         idx += (u64)gridDim.x * blockDim.x)
 
 // One launch (mirror: SoftmaxParams, 16 bytes); `log` selects log-softmax.
 struct SoftmaxParams {

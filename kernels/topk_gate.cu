@@ -3,14 +3,6 @@
 // to the lower expert, NaN first), optionally under a per-expert capacity served in token order;
 // weights = p_e / (Σ_chosen p + eps) (or 1 with straight-through); counts and top-1 counts per
 // expert; and the backward of the renormalised weights.
-// STATUS: compile-checked under NVRTC only; no CUDA header needed.
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
-#define FOR_EACH_INDEX(idx, n)                                                   \
-    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < (n);        \
-         idx += (u64)gridDim.x * blockDim.x)
 
 // One launch (mirror: GateParams, 24 bytes).
 struct GateParams {

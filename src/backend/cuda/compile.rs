@@ -9,7 +9,7 @@
 //! written the compile still succeeds and [`Compiled::cache_note`] says why.
 
 use super::libraries::{self, NvrtcInfo};
-use super::{kernel_source, CompileFailure, CudaError};
+use super::{compilable_source, CompileFailure, CudaError};
 use cudarc::nvrtc::sys::{self as nvrtc_sys, nvrtcProgram, nvrtcResult};
 use std::collections::HashMap;
 use std::ffi::{c_char, CString};
@@ -185,8 +185,8 @@ impl KernelCompiler {
         arch: &Arch,
         format: OutputFormat,
     ) -> Result<Compiled, CudaError> {
-        let source = kernel_source(family)?;
-        self.compile(&format!("{family}.cu"), source, arch, format)
+        let source = compilable_source(family)?;
+        self.compile(&format!("{family}.cu"), &source, arch, format)
     }
 
     /// Compiles `source` (NVRTC names it `file` in its messages) for `arch`, through the caches.

@@ -41,8 +41,18 @@ mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
-/// Every kernel family `kernels/<family>.cu` as `(family, source)`, sorted by family.
-pub use embedded::KERNELS;
+/// Every kernel family `kernels/<family>.cu` as `(family, source)`, sorted by family, and the
+/// prelude (`kernels/prelude.cuh`) compiled in front of each.
+pub use embedded::{KERNELS, PRELUDE};
+
+/// What a compiler sees for kernel family `family`: the prelude, then `kernels/<family>.cu`
+/// under a `#line` directive, so messages name the kernel file and its own line numbers.
+pub fn compilable_source(family: &str) -> Result<String, CudaError> {
+    let source = kernel_source(family)?;
+    Ok(format!(
+        "#line 1 \"prelude.cuh\"\n{PRELUDE}\n#line 1 \"{family}.cu\"\n{source}"
+    ))
+}
 
 /// The source of kernel family `family` (`kernels/<family>.cu`), or an error naming the
 /// families that exist.
