@@ -60,6 +60,9 @@ pub enum Device {
     Cpu,
     /// CUDA device `N` (`cuda:N`); opened on first use, see [`cuda::CudaBackend`].
     Cuda(usize),
+    /// The emulated CUDA device `N` (`cuda-emu:N`): the CUDA kernels run on the CPU, with
+    /// checks a GPU does not make ([`cuda::emu`]).
+    CudaEmu(usize),
 }
 
 impl Device {
@@ -67,7 +70,25 @@ impl Device {
     pub fn backend(&self) -> &(dyn Backend + 'static) {
         match self {
             Device::Cpu => &CpuBackend,
-            Device::Cuda(ordinal) => cuda::backend_for(*ordinal),
+            Device::Cuda(ordinal) => cuda::backend_for(cuda::CudaDevice::gpu(*ordinal)),
+            Device::CudaEmu(ordinal) => cuda::backend_for(cuda::CudaDevice::emulated(*ordinal)),
+        }
+    }
+
+    /// The CUDA device (GPU or emulated), `None` for the CPU.
+    pub fn cuda(&self) -> Option<cuda::CudaDevice> {
+        match self {
+            Device::Cpu => None,
+            Device::Cuda(ordinal) => Some(cuda::CudaDevice::gpu(*ordinal)),
+            Device::CudaEmu(ordinal) => Some(cuda::CudaDevice::emulated(*ordinal)),
+        }
+    }
+
+    /// The device of a CUDA buffer.
+    pub fn from_cuda(device: cuda::CudaDevice) -> Device {
+        match device.emulated {
+            false => Device::Cuda(device.ordinal),
+            true => Device::CudaEmu(device.ordinal),
         }
     }
 
@@ -76,17 +97,19 @@ impl Device {
         match selected {
             cuda::Selected::Cpu { .. } => Device::Cpu,
             cuda::Selected::Cuda { ordinal } => Device::Cuda(*ordinal),
+            cuda::Selected::Emulated { ordinal } => Device::CudaEmu(*ordinal),
         }
     }
 
-    /// Resolves a `--device` string (`auto`, `cpu`, `cuda`, `cuda:N`) without panicking:
+    /// Resolves a `--device` string (`auto`, `cpu`, `cuda`, `cuda:N`, `cuda-emu`, `cuda-emu:N`)
+    /// without panicking:
     /// the device, plus the one-line reason when `auto` fell back to the CPU.
     pub fn select(request: &str) -> Result<(Device, Option<String>)> {
         let request: cuda::DeviceRequest = request.parse().map_err(crate::Error::cuda)?;
         let selected = cuda::select(request).map_err(crate::Error::cuda)?;
         let reason = match &selected {
             cuda::Selected::Cpu { reason } => reason.clone(),
-            cuda::Selected::Cuda { .. } => None,
+            cuda::Selected::Cuda { .. } | cuda::Selected::Emulated { .. } => None,
         };
         Ok((Device::from_selected(&selected), reason))
     }
@@ -97,6 +120,7 @@ impl fmt::Display for Device {
         match self {
             Device::Cpu => write!(f, "cpu"),
             Device::Cuda(ordinal) => write!(f, "cuda:{ordinal}"),
+            Device::CudaEmu(ordinal) => write!(f, "cuda-emu:{ordinal}"),
         }
     }
 }

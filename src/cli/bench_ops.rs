@@ -215,7 +215,7 @@ fn device_copy(x: &Storage) -> Result<Storage> {
             Ok(Storage::cpu(out))
         }
         Storage::Cuda(buffer) => Ok(Storage::Cuda(
-            cuda::backend_for(buffer.ordinal()).copy_buffer(buffer)?,
+            cuda::backend_for(buffer.device()).copy_buffer(buffer)?,
         )),
     }
 }
@@ -224,7 +224,10 @@ fn device_copy(x: &Storage) -> Result<Storage> {
 fn synchronize(device: &Device) -> Result<()> {
     match device {
         Device::Cpu => Ok(()),
-        Device::Cuda(ordinal) => cuda::backend_for(*ordinal).synchronize(),
+        Device::Cuda(_) | Device::CudaEmu(_) => match device.cuda() {
+            Some(cuda) => cuda::backend_for(cuda).synchronize(),
+            None => Ok(()),
+        },
     }
 }
 
@@ -437,10 +440,10 @@ fn open_device_detailed(request: &str) -> Result<(Device, String)> {
     let (device, fallback) = Device::select(request)?;
     let description = match &device {
         Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
-        Device::Cuda(ordinal) => {
-            let (name, arch) = cuda::backend_for(*ordinal).describe()?;
-            format!("cuda:{ordinal} ({name}, {arch:?})")
-        }
+        Device::Cuda(_) | Device::CudaEmu(_) => match device.cuda() {
+            Some(cuda) => format!("{cuda} ({})", cuda::backend_for(cuda).describe()?),
+            None => device.to_string(),
+        },
     };
     let description = match fallback {
         Some(reason) => format!(

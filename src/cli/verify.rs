@@ -302,8 +302,9 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
         return Ok(());
     }
     let request: cuda::DeviceRequest = args.device.parse().map_err(Error::cuda)?;
-    let ordinal = match cuda::select(request) {
-        Ok(cuda::Selected::Cuda { ordinal }) => ordinal,
+    let device = match cuda::select(request) {
+        Ok(cuda::Selected::Cuda { ordinal }) => cuda::CudaDevice::gpu(ordinal),
+        Ok(cuda::Selected::Emulated { ordinal }) => cuda::CudaDevice::emulated(ordinal),
         Ok(cuda::Selected::Cpu { reason }) => {
             eprintln!(
                 "moeseg verify: no GPU to verify ({}); `--device cuda:N` compares CUDA device N \
@@ -317,15 +318,14 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
             std::process::exit(EXIT_NO_GPU);
         }
     };
-    let device = Device::Cuda(ordinal);
-    let gpu = cuda::backend_for(ordinal);
-    let (name, arch) = gpu.describe()?;
+    let gpu = cuda::backend_for(device);
+    let name = gpu.describe()?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
     });
-    println!("moeseg verify: {device} ({name}, {arch}) against the CPU, seed {seed}");
+    println!("moeseg verify: {device} ({name}) against the CPU, seed {seed}");
     let failures = run_table(
         args.op.as_deref(),
         seed,

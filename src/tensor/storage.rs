@@ -12,7 +12,8 @@ use std::sync::Arc;
 pub enum Storage {
     /// Host memory.
     Cpu(Arc<CpuBuffer>),
-    /// Memory of CUDA device `buffer.ordinal()` (shared; back to the caching allocator on drop).
+    /// Memory of CUDA device `buffer.device()`, a GPU or the emulated device (shared; back to
+    /// the caching allocator on drop).
     Cuda(CudaBuffer),
 }
 
@@ -55,7 +56,7 @@ impl Storage {
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
-            Storage::Cuda(buffer) => Device::Cuda(buffer.ordinal()),
+            Storage::Cuda(buffer) => Device::from_cuda(buffer.device()),
         }
     }
 
@@ -89,7 +90,7 @@ impl Storage {
     pub fn try_to_vec(&self) -> Result<Vec<f32>> {
         match self {
             Storage::Cpu(data) => Ok(data.to_vec()),
-            Storage::Cuda(buffer) => backend_for(buffer.ordinal()).download(buffer),
+            Storage::Cuda(buffer) => backend_for(buffer.device()).download(buffer),
         }
     }
 }

@@ -34,6 +34,9 @@ pub fn resolve_device(request: &str) -> Result<(Device, Option<String>)> {
                 "CUDA device {ordinal} found, but networks do not run on CUDA yet: using the CPU"
             )),
         )),
+        Selected::Emulated { .. } => Err(Error::Unsupported(format!(
+            "--device {request}: networks do not run on CUDA devices yet"
+        ))),
         Selected::Cuda { ordinal } => Err(Error::Unsupported(format!(
             "--device {request}: CUDA device {ordinal} is usable, but networks do not run on \
              CUDA yet (no move of a network's weights to the device); use --device cpu (or auto)"

@@ -269,8 +269,7 @@ impl KernelCompiler {
     }
 }
 
-/// 128-bit FNV-1a over every input of a compile, each length-prefixed so fields cannot run
-/// into each other. Stable across Rust versions and machines (unlike `DefaultHasher`).
+/// The NVRTC cache key: [`fnv128`] over every input of a compile.
 fn cache_key(
     file: &str,
     source: &str,
@@ -279,28 +278,41 @@ fn cache_key(
     arch: &Arch,
     format: OutputFormat,
 ) -> u128 {
+    let version = nvrtc.version_string();
+    let fields = [
+        b"moeseg-kernel-cache-v1".as_slice(),
+        file.as_bytes(),
+        source.as_bytes(),
+    ];
+    let tail = [
+        version.as_bytes(),
+        arch.name().as_bytes(),
+        format.extension().as_bytes(),
+    ];
+    fnv128(
+        fields
+            .into_iter()
+            .chain(options.iter().map(|o| o.as_bytes()))
+            .chain(tail),
+    )
+}
+
+/// 128-bit FNV-1a over `fields`, each length-prefixed so fields cannot run into each other.
+/// Stable across Rust versions and machines (unlike `DefaultHasher`): the disk caches' key.
+pub(crate) fn fnv128<'a>(fields: impl IntoIterator<Item = &'a [u8]>) -> u128 {
     const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
     const PRIME: u128 = 0x0000000001000000000000000000013B;
     let mut hash = OFFSET;
-    let mut feed = |bytes: &[u8]| {
-        for &byte in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+    for field in fields {
+        for &byte in (field.len() as u64).to_le_bytes().iter().chain(field) {
             hash = (hash ^ u128::from(byte)).wrapping_mul(PRIME);
         }
-    };
-    feed(b"moeseg-kernel-cache-v1");
-    feed(file.as_bytes());
-    feed(source.as_bytes());
-    for option in options {
-        feed(option.as_bytes());
     }
-    feed(nvrtc.version_string().as_bytes());
-    feed(arch.name().as_bytes());
-    feed(format.extension().as_bytes());
     hash
 }
 
 /// Writes `bytes` to a temporary file next to `path` and renames it into place.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| {
         format!(
@@ -433,7 +445,7 @@ fn nvrtc_compile(
         return Err(CudaError::Compile(Box::new(CompileFailure {
             file: file.to_string(),
             arch: arch.to_string(),
-            version: nvrtc.version_string(),
+            compiler: format!("NVRTC {}", nvrtc.version_string()),
             status: format!("{status:?}"),
             options: options.to_vec(),
             log,

@@ -1,13 +1,49 @@
-//! Choosing where to compute: `auto`, `cpu`, `cuda` or `cuda:N`.
+//! Choosing where to compute: `auto`, `cpu`, `cuda`, `cuda:N`, `cuda-emu` or `cuda-emu:N`.
 //!
 //! [`select`] never panics. `auto` takes CUDA device 0 when a driver and a device are present,
-//! else the CPU with one line saying why; `cuda[:N]` is an error saying why and where it
-//! looked when that device cannot be used.
+//! else the CPU with one line saying why (it never picks the emulated device); `cuda[:N]` is an
+//! error saying why and where it looked when that device cannot be used; `cuda-emu[:N]` needs
+//! a host C++ compiler.
 
 use super::libraries;
 use super::CudaError;
 use std::fmt;
 use std::str::FromStr;
+
+/// A CUDA device the engine can compute on: GPU `ordinal` through the driver, or emulated
+/// device `ordinal` (each has its own memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CudaDevice {
+    pub ordinal: usize,
+    pub emulated: bool,
+}
+
+impl CudaDevice {
+    /// GPU `ordinal`.
+    pub fn gpu(ordinal: usize) -> CudaDevice {
+        CudaDevice {
+            ordinal,
+            emulated: false,
+        }
+    }
+
+    /// Emulated device `ordinal`.
+    pub fn emulated(ordinal: usize) -> CudaDevice {
+        CudaDevice {
+            ordinal,
+            emulated: true,
+        }
+    }
+}
+
+impl fmt::Display for CudaDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.emulated {
+            false => write!(f, "cuda:{}", self.ordinal),
+            true => write!(f, "cuda-emu:{}", self.ordinal),
+        }
+    }
+}
 
 /// What the user asked for (`--device`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,6 +55,8 @@ pub enum DeviceRequest {
     Cpu,
     /// CUDA device `ordinal` (`cuda` is `cuda:0`); an error if it cannot be used.
     Cuda { ordinal: usize },
+    /// The emulated CUDA device `ordinal` (`cuda-emu` is `cuda-emu:0`).
+    Emulated { ordinal: usize },
 }
 
 impl FromStr for DeviceRequest {
@@ -33,19 +71,27 @@ impl FromStr for DeviceRequest {
             "auto" => Ok(DeviceRequest::Auto),
             "cpu" => Ok(DeviceRequest::Cpu),
             "cuda" => Ok(DeviceRequest::Cuda { ordinal: 0 }),
-            other => match other.strip_prefix("cuda:") {
-                Some(number) => number
-                    .parse::<usize>()
-                    .map(|ordinal| DeviceRequest::Cuda { ordinal })
-                    .map_err(|_| {
+            "cuda-emu" => Ok(DeviceRequest::Emulated { ordinal: 0 }),
+            other => {
+                let number = |text: &str, kind: &str| {
+                    text.parse::<usize>().map_err(|_| {
                         invalid(format!(
-                            "`{number}` is not a device number (expected cuda:0, cuda:1, ...)"
+                            "`{text}` is not a device number (expected {kind}:0, {kind}:1, ...)"
                         ))
-                    }),
-                None => Err(invalid(
-                    "expected one of auto, cpu, cuda, cuda:N (N = device number)".to_string(),
-                )),
-            },
+                    })
+                };
+                if let Some(text) = other.strip_prefix("cuda-emu:") {
+                    number(text, "cuda-emu").map(|ordinal| DeviceRequest::Emulated { ordinal })
+                } else if let Some(text) = other.strip_prefix("cuda:") {
+                    number(text, "cuda").map(|ordinal| DeviceRequest::Cuda { ordinal })
+                } else {
+                    Err(invalid(
+                        "expected one of auto, cpu, cuda, cuda:N, cuda-emu, cuda-emu:N \
+                         (N = device number)"
+                            .to_string(),
+                    ))
+                }
+            }
         }
     }
 }
@@ -56,6 +102,7 @@ impl fmt::Display for DeviceRequest {
             DeviceRequest::Auto => write!(f, "auto"),
             DeviceRequest::Cpu => write!(f, "cpu"),
             DeviceRequest::Cuda { ordinal } => write!(f, "cuda:{ordinal}"),
+            DeviceRequest::Emulated { ordinal } => write!(f, "cuda-emu:{ordinal}"),
         }
     }
 }
@@ -68,6 +115,8 @@ pub enum Selected {
     Cpu { reason: Option<String> },
     /// Compute on CUDA device `ordinal` (a context was created on it successfully).
     Cuda { ordinal: usize },
+    /// Compute on the emulated CUDA device `ordinal` (a host C++ compiler was found).
+    Emulated { ordinal: usize },
 }
 
 /// Resolves `request` to a device without panicking: probes libcuda (guarded, see
@@ -81,6 +130,12 @@ pub fn select(request: DeviceRequest) -> Result<Selected, CudaError> {
                 reason: Some(format!("using the CPU: {}", why.one_line)),
             },
         }),
+        DeviceRequest::Emulated { ordinal } => super::emu::compile::host_compiler()
+            .map(|_| Selected::Emulated { ordinal })
+            .map_err(|e| CudaError::DeviceUnavailable {
+                request: request.to_string(),
+                msg: e.to_string(),
+            }),
         DeviceRequest::Cuda { ordinal } => probe(ordinal)
             .map(|ordinal| Selected::Cuda { ordinal })
             .map_err(|why| CudaError::DeviceUnavailable {
@@ -164,5 +219,11 @@ mod tests {
             assert!(bad.parse::<DeviceRequest>().is_err(), "{bad}");
         }
         assert_eq!(DeviceRequest::Cuda { ordinal: 2 }.to_string(), "cuda:2");
+        assert_eq!("cuda-emu".parse(), Ok(DeviceRequest::Emulated { ordinal: 0 }));
+        assert_eq!("CUDA-EMU:1".parse(), Ok(DeviceRequest::Emulated { ordinal: 1 }));
+        for bad in ["cuda-emu:", "cuda-emu:x", "cuda_emu", "emu"] {
+            assert!(bad.parse::<DeviceRequest>().is_err(), "{bad}");
+        }
+        assert_eq!(CudaDevice::emulated(1).to_string(), "cuda-emu:1");
     }
 }

@@ -6,8 +6,11 @@
 //! a multiple of 1 Mi floats) and served from that class's free list when it has a buffer, else
 //! by the driver. Everything runs on the device's one stream, so a buffer freed on the host
 //! and handed to the next kernel is reused in stream order: no event, no synchronisation.
+//! The emulated device uses the same allocator over host mappings ([`DeviceSlice::Emulated`]).
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use super::device::CudaDevice;
+use super::emu::HostAllocation;
+use cudarc::driver::CudaSlice;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -25,22 +28,38 @@ pub fn size_class(len: usize) -> usize {
     }
 }
 
+/// One device allocation of a size class: GPU memory, or an emulated device's host mapping.
+pub enum DeviceSlice {
+    Driver(CudaSlice<f32>),
+    Emulated(HostAllocation),
+}
+
+impl DeviceSlice {
+    /// Capacity in floats.
+    pub fn capacity(&self) -> usize {
+        match self {
+            DeviceSlice::Driver(slice) => slice.len(),
+            DeviceSlice::Emulated(allocation) => allocation.capacity(),
+        }
+    }
+}
+
 /// A size-class free list of device buffers of one device.
 #[derive(Default)]
 pub struct CachingAllocator {
-    free: Mutex<HashMap<usize, Vec<CudaSlice<f32>>>>,
+    free: Mutex<HashMap<usize, Vec<DeviceSlice>>>,
 }
 
 impl CachingAllocator {
     /// A cached buffer of capacity `size_class(len)`, if one is free.
-    pub fn take(&self, len: usize) -> Option<CudaSlice<f32>> {
+    pub fn take(&self, len: usize) -> Option<DeviceSlice> {
         let mut free = crate::autograd::lock(&self.free);
         free.get_mut(&size_class(len)).and_then(Vec::pop)
     }
 
     /// Puts a buffer back on its class's free list.
-    pub fn give_back(&self, slice: CudaSlice<f32>) {
-        let class = slice.len();
+    pub fn give_back(&self, slice: DeviceSlice) {
+        let class = slice.capacity();
         crate::autograd::lock(&self.free)
             .entry(class)
             .or_default()
@@ -64,10 +83,10 @@ impl CachingAllocator {
 /// The allocation behind a [`CudaBuffer`]; returns its slice to the allocator on drop.
 struct Allocation {
     /// `Some` until drop hands it back.
-    slice: Option<CudaSlice<f32>>,
+    slice: Option<DeviceSlice>,
     /// Elements in use (the slice's capacity is the size class).
     len: usize,
-    ordinal: usize,
+    device: CudaDevice,
     allocator: &'static CachingAllocator,
 }
 
@@ -79,22 +98,22 @@ impl Drop for Allocation {
     }
 }
 
-/// `len` f32 elements on CUDA device `ordinal`; cheap to clone (the allocation is shared).
+/// `len` f32 elements on a CUDA device; cheap to clone (the allocation is shared).
 #[derive(Clone)]
 pub struct CudaBuffer(Arc<Allocation>);
 
 impl CudaBuffer {
     /// Wraps a slice of capacity ≥ `len` obtained from `allocator`.
     pub(crate) fn new(
-        slice: CudaSlice<f32>,
+        slice: DeviceSlice,
         len: usize,
-        ordinal: usize,
+        device: CudaDevice,
         allocator: &'static CachingAllocator,
     ) -> Self {
         CudaBuffer(Arc::new(Allocation {
             slice: Some(slice),
             len,
-            ordinal,
+            device,
             allocator,
         }))
     }
@@ -109,23 +128,14 @@ impl CudaBuffer {
         self.0.len == 0
     }
 
-    /// The CUDA device number.
-    pub fn ordinal(&self) -> usize {
-        self.0.ordinal
+    /// The CUDA device it lives on.
+    pub fn device(&self) -> CudaDevice {
+        self.0.device
     }
 
     /// The slice (capacity ≥ `len`), `None` only during drop.
-    pub(crate) fn slice(&self) -> Option<&CudaSlice<f32>> {
+    pub(crate) fn slice(&self) -> Option<&DeviceSlice> {
         self.0.slice.as_ref()
-    }
-
-    /// The raw device address for a kernel argument (0 for a buffer being dropped, which no
-    /// caller can hold).
-    pub(crate) fn device_address(&self, stream: &CudaStream) -> u64 {
-        match self.slice() {
-            Some(slice) => slice.device_ptr(stream).0,
-            None => 0,
-        }
     }
 
     /// True when both buffers are the same allocation.
@@ -136,7 +146,7 @@ impl CudaBuffer {
 
 impl fmt::Debug for CudaBuffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CudaBuffer(cuda:{}, {} f32)", self.0.ordinal, self.0.len)
+        write!(f, "CudaBuffer({}, {} f32)", self.0.device, self.0.len)
     }
 }
 

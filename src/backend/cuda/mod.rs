@@ -14,11 +14,12 @@
 //! Each op family's launchers live next to its CPU kernels in `src/ops/<family>/cuda_kernel.rs`
 //! and its kernels in `kernels/<family>.cu` (forward and backward side by side, no headers).
 //! `moeseg verify` compares every kernel with the CPU backend on a GPU.
+//! - [`emu`]: the emulated device (`cuda-emu`): the same launchers and kernel files, compiled
+//!   by the host C++ compiler and run on the CPU with real block semantics and checks.
 //!
-//! STATUS: compile-checked under NVRTC only. Every kernel compiles for sm_80 and sm_90 and the
-//! verification table passes CPU-against-CPU, but none of this has run on a GPU yet. Every
-//! method of every op family has a kernel; a method without one would return
-//! `Error::Unsupported("<op> has no CUDA kernel yet")` ([`runtime::no_kernel`]).
+//! Every method of every op family has a kernel; a method without one would return
+//! `Error::Unsupported("<op> has no CUDA kernel yet")` ([`runtime::no_kernel`]). Where the
+//! kernels have run (GPUs, the emulator) is recorded in `kernels/verified/`.
 //!
 //! cudarc loads libcuda and libnvrtc at run time (`dynamic-loading`), so this code is built on
 //! every machine; it checks that a library is present before the first call into it, because
@@ -26,12 +27,13 @@
 
 pub mod compile;
 pub mod device;
+pub mod emu;
 pub mod libraries;
 pub mod memory;
 pub mod runtime;
 
 pub use compile::{Arch, Compiled, KernelCompiler, KernelImage, Origin, OutputFormat};
-pub use device::{select, DeviceRequest, Selected};
+pub use device::{select, CudaDevice, DeviceRequest, Selected};
 pub use libraries::{cuda_driver, nvrtc, DriverInfo, NvrtcInfo};
 pub use memory::CudaBuffer;
 pub use runtime::{backend_for, CudaBackend};
@@ -100,10 +102,22 @@ pub enum CudaError {
     Compile(Box<CompileFailure>),
 
     /// A CUDA driver call failed on an opened device (allocation, copy, module load, launch).
-    #[error("CUDA {call} on cuda:{ordinal} failed: {msg}")]
+    #[error("CUDA {call} on {device} failed: {msg}")]
     Driver {
-        ordinal: usize,
+        device: String,
         call: String,
+        msg: String,
+    },
+
+    /// A launch that cannot run (a shape a GPU rejects, a signature mismatch), or an error the
+    /// emulated device found while running it: `at` names the block and thread.
+    #[error("{device}: kernel {kernel}{at}: {msg}")]
+    Emulator {
+        device: String,
+        /// `<family>.cu: <kernel>`.
+        kernel: String,
+        /// `, block (x,y,z), thread (x,y,z)`, or empty.
+        at: String,
         msg: String,
     },
 
@@ -119,14 +133,14 @@ pub enum CudaError {
 /// A kernel file NVRTC rejected: what was compiled, how, and NVRTC's log.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "NVRTC {version}: {file} does not compile for {arch} ({status}), options {options:?}:\n{log}"
+    "{compiler}: {file} does not compile for {arch} ({status}), options {options:?}:\n{log}"
 )]
 pub struct CompileFailure {
     /// The kernel file name NVRTC saw, e.g. `patch_grid.cu`.
     pub file: String,
     pub arch: String,
-    /// NVRTC's version, `13.0`.
-    pub version: String,
+    /// The compiler and its version: `NVRTC 13.0`, or the host compiler's `--version` line.
+    pub compiler: String,
     /// NVRTC's status, e.g. `NVRTC_ERROR_COMPILATION`.
     pub status: String,
     pub options: Vec<String>,

@@ -2,18 +2,23 @@
 //! modules compiled per family on first use for the device's architecture; buffers from a
 //! caching allocator; and the one generic [`CudaBackend::launch`] helper every launcher uses.
 //!
+//! Below that helper the two runtimes sit side by side in [`Runtime`]: a GPU through the driver
+//! (NVRTC, cudarc), or the emulated device (`cuda-emu`: the host C++ compiler, host memory,
+//! fibers; [`super::emu`]). Launchers, allocator and copies above it are the same code.
+//!
 //! Nothing here panics: a missing driver, a missing device or a kernel that does not load is an
-//! [`Error::Cuda`] naming what failed. STATUS: compile-checked under NVRTC only — this code has
-//! not run on a GPU yet (it was written on a machine without one).
+//! [`Error::Cuda`] naming what failed.
 
 use super::compile::{Arch, KernelCompiler, OutputFormat};
-use super::memory::{size_class, CachingAllocator, CudaBuffer};
+use super::device::CudaDevice;
+use super::emu::{self, EmuState, HostAllocation};
+use super::memory::{size_class, CachingAllocator, CudaBuffer, DeviceSlice};
 use super::{libraries, CudaError};
 use crate::error::{Error, Result};
 use crate::tensor::Storage;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, DriverError, LaunchConfig,
-    PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, DeviceRepr, DriverError,
+    LaunchConfig, PushKernelArg,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -24,16 +29,24 @@ pub const BLOCK: u32 = 256;
 /// Upper bound on blocks of a grid-stride launch (kernels loop over the rest).
 const MAX_BLOCKS: u64 = 1 << 20;
 
-/// The backend of CUDA device `ordinal`. Created without touching the driver; the device is
-/// opened on the first call that needs it.
+/// The backend of CUDA device `device` (a GPU or the emulated device). Created without touching
+/// the driver; the device is opened on the first call that needs it.
 pub struct CudaBackend {
-    ordinal: usize,
-    state: OnceLock<std::result::Result<DeviceState, CudaError>>,
+    device: CudaDevice,
+    state: OnceLock<std::result::Result<Runtime, CudaError>>,
     allocator: &'static CachingAllocator,
 }
 
-/// What an opened device holds.
-struct DeviceState {
+/// The layer below the launch helper: the only place the two runtimes differ.
+enum Runtime {
+    /// A GPU through the CUDA driver: NVRTC cubins, device memory, one stream.
+    Driver(DriverState),
+    /// The emulated device: host-compiled kernels, host memory, synchronous launches.
+    Emulated(EmuState),
+}
+
+/// What an opened GPU holds.
+struct DriverState {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     arch: Arch,
@@ -41,15 +54,15 @@ struct DeviceState {
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
 }
 
-/// The process-wide backend of CUDA device `ordinal` (created once, never freed: tensors hold
+/// The process-wide backend of CUDA device `device` (created once, never freed: tensors hold
 /// `'static` references to its allocator).
-pub fn backend_for(ordinal: usize) -> &'static CudaBackend {
-    static REGISTRY: OnceLock<Mutex<HashMap<usize, &'static CudaBackend>>> = OnceLock::new();
+pub fn backend_for(device: CudaDevice) -> &'static CudaBackend {
+    static REGISTRY: OnceLock<Mutex<HashMap<CudaDevice, &'static CudaBackend>>> = OnceLock::new();
     let registry = REGISTRY.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = crate::autograd::lock(registry);
-    map.entry(ordinal).or_insert_with(|| {
+    map.entry(device).or_insert_with(|| {
         Box::leak(Box::new(CudaBackend {
-            ordinal,
+            device,
             state: OnceLock::new(),
             allocator: Box::leak(Box::default()),
         }))
@@ -57,9 +70,9 @@ pub fn backend_for(ordinal: usize) -> &'static CudaBackend {
 }
 
 /// A driver error as an [`Error::Cuda`] naming the call and the device.
-fn driver_error(ordinal: usize, call: &str, e: DriverError) -> Error {
+fn driver_error(device: CudaDevice, call: &str, e: impl std::fmt::Display) -> Error {
     Error::cuda(CudaError::Driver {
-        ordinal,
+        device: device.to_string(),
         call: call.to_string(),
         msg: e.to_string(),
     })
@@ -99,36 +112,46 @@ pub fn dim32(op: &'static str, value: usize) -> Result<u32> {
 }
 
 impl CudaBackend {
-    /// The CUDA device number.
-    pub fn ordinal(&self) -> usize {
-        self.ordinal
+    /// The device this backend computes on.
+    pub fn device(&self) -> CudaDevice {
+        self.device
     }
 
     /// The opened device, or why it cannot be used.
-    fn state(&self) -> Result<&DeviceState> {
+    fn state(&self) -> Result<&Runtime> {
         self.state
-            .get_or_init(|| open_device(self.ordinal))
+            .get_or_init(|| match self.device.emulated {
+                false => open_device(self.device.ordinal).map(Runtime::Driver),
+                true => EmuState::open().map(Runtime::Emulated),
+            })
             .as_ref()
             .map_err(|e| Error::cuda(e.clone()))
     }
 
-    /// The device's name and architecture, e.g. `("NVIDIA H100 80GB HBM3", sm_90)`.
-    pub fn describe(&self) -> Result<(String, Arch)> {
-        let state = self.state()?;
-        let name = state
-            .ctx
-            .name()
-            .map_err(|e| driver_error(self.ordinal, "cuDeviceGetName", e))?;
-        Ok((name, state.arch.clone()))
+    /// What the device is, e.g. `NVIDIA H100 80GB HBM3 (sm_90)` or `emulated CUDA device
+    /// (kernels built by g++ 12.2.0)`.
+    pub fn describe(&self) -> Result<String> {
+        match self.state()? {
+            Runtime::Driver(state) => {
+                let name = state
+                    .ctx
+                    .name()
+                    .map_err(|e| driver_error(self.device, "cuDeviceGetName", e))?;
+                Ok(format!("{name} ({})", state.arch))
+            }
+            Runtime::Emulated(state) => Ok(state.describe()),
+        }
     }
 
-    /// Waits for every queued kernel and copy.
+    /// Waits for every queued kernel and copy (the emulated device never queues).
     pub fn synchronize(&self) -> Result<()> {
-        let state = self.state()?;
-        state
-            .stream
-            .synchronize()
-            .map_err(|e| driver_error(self.ordinal, "cuStreamSynchronize", e))
+        match self.state()? {
+            Runtime::Driver(state) => state
+                .stream
+                .synchronize()
+                .map_err(|e| driver_error(self.device, "cuStreamSynchronize", e)),
+            Runtime::Emulated(_) => Ok(()),
+        }
     }
 
     /// Bytes held by the caching allocator's free lists.
@@ -143,20 +166,30 @@ impl CudaBackend {
             Some(slice) => slice,
             None => {
                 let class = size_class(len);
-                // SAFETY: the memory is uninitialised; every launcher writes all `len` elements
-                // before anything reads them, and the padding up to the class is never read.
-                match unsafe { state.stream.alloc::<f32>(class) } {
+                match new_slice(state, class) {
                     Ok(slice) => slice,
                     Err(_) => {
                         // Out of memory, most likely: give the cached buffers back and retry.
                         self.allocator.release_all();
-                        unsafe { state.stream.alloc::<f32>(class) }
-                            .map_err(|e| driver_error(self.ordinal, "cuMemAlloc", e))?
+                        new_slice(state, class)
+                            .map_err(|e| driver_error(self.device, "cuMemAlloc", e))?
                     }
                 }
             }
         };
-        Ok(CudaBuffer::new(slice, len, self.ordinal, self.allocator))
+        Ok(CudaBuffer::new(slice, len, self.device, self.allocator))
+    }
+
+    /// The raw device address of `buffer` for a kernel argument or a copy (0 for a buffer
+    /// being dropped, which no caller can hold).
+    fn address(&self, state: &Runtime, buffer: &CudaBuffer) -> u64 {
+        match (state, buffer.slice()) {
+            (Runtime::Driver(state), Some(DeviceSlice::Driver(slice))) => {
+                slice.device_ptr(&state.stream).0
+            }
+            (_, Some(DeviceSlice::Emulated(allocation))) => allocation.address(buffer.len()),
+            _ => 0,
+        }
     }
 
     /// Copies host data into a new device buffer (waits for the copy).
@@ -166,13 +199,23 @@ impl CudaBackend {
         if data.is_empty() {
             return Ok(buffer);
         }
-        let dst = buffer.device_address(&state.stream);
-        bind(state, self.ordinal)?;
-        // SAFETY: `dst` points at ≥ data.len() floats of this device; the copy finishes before
-        // `data` can go away (synchronised below).
-        unsafe { cudarc::driver::result::memcpy_htod_async(dst, data, state.stream.cu_stream()) }
-            .map_err(|e| driver_error(self.ordinal, "cuMemcpyHtoDAsync", e))?;
-        self.synchronize()?;
+        let dst = self.address(state, &buffer);
+        match state {
+            Runtime::Driver(driver) => {
+                bind(driver, self.device)?;
+                // SAFETY: `dst` points at ≥ data.len() floats of this device; the copy
+                // finishes before `data` can go away (synchronised below).
+                unsafe {
+                    cudarc::driver::result::memcpy_htod_async(dst, data, driver.stream.cu_stream())
+                }
+                .map_err(|e| driver_error(self.device, "cuMemcpyHtoDAsync", e))?;
+                self.synchronize()?;
+            }
+            // SAFETY: `dst` addresses data.len() floats of a live host allocation.
+            Runtime::Emulated(_) => unsafe {
+                std::ptr::copy_nonoverlapping(data.as_ptr(), dst as *mut f32, data.len())
+            },
+        }
         Ok(buffer)
     }
 
@@ -184,14 +227,26 @@ impl CudaBackend {
         if host.is_empty() {
             return Ok(host);
         }
-        let src = buffer.device_address(&state.stream);
-        bind(state, self.ordinal)?;
-        // SAFETY: `src` holds ≥ host.len() floats; the stream is synchronised after the copy.
-        unsafe {
-            cudarc::driver::result::memcpy_dtoh_async(&mut host, src, state.stream.cu_stream())
+        let src = self.address(state, buffer);
+        match state {
+            Runtime::Driver(driver) => {
+                bind(driver, self.device)?;
+                // SAFETY: `src` holds ≥ host.len() floats; the stream is synchronised after.
+                unsafe {
+                    cudarc::driver::result::memcpy_dtoh_async(
+                        &mut host,
+                        src,
+                        driver.stream.cu_stream(),
+                    )
+                }
+                .map_err(|e| driver_error(self.device, "cuMemcpyDtoHAsync", e))?;
+                self.synchronize()?;
+            }
+            // SAFETY: `src` addresses host.len() floats of a live host allocation.
+            Runtime::Emulated(_) => unsafe {
+                std::ptr::copy_nonoverlapping(src as *const f32, host.as_mut_ptr(), host.len())
+            },
         }
-        .map_err(|e| driver_error(self.ordinal, "cuMemcpyDtoHAsync", e))?;
-        self.synchronize()?;
         Ok(host)
     }
 
@@ -203,20 +258,28 @@ impl CudaBackend {
         if buffer.is_empty() {
             return Ok(copy);
         }
-        let src = buffer.device_address(&state.stream);
-        let dst = copy.device_address(&state.stream);
-        bind(state, self.ordinal)?;
-        // SAFETY: both addresses hold ≥ buffer.len() floats of this device; the stream orders
-        // the copy after the writes of `buffer` and before any later use of `copy`.
-        unsafe {
-            cudarc::driver::result::memcpy_dtod_async(
-                dst,
-                src,
-                buffer.len() * std::mem::size_of::<f32>(),
-                state.stream.cu_stream(),
-            )
+        let src = self.address(state, buffer);
+        let dst = self.address(state, &copy);
+        match state {
+            Runtime::Driver(driver) => {
+                bind(driver, self.device)?;
+                // SAFETY: both addresses hold ≥ buffer.len() floats of this device; the stream
+                // orders the copy after the writes of `buffer` and before any later use.
+                unsafe {
+                    cudarc::driver::result::memcpy_dtod_async(
+                        dst,
+                        src,
+                        buffer.len() * std::mem::size_of::<f32>(),
+                        driver.stream.cu_stream(),
+                    )
+                }
+                .map_err(|e| driver_error(self.device, "cuMemcpyDtoDAsync", e))?;
+            }
+            // SAFETY: two distinct live allocations of buffer.len() floats each.
+            Runtime::Emulated(_) => unsafe {
+                std::ptr::copy_nonoverlapping(src as *const f32, dst as *mut f32, buffer.len())
+            },
         }
-        .map_err(|e| driver_error(self.ordinal, "cuMemcpyDtoDAsync", e))?;
         Ok(copy)
     }
 
@@ -224,25 +287,29 @@ impl CudaBackend {
     /// lives elsewhere.
     pub fn buffer<'s>(&self, op: &'static str, storage: &'s Storage) -> Result<&'s CudaBuffer> {
         match storage {
-            Storage::Cuda(buffer) if buffer.ordinal() == self.ordinal => Ok(buffer),
+            Storage::Cuda(buffer) if buffer.device() == self.device => Ok(buffer),
             other => Err(Error::DeviceMismatch {
                 op,
-                lhs: format!("cuda:{}", self.ordinal),
+                lhs: self.device.to_string(),
                 rhs: other.device().to_string(),
             }),
         }
     }
 
-    /// Compiles (first use) or fetches the kernel `kernel` of family `family`.
-    fn function(&self, family: &'static str, kernel: &'static str) -> Result<CudaFunction> {
-        let state = self.state()?;
+    /// Compiles (first use) or fetches the kernel `kernel` of family `family` on a GPU.
+    fn function(
+        &self,
+        state: &DriverState,
+        family: &'static str,
+        kernel: &'static str,
+    ) -> Result<CudaFunction> {
         if let Some(f) = crate::autograd::lock(&state.functions).get(&(family, kernel)) {
             return Ok(f.clone());
         }
         let module = self.module(state, family)?;
         let f = module.load_function(kernel).map_err(|e| {
             driver_error(
-                self.ordinal,
+                self.device,
                 &format!("cuModuleGetFunction({family}.cu: {kernel})"),
                 e,
             )
@@ -252,7 +319,7 @@ impl CudaBackend {
     }
 
     /// The loaded module of `kernels/<family>.cu`, compiled through the NVRTC caches.
-    fn module(&self, state: &DeviceState, family: &'static str) -> Result<Arc<CudaModule>> {
+    fn module(&self, state: &DriverState, family: &'static str) -> Result<Arc<CudaModule>> {
         if let Some(m) = crate::autograd::lock(&state.modules).get(family) {
             return Ok(m.clone());
         }
@@ -261,7 +328,7 @@ impl CudaBackend {
             .map_err(Error::cuda)?;
         let image = compiled.image.to_module_image().map_err(Error::cuda)?;
         let module = state.ctx.load_module(image).map_err(|e| {
-            driver_error(self.ordinal, &format!("cuModuleLoadData({family}.cu)"), e)
+            driver_error(self.device, &format!("cuModuleLoadData({family}.cu)"), e)
         })?;
         crate::autograd::lock(&state.modules).insert(family, module.clone());
         Ok(module)
@@ -270,7 +337,8 @@ impl CudaBackend {
     /// The one launch helper: `kernel(params, buffers[0], buffers[1], ...)` from
     /// `kernels/<family>.cu` on this device's stream. Shapes travel by value in `params` (a
     /// `#[repr(C)]` struct mirrored in the .cu file); buffers are passed as device addresses,
-    /// inputs first and outputs last by convention.
+    /// inputs first and outputs last by convention. Launch shapes a GPU rejects are errors on
+    /// both runtimes.
     pub fn launch<P: DeviceRepr>(
         &self,
         family: &'static str,
@@ -280,22 +348,48 @@ impl CudaBackend {
         buffers: &[&CudaBuffer],
     ) -> Result<()> {
         let state = self.state()?;
-        let f = self.function(family, kernel)?;
-        let addresses: Vec<u64> = buffers
-            .iter()
-            .map(|b| b.device_address(&state.stream))
-            .collect();
-        let mut builder = state.stream.launch_builder(&f);
-        builder.arg(params);
-        for address in &addresses {
-            builder.arg(address);
+        let launch_error = |msg: String| {
+            Error::cuda(CudaError::Emulator {
+                device: self.device.to_string(),
+                kernel: format!("{family}.cu: {kernel}"),
+                at: String::new(),
+                msg,
+            })
+        };
+        emu::check_launch(&config).map_err(launch_error)?;
+        let addresses: Vec<u64> = buffers.iter().map(|b| self.address(state, b)).collect();
+        match state {
+            Runtime::Driver(driver) => {
+                let f = self.function(driver, family, kernel)?;
+                let mut builder = driver.stream.launch_builder(&f);
+                builder.arg(params);
+                for address in &addresses {
+                    builder.arg(address);
+                }
+                // SAFETY: the kernel's signature is (P, float*...) as documented next to it in
+                // the .cu file; every buffer is live for the launch (the caller holds it) and
+                // large enough for the shapes in `params` (checked by the launcher).
+                unsafe { builder.launch(config) }.map(|_| ()).map_err(|e| {
+                    driver_error(self.device, &format!("launch {family}.cu: {kernel}"), e)
+                })
+            }
+            Runtime::Emulated(emulated) => {
+                // SAFETY: `P: DeviceRepr` is a plain `#[repr(C)]` value; its bytes are what a
+                // GPU launch copies into the kernel's parameter space.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(
+                        (params as *const P).cast::<u8>(),
+                        std::mem::size_of::<P>(),
+                    )
+                };
+                emulated
+                    .module(family)
+                    .and_then(|module| {
+                        module.launch(&self.device.to_string(), kernel, &config, bytes, &addresses)
+                    })
+                    .map_err(Error::cuda)
+            }
         }
-        // SAFETY: the kernel's signature is (P, float*...) as documented next to it in the .cu
-        // file; every buffer is live for the launch (the caller holds it) and large enough for
-        // the shapes in `params` (checked by the launcher).
-        unsafe { builder.launch(config) }
-            .map(|_| ())
-            .map_err(|e| driver_error(self.ordinal, &format!("launch {family}.cu: {kernel}"), e))
     }
 
     /// A new buffer of `len` floats written by `kernel(params, inputs..., out)`: the common
@@ -319,17 +413,29 @@ impl CudaBackend {
     }
 }
 
+/// A new allocation of `class` floats on the device.
+fn new_slice(state: &Runtime, class: usize) -> std::result::Result<DeviceSlice, String> {
+    match state {
+        // SAFETY: the memory is uninitialised; every launcher writes all `len` elements before
+        // anything reads them, and the padding up to the class is never read.
+        Runtime::Driver(driver) => unsafe { driver.stream.alloc::<f32>(class) }
+            .map(DeviceSlice::Driver)
+            .map_err(|e| e.to_string()),
+        Runtime::Emulated(_) => HostAllocation::new(class).map(DeviceSlice::Emulated),
+    }
+}
+
 /// Makes the device's context current on this thread (raw driver calls need it).
-fn bind(state: &DeviceState, ordinal: usize) -> Result<()> {
+fn bind(state: &DriverState, device: CudaDevice) -> Result<()> {
     state
         .ctx
         .bind_to_thread()
-        .map_err(|e| driver_error(ordinal, "cuCtxSetCurrent", e))
+        .map_err(|e| driver_error(device, "cuCtxSetCurrent", e))
 }
 
 /// Opens CUDA device `ordinal`: driver check (no panic when libcuda is missing), context with
 /// event tracking off (one stream per device), architecture from the compute capability.
-fn open_device(ordinal: usize) -> std::result::Result<DeviceState, CudaError> {
+fn open_device(ordinal: usize) -> std::result::Result<DriverState, CudaError> {
     let request = format!("cuda:{ordinal}");
     libraries::cuda_driver().map_err(|e| CudaError::DeviceUnavailable {
         request: request.clone(),
@@ -350,7 +456,7 @@ fn open_device(ordinal: usize) -> std::result::Result<DeviceState, CudaError> {
     let stream = ctx
         .new_stream()
         .map_err(|e| unavailable("creating a stream", e))?;
-    Ok(DeviceState {
+    Ok(DriverState {
         ctx,
         stream,
         arch,
