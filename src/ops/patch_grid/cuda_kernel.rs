@@ -90,7 +90,10 @@ impl PatchGridBackend for CudaBackend {
         self.patch_launch("patch_reassemble", tokens, grid, map_len(grid))
     }
 
+    /// The gradient has reassemble's input shape: tokens *without* halo (the kernel gathers
+    /// with the halo set to 0), so the output has `token_len(grid.without_halo())` elements.
     fn patch_reassemble_backward(&self, grad_map: &Storage, grid: PatchGrid) -> Result<Storage> {
-        self.patch_launch("patch_reassemble_backward", grad_map, grid, token_len(grid))
+        let len = token_len(grid.without_halo());
+        self.patch_launch("patch_reassemble_backward", grad_map, grid, len)
     }
 }

@@ -87,6 +87,16 @@ static inline int __float_as_int(float f) { int v; memcpy(&v, &f, 4); return v; 
 static inline float __uint_as_float(unsigned v) { float f; memcpy(&f, &v, 4); return f; }
 static inline unsigned __float_as_uint(float f) { unsigned v; memcpy(&v, &f, 4); return v; }
 // __expf and __logf: glibc's declarations serve (plain expf/logf).
+
+// CUDA's min/max overloads: integers in the common type, floats through fminf/fmaxf (NaN loses).
+template <class A, class B>
+static inline auto min(A a, B b) -> decltype(true ? a : b) { return b < a ? b : a; }
+template <class A, class B>
+static inline auto max(A a, B b) -> decltype(true ? a : b) { return a < b ? b : a; }
+static inline float min(float a, float b) { return fminf(a, b); }
+static inline float max(float a, float b) { return fmaxf(a, b); }
+static inline double min(double a, double b) { return fmin(a, b); }
+static inline double max(double a, double b) { return fmax(a, b); }
 static inline float __fdividef(float a, float b) { return a / b; }
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 
