@@ -219,8 +219,14 @@ mod tests {
             assert!(bad.parse::<DeviceRequest>().is_err(), "{bad}");
         }
         assert_eq!(DeviceRequest::Cuda { ordinal: 2 }.to_string(), "cuda:2");
-        assert_eq!("cuda-emu".parse(), Ok(DeviceRequest::Emulated { ordinal: 0 }));
-        assert_eq!("CUDA-EMU:1".parse(), Ok(DeviceRequest::Emulated { ordinal: 1 }));
+        assert_eq!(
+            "cuda-emu".parse(),
+            Ok(DeviceRequest::Emulated { ordinal: 0 })
+        );
+        assert_eq!(
+            "CUDA-EMU:1".parse(),
+            Ok(DeviceRequest::Emulated { ordinal: 1 })
+        );
         for bad in ["cuda-emu:", "cuda-emu:x", "cuda_emu", "emu"] {
             assert!(bad.parse::<DeviceRequest>().is_err(), "{bad}");
         }

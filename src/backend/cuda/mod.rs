@@ -132,9 +132,7 @@ pub enum CudaError {
 
 /// A kernel file NVRTC rejected: what was compiled, how, and NVRTC's log.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{compiler}: {file} does not compile for {arch} ({status}), options {options:?}:\n{log}"
-)]
+#[error("{compiler}: {file} does not compile for {arch} ({status}), options {options:?}:\n{log}")]
 pub struct CompileFailure {
     /// The kernel file name NVRTC saw, e.g. `patch_grid.cu`.
     pub file: String,

@@ -327,9 +327,10 @@ impl CudaBackend {
             .compile_family(family, &state.arch, OutputFormat::Cubin)
             .map_err(Error::cuda)?;
         let image = compiled.image.to_module_image().map_err(Error::cuda)?;
-        let module = state.ctx.load_module(image).map_err(|e| {
-            driver_error(self.device, &format!("cuModuleLoadData({family}.cu)"), e)
-        })?;
+        let module = state
+            .ctx
+            .load_module(image)
+            .map_err(|e| driver_error(self.device, &format!("cuModuleLoadData({family}.cu)"), e))?;
         crate::autograd::lock(&state.modules).insert(family, module.clone());
         Ok(module)
     }
@@ -373,22 +374,57 @@ impl CudaBackend {
                     driver_error(self.device, &format!("launch {family}.cu: {kernel}"), e)
                 })
             }
+            Runtime::Emulated(emulated) => emulated
+                .module(family)
+                .and_then(|module| {
+                    let device = self.device.to_string();
+                    module.launch(&device, kernel, &config, param_bytes(params), &addresses)
+                })
+                .map_err(Error::cuda),
+        }
+    }
+
+    /// Launches `kernel` of `module` (a kernel file loaded with [`emu::EmuModule::load`]: a
+    /// test kernel, a deliberately broken family) on this emulated device.
+    pub fn launch_emulated<P: DeviceRepr>(
+        &self,
+        module: &emu::EmuModule,
+        kernel: &str,
+        config: LaunchConfig,
+        params: &P,
+        buffers: &[&CudaBuffer],
+    ) -> Result<()> {
+        let state = self.state()?;
+        let addresses: Vec<u64> = buffers.iter().map(|b| self.address(state, b)).collect();
+        match state {
+            Runtime::Emulated(_) => module
+                .launch(
+                    &self.device.to_string(),
+                    kernel,
+                    &config,
+                    param_bytes(params),
+                    &addresses,
+                )
+                .map_err(Error::cuda),
+            Runtime::Driver(_) => Err(Error::Unsupported(format!(
+                "{}: launch_emulated needs an emulated device (cuda-emu:N)",
+                self.device
+            ))),
+        }
+    }
+
+    /// Makes this emulated device run `module` for every launch of kernel family `family`
+    /// (to prove that `moeseg verify` sees a broken kernel; use a device number of its own).
+    pub fn replace_family(&self, family: &'static str, module: emu::EmuModule) -> Result<()> {
+        match self.state()? {
             Runtime::Emulated(emulated) => {
-                // SAFETY: `P: DeviceRepr` is a plain `#[repr(C)]` value; its bytes are what a
-                // GPU launch copies into the kernel's parameter space.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(
-                        (params as *const P).cast::<u8>(),
-                        std::mem::size_of::<P>(),
-                    )
-                };
-                emulated
-                    .module(family)
-                    .and_then(|module| {
-                        module.launch(&self.device.to_string(), kernel, &config, bytes, &addresses)
-                    })
-                    .map_err(Error::cuda)
+                emulated.replace(family, module);
+                Ok(())
             }
+            Runtime::Driver(_) => Err(Error::Unsupported(format!(
+                "{}: replace_family needs an emulated device (cuda-emu:N)",
+                self.device
+            ))),
         }
     }
 
@@ -410,6 +446,14 @@ impl CudaBackend {
             self.launch(family, kernel, config, params, &buffers)?;
         }
         Ok(Storage::Cuda(out))
+    }
+}
+
+/// The bytes of a kernel's parameter struct: what a GPU launch copies into parameter space.
+fn param_bytes<P: DeviceRepr>(params: &P) -> &[u8] {
+    // SAFETY: `P: DeviceRepr` is a plain `#[repr(C)]` value without interior pointers.
+    unsafe {
+        std::slice::from_raw_parts((params as *const P).cast::<u8>(), std::mem::size_of::<P>())
     }
 }
 

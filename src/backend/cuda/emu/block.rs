@@ -403,9 +403,15 @@ impl Runner<'_, '_> {
         let result = fiber.resume(value);
         TRAP.set(None);
         match result {
-            CoroutineResult::Yield(Blocked::Barrier(line)) => self.states[i] = State::AtBarrier(line),
-            CoroutineResult::Yield(Blocked::Warp(request)) => self.states[i] = State::AtWarp(request),
-            CoroutineResult::Yield(Blocked::Fault(fault)) => return Err(self.error(i, fault.to_string())),
+            CoroutineResult::Yield(Blocked::Barrier(line)) => {
+                self.states[i] = State::AtBarrier(line)
+            }
+            CoroutineResult::Yield(Blocked::Warp(request)) => {
+                self.states[i] = State::AtWarp(request)
+            }
+            CoroutineResult::Yield(Blocked::Fault(fault)) => {
+                return Err(self.error(i, fault.to_string()))
+            }
             CoroutineResult::Return(Err(fault)) => {
                 self.states[i] = State::Done;
                 self.recycle(i);
@@ -431,20 +437,23 @@ impl Runner<'_, '_> {
         let thread = &self.threads[i] as *const EmuThread as usize;
         let params = self.launch.params.as_ptr() as usize;
         let buffers = self.launch.buffers.as_ptr() as usize;
-        Ok(Coroutine::with_stack(stack, move |yielder: &Yielder<u64, Blocked>, _| {
-            YIELDER.set(yielder);
-            // SAFETY: `run` is a kernel entry of a loaded family whose signature was checked
-            // against the launcher's; the thread record, parameters and buffer list outlive
-            // the fiber (run_block finishes or resets every fiber before returning).
-            unsafe {
-                run(
-                    thread as *const EmuThread,
-                    params as *const c_void,
-                    buffers as *const *mut c_void,
-                )
-            };
-            Ok(())
-        }))
+        Ok(Coroutine::with_stack(
+            stack,
+            move |yielder: &Yielder<u64, Blocked>, _| {
+                YIELDER.set(yielder);
+                // SAFETY: `run` is a kernel entry of a loaded family whose signature was checked
+                // against the launcher's; the thread record, parameters and buffer list outlive
+                // the fiber (run_block finishes or resets every fiber before returning).
+                unsafe {
+                    run(
+                        thread as *const EmuThread,
+                        params as *const c_void,
+                        buffers as *const *mut c_void,
+                    )
+                };
+                Ok(())
+            },
+        ))
     }
 
     /// Gives a finished fiber's stack back to this OS thread's pool.
@@ -475,7 +484,9 @@ impl Runner<'_, '_> {
         let mut progressed = false;
         for warp_start in (0..count).step_by(32) {
             let lanes = (count - warp_start).min(32);
-            let Some(first) = (0..lanes).find(|&l| matches!(self.states[warp_start + l], State::AtWarp(_))) else {
+            let Some(first) =
+                (0..lanes).find(|&l| matches!(self.states[warp_start + l], State::AtWarp(_)))
+            else {
                 continue;
             };
             let State::AtWarp(request) = self.states[warp_start + first] else {
@@ -561,8 +572,15 @@ impl Runner<'_, '_> {
         let describe = |states: &[State], pick: &dyn Fn(&State) -> bool| -> (usize, String) {
             let threads: Vec<usize> = (0..states.len()).filter(|&i| pick(&states[i])).collect();
             let shown: Vec<String> = threads.iter().take(4).map(|&i| i.to_string()).collect();
-            let more = if threads.len() > 4 { format!(" and {} more", threads.len() - 4) } else { String::new() };
-            (threads.first().copied().unwrap_or(0), format!("{}{more}", shown.join(", ")))
+            let more = if threads.len() > 4 {
+                format!(" and {} more", threads.len() - 4)
+            } else {
+                String::new()
+            };
+            (
+                threads.first().copied().unwrap_or(0),
+                format!("{}{more}", shown.join(", ")),
+            )
         };
         let barrier_line = self.states.iter().find_map(|s| match s {
             State::AtBarrier(line) => Some(*line),
@@ -594,7 +612,11 @@ impl Runner<'_, '_> {
                 format!("barrier divergence: threads {waiting} wait at __syncthreads() on line {line}, which threads {ended} never reach (they ended; a GPU hangs or misbehaves here)"),
             ));
         }
-        if let Some(i) = self.states.iter().position(|s| matches!(s, State::AtWarp(_))) {
+        if let Some(i) = self
+            .states
+            .iter()
+            .position(|s| matches!(s, State::AtWarp(_)))
+        {
             return Err(self.error(
                 i,
                 format!("thread waits at a warp operation while the rest of its block waits at __syncthreads() on line {line}"),

@@ -72,7 +72,10 @@ fn find_host_compiler() -> Result<HostCompiler, CudaError> {
                     .to_string();
                 return Ok(HostCompiler { program, version });
             }
-            Ok(out) => searched.push(format!("{program} ({origin}): --version failed ({})", out.status)),
+            Ok(out) => searched.push(format!(
+                "{program} ({origin}): --version failed ({})",
+                out.status
+            )),
             Err(e) => searched.push(format!("{program} ({origin}): {e}")),
         }
     }
@@ -98,7 +101,8 @@ pub fn kernel_names(source: &str) -> Vec<&str> {
 
 /// The whole translation unit for `source` (a family's compilable source, or a test kernel's).
 pub fn translation_unit(file: &str, source: &str) -> String {
-    let mut unit = format!("#line 1 \"cuda_emu.h\"\n{EMU_HEADER}\n{source}\n#line 1 \"{file}:emu-entries\"\n");
+    let mut unit =
+        format!("#line 1 \"cuda_emu.h\"\n{EMU_HEADER}\n{source}\n#line 1 \"{file}:emu-entries\"\n");
     for kernel in kernel_names(source) {
         unit.push_str(&format!(
             "EMU_EXPORT void emu_run_{kernel}(const EmuThread* t, const void* p, void* const* b) \
@@ -260,7 +264,11 @@ fn build(
 /// emulated `__shared__` arrays of every kernel in it, plus a pointer.
 pub fn tls_bytes(path: &Path) -> Result<u64, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let u16_at = |at: usize| bytes.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
     let u32_at = |at: usize| {
         bytes
             .get(at..at + 4)

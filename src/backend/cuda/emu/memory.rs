@@ -149,7 +149,11 @@ mod handler {
         }
     }
 
-    extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    extern "C" fn on_fault(
+        signal: libc::c_int,
+        info: *mut libc::siginfo_t,
+        context: *mut libc::c_void,
+    ) {
         // SAFETY: called by the kernel with valid `info` and `context` for this signal.
         unsafe {
             let uc = context as *mut libc::ucontext_t;
@@ -159,9 +163,10 @@ mod handler {
                 if trap.stack_ptr_in_bounds(rsp) {
                     let address = (*info).si_addr() as usize;
                     // Page-fault error code bit 1: the access was a write.
-                    let write = (signal == libc::SIGSEGV)
-                        .then(|| gregs[libc::REG_ERR as usize] & 2 != 0);
-                    let regs = trap.setup_trap_handler(move || Err(Fault::Memory { address, write }));
+                    let write =
+                        (signal == libc::SIGSEGV).then(|| gregs[libc::REG_ERR as usize] & 2 != 0);
+                    let regs =
+                        trap.setup_trap_handler(move || Err(Fault::Memory { address, write }));
                     gregs[libc::REG_RIP as usize] = regs.rip as i64;
                     gregs[libc::REG_RSP as usize] = regs.rsp as i64;
                     gregs[libc::REG_RBP as usize] = regs.rbp as i64;
@@ -170,7 +175,11 @@ mod handler {
                     return;
                 }
             }
-            let previous = if signal == libc::SIGBUS { &PREVIOUS_BUS } else { &PREVIOUS_SEGV };
+            let previous = if signal == libc::SIGBUS {
+                &PREVIOUS_BUS
+            } else {
+                &PREVIOUS_SEGV
+            };
             let previous = previous.load(Ordering::SeqCst);
             if !previous.is_null() {
                 let handler = (*previous).sa_sigaction;

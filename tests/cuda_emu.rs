@@ -1,0 +1,383 @@
+//! The emulated CUDA device sees the bugs a GPU hides: small kernels with a planted
+//! out-of-bounds read, barrier divergence, a data race and undefined behaviour are each
+//! reported with the kernel's name; and `verify` fails on deliberately broken copies of real
+//! kernel families (an off-by-one, a `__syncthreads()` removed from a tiled kernel).
+//!
+//! Needs a host C++ compiler (CI installs g++). Without one every test prints why it is skipped;
+//! `MOESEG_REQUIRE_EMU=1` (set by CI) turns that into a failure.
+
+use cudarc::driver::{DeviceRepr, LaunchConfig};
+use moeseg::backend::cuda::emu::{self, EmuModule, Schedule};
+use moeseg::backend::cuda::{backend_for, compilable_source, CudaBackend, CudaDevice, PRELUDE};
+use moeseg::backend::CpuBackend;
+use moeseg::cli::verify::run_table;
+
+/// The parameters of the planted kernels (mirror: `struct P` below).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Params {
+    n: u32,
+    divisor: u32,
+}
+// SAFETY: plain #[repr(C)] data matching `struct P`.
+unsafe impl DeviceRepr for Params {}
+
+const PLANTED: &str = r#"
+struct P { u32 n; u32 divisor; };
+
+// Off by one: the last thread reads x[n], one past the end of x.
+extern "C" __global__ void read_past_end(P p, const float* __restrict__ x, float* __restrict__ y) {
+    FOR_EACH_INDEX(i, p.n) y[i] = x[i + 1];
+}
+
+// Half the block leaves before a barrier the other half waits at.
+extern "C" __global__ void early_exit_barrier(P p, float* __restrict__ y) {
+    __shared__ float tile[64];
+    if (threadIdx.x >= 32) return;
+    tile[threadIdx.x] = 1.0f;
+    __syncthreads();
+    y[threadIdx.x] = tile[31 - threadIdx.x];
+}
+
+// Odd and even threads wait at two different barriers.
+extern "C" __global__ void split_barriers(P p, float* __restrict__ y) {
+    if (threadIdx.x % 2) {
+        __syncthreads();
+    } else {
+        __syncthreads();
+    }
+    y[threadIdx.x] = 0.0f;
+}
+
+// Each thread reads its neighbour's shared slot without a barrier after the writes: a race.
+extern "C" __global__ void neighbour_without_barrier(P p, float* __restrict__ y) {
+    __shared__ float tile[64];
+    tile[threadIdx.x] = (float)(blockIdx.x * 64 + threadIdx.x);
+    y[blockIdx.x * 64 + threadIdx.x] = tile[(threadIdx.x + 1) % 64];
+}
+
+// The same with the barrier: no race.
+extern "C" __global__ void neighbour_with_barrier(P p, float* __restrict__ y) {
+    __shared__ float tile[64];
+    tile[threadIdx.x] = (float)(blockIdx.x * 64 + threadIdx.x);
+    __syncthreads();
+    y[blockIdx.x * 64 + threadIdx.x] = tile[(threadIdx.x + 1) % 64];
+}
+
+// Integer division by a parameter that may be zero.
+extern "C" __global__ void divide_by_parameter(P p, float* __restrict__ y) {
+    FOR_EACH_INDEX(i, p.n) y[i] = (float)(i / p.divisor);
+}
+
+// A NaN converted to an integer index.
+extern "C" __global__ void nan_to_index(P p, const float* __restrict__ x, float* __restrict__ y) {
+    FOR_EACH_INDEX(i, p.n) y[i] = (float)(u32)x[i];
+}
+
+// A warp sum by butterfly shuffles: every lane gets the total of its warp.
+extern "C" __global__ void warp_total(P p, const float* __restrict__ x, float* __restrict__ y) {
+    float v = x[blockIdx.x * blockDim.x + threadIdx.x];
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    y[blockIdx.x * blockDim.x + threadIdx.x] = v;
+}
+"#;
+
+/// The emulated device `ordinal`, or `None` after saying why the test is skipped.
+fn emulator(test: &str, ordinal: usize) -> Option<&'static CudaBackend> {
+    match emu::compile::host_compiler() {
+        Ok(_) => Some(backend_for(CudaDevice::emulated(ordinal))),
+        Err(e) => {
+            assert!(
+                std::env::var_os("MOESEG_REQUIRE_EMU").is_none(),
+                "{test}: MOESEG_REQUIRE_EMU is set but the emulator cannot run: {e}"
+            );
+            println!("skipped {test}: no host C++ compiler for the emulated device ({e})");
+            None
+        }
+    }
+}
+
+fn planted() -> EmuModule {
+    let source = format!("{PRELUDE}\n#line 1 \"planted.cu\"\n{PLANTED}");
+    EmuModule::load("planted.cu", &source).expect("the planted kernels compile")
+}
+
+fn config(blocks: u32, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Launches `kernel` with `inputs` uploaded and one output of `out_len` floats; its values.
+fn run(
+    gpu: &CudaBackend,
+    module: &EmuModule,
+    kernel: &str,
+    launch: LaunchConfig,
+    params: Params,
+    inputs: &[&[f32]],
+    out_len: usize,
+) -> moeseg::Result<Vec<f32>> {
+    let uploaded = inputs
+        .iter()
+        .map(|data| gpu.upload_slice(data))
+        .collect::<moeseg::Result<Vec<_>>>()?;
+    let out = gpu.alloc(out_len)?;
+    let mut buffers: Vec<_> = uploaded.iter().collect();
+    buffers.push(&out);
+    gpu.launch_emulated(module, kernel, launch, &params, &buffers)?;
+    gpu.download(&out)
+}
+
+#[test]
+fn an_out_of_bounds_read_is_reported_with_the_kernel() {
+    let Some(gpu) = emulator("an_out_of_bounds_read_is_reported_with_the_kernel", 0) else {
+        return;
+    };
+    let module = planted();
+    let x: Vec<f32> = (0..300).map(|v| v as f32).collect();
+    let params = Params { n: 300, divisor: 1 };
+    let err = run(
+        gpu,
+        &module,
+        "read_past_end",
+        config(2, 256),
+        params,
+        &[&x],
+        300,
+    )
+    .unwrap_err()
+    .to_string();
+    println!("{err}");
+    assert!(
+        err.contains("read_past_end") && err.contains("outside every device allocation"),
+        "{err}"
+    );
+    assert!(
+        err.contains("block (1,0,0)") && err.contains("thread (43,0,0)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn barrier_divergence_is_reported_with_the_kernel() {
+    let Some(gpu) = emulator("barrier_divergence_is_reported_with_the_kernel", 0) else {
+        return;
+    };
+    let module = planted();
+    let params = Params { n: 64, divisor: 1 };
+    for kernel in ["early_exit_barrier", "split_barriers"] {
+        let err = run(gpu, &module, kernel, config(1, 64), params, &[], 64)
+            .unwrap_err()
+            .to_string();
+        println!("{err}");
+        assert!(
+            err.contains(kernel) && err.contains("barrier divergence"),
+            "{kernel}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_race_is_reported_by_two_schedules() {
+    let Some(gpu) = emulator("a_race_is_reported_by_two_schedules", 0) else {
+        return;
+    };
+    let module = planted();
+    let params = Params { n: 256, divisor: 1 };
+    let launch = |kernel: &str| {
+        let what = format!("planted.cu: {kernel}");
+        emu::compare_schedules(&what, &emu::VERIFY_SCHEDULES, || {
+            Ok(vec![run(
+                gpu,
+                &module,
+                kernel,
+                config(4, 64),
+                params,
+                &[],
+                256,
+            )?])
+        })
+    };
+    let err = launch("neighbour_without_barrier").unwrap_err().to_string();
+    println!("{err}");
+    assert!(
+        err.contains("neighbour_without_barrier") && err.contains("data race"),
+        "{err}"
+    );
+    // With the barrier the schedules agree, and every thread sees its neighbour's value.
+    let outputs = launch("neighbour_with_barrier").unwrap();
+    let want: Vec<f32> = (0..256u32)
+        .map(|i| (i / 64 * 64 + (i % 64 + 1) % 64) as f32)
+        .collect();
+    assert_eq!(outputs[0], want);
+}
+
+#[test]
+fn undefined_behaviour_is_reported_with_file_and_line() {
+    let Some(gpu) = emulator("undefined_behaviour_is_reported_with_file_and_line", 0) else {
+        return;
+    };
+    let module = planted();
+    let err = run(
+        gpu,
+        &module,
+        "divide_by_parameter",
+        config(1, 32),
+        Params { n: 32, divisor: 0 },
+        &[],
+        32,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("divide_by_parameter") && err.contains("division by zero"),
+        "{err}"
+    );
+    println!("{err}");
+    assert!(err.contains("planted.cu:"), "{err}");
+    let x = [1.0, f32::NAN, 2.0];
+    let err = run(
+        gpu,
+        &module,
+        "nan_to_index",
+        config(1, 32),
+        Params { n: 3, divisor: 1 },
+        &[&x],
+        3,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("nan_to_index") && err.contains("NaN"), "{err}");
+}
+
+#[test]
+fn warp_shuffles_exchange_within_each_warp() {
+    let Some(gpu) = emulator("warp_shuffles_exchange_within_each_warp", 0) else {
+        return;
+    };
+    let module = planted();
+    let x: Vec<f32> = (0..128).map(|v| v as f32).collect();
+    let got = run(
+        gpu,
+        &module,
+        "warp_total",
+        config(2, 64),
+        Params { n: 128, divisor: 1 },
+        &[&x],
+        128,
+    )
+    .unwrap();
+    // Lane values of warp w are 32w..32w+31; their sum is 32·32w + 496.
+    let want: Vec<f32> = (0..128)
+        .map(|i| (32 * 32 * (i / 32) + 496) as f32)
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn launch_shapes_a_gpu_rejects_are_errors() {
+    let Some(gpu) = emulator("launch_shapes_a_gpu_rejects_are_errors", 0) else {
+        return;
+    };
+    let module = planted();
+    let params = Params { n: 1, divisor: 1 };
+    let err = run(
+        gpu,
+        &module,
+        "warp_total",
+        config(1, 2048),
+        params,
+        &[&[0.0; 2048]],
+        2048,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("1024 threads"), "{err}");
+    let err = run(gpu, &module, "warp_total", config(1, 32), params, &[], 32)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("2 buffers"), "{err}");
+}
+
+/// `verify` of family `family` on its own emulated device running `source` instead of the
+/// real kernel file: the rows that did not pass.
+fn verify_mutant(ordinal: usize, family: &'static str, op: &str, source: String) -> Vec<String> {
+    let gpu = backend_for(CudaDevice::emulated(ordinal));
+    let module = EmuModule::load(&format!("{family}-mutant.cu"), &source)
+        .expect("the mutated family compiles");
+    gpu.replace_family(family, module).unwrap();
+    let mut failed = Vec::new();
+    run_table(Some(op), 7, &CpuBackend, gpu, |row| {
+        if !row.ends_with("pass") && !row.starts_with("op ") {
+            failed.push(row.to_string());
+        }
+    });
+    failed
+}
+
+/// `original` with `from` replaced by `to` once (the mutation must still apply to the file).
+fn mutate(original: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        original.matches(from).count(),
+        1,
+        "the mutation `{from}` no longer matches the kernel file exactly once"
+    );
+    original.replacen(from, to, 1)
+}
+
+#[test]
+fn verify_fails_on_an_off_by_one() {
+    let Some(_) = emulator("verify_fails_on_an_off_by_one", 8) else {
+        return;
+    };
+    let source = compilable_source("patch_grid").unwrap();
+    let mutant = mutate(&source, "y < (i64)p.height", "y <= (i64)p.height");
+    let failed = verify_mutant(8, "patch_grid", "patch_split", mutant);
+    println!("{}", failed.join("\n"));
+    assert!(
+        !failed.is_empty(),
+        "verify passed an off-by-one in patch_grid.cu"
+    );
+    // The real family passes on a fresh device.
+    let clean = backend_for(CudaDevice::emulated(0));
+    let mut bad = 0;
+    run_table(Some("patch_split"), 7, &CpuBackend, clean, |row| {
+        bad += usize::from(!row.ends_with("pass") && !row.starts_with("op "))
+    });
+    assert_eq!(bad, 0);
+}
+
+#[test]
+fn verify_fails_without_a_barrier_in_a_tiled_kernel() {
+    let Some(_) = emulator("verify_fails_without_a_barrier_in_a_tiled_kernel", 9) else {
+        return;
+    };
+    let source = compilable_source("matmul").unwrap();
+    // The barrier after the multiply-adds of a tile: without it, fast threads load the next
+    // tile over the one slow threads still read.
+    let at = source
+        .rfind("__syncthreads();")
+        .expect("matmul.cu has barriers");
+    let mutant = format!(
+        "{}{}",
+        &source[..at],
+        &source[at + "__syncthreads();".len()..]
+    );
+    let failed = verify_mutant(9, "matmul", "matmul", mutant);
+    println!("{}", failed.join("\n"));
+    assert!(
+        !failed.is_empty(),
+        "verify passed matmul.cu without its second barrier"
+    );
+}
+
+#[test]
+fn schedules_are_honoured() {
+    assert_eq!(
+        emu::with_schedule(Schedule::Reverse, emu::current_schedule),
+        Ok(Schedule::Reverse)
+    );
+}
