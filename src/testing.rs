@@ -27,7 +27,8 @@ pub fn assert_close(
             expected.shape()
         ));
     }
-    let (a, e) = (actual.to_vec(), expected.to_vec());
+    let host = |t: &Tensor| t.try_to_vec().map_err(|e| format!("{what}: {e}"));
+    let (a, e) = (host(actual)?, host(expected)?);
     let mut worst: Option<(usize, f32)> = None;
     for (i, (&x, &y)) in a.iter().zip(&e).enumerate() {
         let err = (x - y).abs();
@@ -94,21 +95,22 @@ pub fn gradcheck(
         .sum_all()
         .map_err(fail)?;
     loss.backward().map_err(fail)?;
-    let proj = projection.to_vec();
-    let project = |t: &Tensor| -> f64 {
-        t.to_vec()
+    let proj = projection.try_to_vec().map_err(fail)?;
+    let project = |t: &Tensor| -> std::result::Result<f64, String> {
+        Ok(t.try_to_vec()
+            .map_err(fail)?
             .iter()
             .zip(&proj)
             .map(|(&a, &b)| a as f64 * b as f64)
-            .sum()
+            .sum())
     };
 
     for (index, leaf) in leaves.iter().enumerate() {
         let analytic = match leaf.grad() {
-            Some(g) => g.to_vec(),
+            Some(g) => g.try_to_vec().map_err(fail)?,
             None => vec![0.0; leaf.numel()],
         };
-        let base = inputs[index].to_vec();
+        let base = inputs[index].try_to_vec().map_err(fail)?;
         for j in 0..base.len() {
             let eval = |delta: f32| -> std::result::Result<f64, String> {
                 let mut data = base.clone();
@@ -118,7 +120,7 @@ pub fn gradcheck(
                 let mut args: Vec<Tensor> = inputs.to_vec();
                 args[index] = perturbed;
                 let out = no_grad(|| f(&args)).map_err(fail)?;
-                Ok(project(&out))
+                project(&out)
             };
             let numeric =
                 ((eval(options.eps)? - eval(-options.eps)?) / (2.0 * options.eps as f64)) as f32;

@@ -44,7 +44,7 @@ fn mobilenet_features_load_into_the_lraspp_backbone() {
         named_tensors(net)
             .into_iter()
             .find(|(n, _, _)| n == key)
-            .map(|(_, t, _)| t.to_vec())
+            .map(|(_, t, _)| t.try_to_vec().unwrap())
             .unwrap()
     };
     let key = "backbone.0.0.weight";

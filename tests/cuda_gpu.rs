@@ -52,7 +52,7 @@ fn tensors_move_between_devices_and_mixed_devices_are_errors() {
     let host = Tensor::from_vec((0..12).map(|v| v as f32).collect(), [3, 4]).unwrap();
     let device = host.to_device(&gpu).unwrap();
     assert_eq!(device.device(), gpu);
-    assert_eq!(device.try_to_vec().unwrap(), host.to_vec());
+    assert_eq!(device.try_to_vec().unwrap(), host.try_to_vec().unwrap());
     let sum = device.relu().unwrap().sum_all().unwrap();
     assert_eq!(sum.item().unwrap(), 66.0);
     let err = device.add(&host).unwrap_err().to_string();
@@ -70,7 +70,11 @@ fn tensors_move_between_devices_and_mixed_devices_are_errors() {
     let grad = leaf.grad().unwrap();
     assert_eq!(grad.device(), Device::Cpu);
     assert_eq!(
-        grad.to_vec(),
-        host.to_vec().iter().map(|v| 2.0 * v).collect::<Vec<_>>()
+        grad.try_to_vec().unwrap(),
+        host.try_to_vec()
+            .unwrap()
+            .iter()
+            .map(|v| 2.0 * v)
+            .collect::<Vec<_>>()
     );
 }

@@ -362,7 +362,11 @@ fn collect(loader: &Loader, epoch: usize) -> Vec<(Vec<f32>, Vec<f32>, Vec<String
         .epoch(epoch)
         .map(|b| {
             let b = b.unwrap();
-            (b.images.to_vec(), b.labels.to_vec(), b.ids)
+            (
+                b.images.try_to_vec().unwrap(),
+                b.labels.try_to_vec().unwrap(),
+                b.ids,
+            )
         })
         .collect()
 }

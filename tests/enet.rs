@@ -14,6 +14,17 @@ use moeseg::testing::{assert_close, Fixtures};
 use moeseg::{DType, Tensor};
 use std::path::Path;
 
+/// The elements on the host; a failed copy fails the test.
+trait ToHost {
+    fn to_host(&self) -> Vec<f32>;
+}
+
+impl ToHost for Tensor {
+    fn to_host(&self) -> Vec<f32> {
+        self.try_to_vec().unwrap()
+    }
+}
+
 fn enet() -> Box<dyn models::SegNet> {
     models::build(ModelName::Enet, &ModelConfig::default()).unwrap()
 }
@@ -134,8 +145,8 @@ fn errors(actual: &[f32], expected: &[f32]) -> (f64, f64) {
 
 fn check_logits(what: &str, actual: &Tensor, expected: &Tensor) {
     assert_eq!(actual.shape(), expected.shape(), "{what}");
-    let expected = expected.to_vec();
-    let (rel, max_abs) = errors(&actual.to_vec(), &expected);
+    let expected = expected.to_host();
+    let (rel, max_abs) = errors(&actual.to_host(), &expected);
     let scale = expected.iter().fold(0.0f64, |m, &e| m.max(e.abs() as f64));
     println!("{what}: relative norm error {rel:.2e}, max abs error {max_abs:.2e} (max |logit| {scale:.1})");
     assert!(
@@ -172,7 +183,7 @@ fn check_train_step(net: &dyn models::SegNet, case: &str, with_balance: bool) {
         .unwrap();
     if with_balance {
         let balance = balance_loss(net).unwrap().expect("a MoE layer");
-        let (rel, _) = errors(&balance.to_vec(), &get("balance").to_vec());
+        let (rel, _) = errors(&balance.to_host(), &get("balance").to_host());
         println!("{case}: balance loss relative error {rel:.2e}");
         assert!(
             rel <= GRAD_REL,
@@ -180,7 +191,7 @@ fn check_train_step(net: &dyn models::SegNet, case: &str, with_balance: bool) {
         );
         loss = loss.add(&balance).unwrap();
     }
-    let (rel, _) = errors(&loss.to_vec(), &get("loss").to_vec());
+    let (rel, _) = errors(&loss.to_host(), &get("loss").to_host());
     println!(
         "{case}: loss {} relative error {rel:.2e}",
         loss.item().unwrap()
@@ -188,17 +199,17 @@ fn check_train_step(net: &dyn models::SegNet, case: &str, with_balance: bool) {
     assert!(rel <= GRAD_REL, "{case}: loss relative error {rel:e}");
     loss.backward().unwrap();
 
-    let (norms, scales) = (get("grad_norms").to_vec(), get("grad_scales").to_vec());
-    let noise = get("grad_noise").to_vec();
+    let (norms, scales) = (get("grad_norms").to_host(), get("grad_scales").to_host());
+    let noise = get("grad_noise").to_host();
     let mut widened = Vec::new();
-    let stored = get("grads").to_vec();
+    let stored = get("grads").to_host();
     let params = named_parameters(net);
     assert_eq!(params.len(), norms.len(), "{case}: parameter count");
     let (mut offset, mut worst) = (0, (0.0f64, String::new()));
     for (i, (key, param)) in params.iter().enumerate() {
         let grad = param
             .grad()
-            .map(|g| g.to_vec())
+            .map(|g| g.to_host())
             .unwrap_or_else(|| vec![0.0; param.numel()]);
         let n = grad.len();
         let picked: Vec<f32> = if n <= FULL_GRAD {
@@ -252,7 +263,7 @@ fn check_train_step(net: &dyn models::SegNet, case: &str, with_balance: bool) {
     let mut stats = Vec::new();
     for (key, tensor, role) in named_tensors(net) {
         match role {
-            Role::Buffer(DType::F32) => stats.extend(tensor.to_vec()),
+            Role::Buffer(DType::F32) => stats.extend(tensor.to_host()),
             Role::Buffer(DType::I64) => assert_eq!(tensor.item().unwrap(), 8.0, "{case}: {key}"),
             _ => {}
         }
@@ -266,7 +277,7 @@ fn check_train_step(net: &dyn models::SegNet, case: &str, with_balance: bool) {
         RUNNING_STATS_TOL,
     )
     .unwrap();
-    let (rel, max_abs) = errors(&stats.to_vec(), &get("running_stats").to_vec());
+    let (rel, max_abs) = errors(&stats.to_host(), &get("running_stats").to_host());
     println!("{case}: running statistics relative norm error {rel:.2e}, max abs {max_abs:.2e}");
 }
 

@@ -14,6 +14,17 @@ use moeseg::ops::conv::Conv2dParams;
 use moeseg::testing::{assert_close, Fixtures};
 use moeseg::{Rng, Tensor};
 
+/// The elements on the host; a failed copy fails the test.
+trait ToHost {
+    fn to_host(&self) -> Vec<f32>;
+}
+
+impl ToHost for Tensor {
+    fn to_host(&self) -> Vec<f32> {
+        self.try_to_vec().unwrap()
+    }
+}
+
 /// One fixture case of `scripts/fixtures/moe.py`.
 struct Case {
     name: &'static str,
@@ -307,9 +318,9 @@ fn projected_loss(layer: &PatchConvMoE, x: &Tensor, projection: &Tensor) -> f64 
         let out = layer.forward(x).unwrap();
         let balance = layer.last_routing().unwrap().balance_loss.item().unwrap() as f64;
         let dot: f64 = out
-            .to_vec()
+            .to_host()
             .iter()
-            .zip(projection.to_vec())
+            .zip(projection.to_host())
             .map(|(&a, b)| a as f64 * b as f64)
             .sum();
         dot + balance
@@ -355,9 +366,9 @@ fn finite_differences_agree_through_gate_and_experts() {
     for (name, tensor) in targets {
         let analytic = tensor
             .grad()
-            .map(|g| g.to_vec())
+            .map(|g| g.to_host())
             .unwrap_or(vec![0.0; tensor.numel()]);
-        let base = tensor.to_vec();
+        let base = tensor.to_host();
         for j in 0..base.len() {
             let eval = |delta: f32| {
                 let mut values = base.clone();
@@ -435,7 +446,7 @@ fn replacement_by_path_fixed_expert_and_reduction() {
         let fixed = moe.forward(&h).unwrap();
         let plain = moe.expert(e).unwrap().forward(&h).unwrap();
         assert_close(&format!("fixed expert {e}"), &fixed, &plain, 1e-5, 1e-6).unwrap();
-        let used = moe.last_routing().unwrap().indices.to_vec();
+        let used = moe.last_routing().unwrap().indices.to_host();
         assert!(used.iter().all(|&i| i == e as f32));
     }
     assert!(moe.set_fixed_expert(Some(4)).is_err());
@@ -463,7 +474,7 @@ fn labels_reach_the_patch_grid_and_routing_stats_are_collected() {
         0.0, 0.0, 4.0, // bottom-left
         3.0, 1.0, 0.0, // bottom-right
     ];
-    assert_eq!(hist.to_vec(), expected);
+    assert_eq!(hist.to_host(), expected);
 
     moeseg::tensor::manual_seed(8);
     let mut net = Sequential::default().push(Conv2d::new(3, 4, 3, 1, 1, 1, 1, true).unwrap());
@@ -505,7 +516,7 @@ fn noisy_top_k_changes_choices_in_training_only() {
     let choices = |seed: u64| {
         moeseg::tensor::manual_seed(seed);
         layer.forward(&x).unwrap();
-        layer.last_routing().unwrap().indices.to_vec()
+        layer.last_routing().unwrap().indices.to_host()
     };
     set_training(&layer, true);
     let (a, b) = (choices(1), choices(2));
@@ -548,10 +559,10 @@ fn copy_init_starts_every_expert_as_the_replaced_conv() {
         },
     )
     .unwrap();
-    let w0 = noisy.expert(0).unwrap().weight.to_vec();
-    let w1 = noisy.expert(1).unwrap().weight.to_vec();
+    let w0 = noisy.expert(0).unwrap().weight.to_host();
+    let w1 = noisy.expert(1).unwrap().weight.to_host();
     assert_ne!(w0, w1);
-    let base = conv.weight.to_vec();
+    let base = conv.weight.to_host();
     assert!(w0.iter().zip(&base).all(|(a, b)| (a - b).abs() < 0.1));
 }
 

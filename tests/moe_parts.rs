@@ -9,6 +9,17 @@ use moeseg::nn::{get_module, named_tensors, set_training, BatchNorm2d, Module};
 use moeseg::testing::{assert_close, gradcheck, Fixtures, GradcheckOptions};
 use moeseg::{Rng, Tensor};
 
+/// The elements on the host; a failed copy fails the test.
+trait ToHost {
+    fn to_host(&self) -> Vec<f32>;
+}
+
+impl ToHost for Tensor {
+    fn to_host(&self) -> Vec<f32> {
+        self.try_to_vec().unwrap()
+    }
+}
+
 fn t(data: &[f32], shape: &[usize]) -> Tensor {
     Tensor::from_vec(data.to_vec(), shape.to_vec()).unwrap()
 }
@@ -420,7 +431,7 @@ fn zero_probabilities_give_zero_entropy_and_finite_gradients() {
         .unwrap();
     close("entropy", l.item().unwrap(), -(2f64.ln()), 1e-6);
     l.backward().unwrap();
-    let grad = p.grad().unwrap().to_vec();
+    let grad = p.grad().unwrap().to_host();
     assert!(grad.iter().all(|g| g.is_finite()), "{grad:?}");
     // d/dp_{0,1}: −(ln 1e-12)/2 from the clamped log, +(ln(1/2) + 1)/2 from H(P).
     let expected = -(1e-12f64.ln()) / 2.0 + (0.5f64.ln() + 1.0) / 2.0;
@@ -559,7 +570,7 @@ fn balancing_losses_match_pytorch() {
             )
             .unwrap();
         } else {
-            assert!(get("grad_probs").to_vec().iter().all(|&g| g == 0.0));
+            assert!(get("grad_probs").to_host().iter().all(|&g| g == 0.0));
         }
     }
 }
@@ -575,24 +586,24 @@ fn noisy_selection_scales_by_the_population_std_and_adds_noise() {
     let std0 = (7.0f64 / 450.0).sqrt();
     // Row 1: mean 1/3, deviations (−1/12, −1/12, 1/6): variance (1/144·2 + 1/36)/3 = 1/72.
     let std1 = (1.0f64 / 72.0).sqrt();
-    let s = scores.to_vec();
+    let s = scores.to_host();
     close("s00", s[0], 0.5 / std0, 1e-4);
     close("s02", s[2], 0.2 / std0, 1e-4);
     close("s12", s[5], 0.5 / std1, 1e-4);
     // A uniform row (std 0) gives equal finite scores.
     let u = noisy_selection(&t(&[0.25; 4], &[1, 4]), 0.0, &mut Rng::new(1)).unwrap();
     assert!(u
-        .to_vec()
+        .to_host()
         .iter()
-        .all(|&v| v.is_finite() && v == u.to_vec()[0]));
+        .all(|&v| v.is_finite() && v == u.to_host()[0]));
     // Noise: N(0, σ²) on top, reproducible from the seed.
     let big = Tensor::full([200, 5], 0.2, &moeseg::Device::Cpu).unwrap();
     let a = noisy_selection(&big, 0.7, &mut Rng::new(9))
         .unwrap()
-        .to_vec();
+        .to_host();
     let b = noisy_selection(&big, 0.7, &mut Rng::new(9))
         .unwrap()
-        .to_vec();
+        .to_host();
     assert_eq!(a, b);
     let base = 0.2 / 1e-6f64;
     let noise: Vec<f64> = a.iter().map(|&v| v as f64 - base).collect();

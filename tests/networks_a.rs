@@ -15,6 +15,17 @@ use moeseg::testing::{assert_close, Fixtures};
 use moeseg::{Rng, Tensor};
 use std::path::{Path, PathBuf};
 
+/// The elements on the host; a failed copy fails the test.
+trait ToHost {
+    fn to_host(&self) -> Vec<f32>;
+}
+
+impl ToHost for Tensor {
+    fn to_host(&self) -> Vec<f32> {
+        self.try_to_vec().unwrap()
+    }
+}
+
 /// The default MoE variant of `net` trains: logits `[2, 19, H, W]` in training mode, the
 /// balancing loss present, gradients reaching the gate and the experts.
 fn check_moe_variant_trains(net: ModelName, size: [usize; 2]) {
@@ -34,9 +45,9 @@ fn check_moe_variant_trains(net: ModelName, size: [usize; 2]) {
         .into_iter()
         .filter(|(key, _)| key.starts_with(path))
         .map(|(key, p)| {
-            let largest = p
-                .grad()
-                .map_or(0.0, |g| g.to_vec().iter().fold(0f32, |m, v| m.max(v.abs())));
+            let largest = p.grad().map_or(0.0, |g| {
+                g.to_host().iter().fold(0f32, |m, v| m.max(v.abs()))
+            });
             (key, largest)
         })
         .collect();
@@ -77,7 +88,7 @@ fn fixture_path() -> PathBuf {
 /// returns the two relative errors.
 fn assert_rel_close(what: &str, actual: &Tensor, expected: &Tensor, rel: f32) -> (f64, f64) {
     assert_eq!(actual.shape(), expected.shape(), "{what}: shape");
-    let (a, e) = (actual.to_vec(), expected.to_vec());
+    let (a, e) = (actual.to_host(), expected.to_host());
     let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
     let diff_norm = norm(&mut a.iter().zip(&e).map(|(&x, &y)| (x - y) as f64));
     let ref_norm = norm(&mut e.iter().map(|&y| y as f64));
@@ -121,7 +132,7 @@ fn load_case_weights(module: &dyn Module, fixtures: &Fixtures, case: &str) {
     if report.missing.is_empty() {
         return;
     }
-    let pool = fixtures.get("pool").unwrap().to_vec();
+    let pool = fixtures.get("pool").unwrap().to_host();
     let tensors: std::collections::HashMap<String, Tensor> = named_tensors(module)
         .into_iter()
         .map(|(k, t, _)| (k, t))
@@ -130,7 +141,7 @@ fn load_case_weights(module: &dyn Module, fixtures: &Fixtures, case: &str) {
         let plan = fixtures
             .get(&format!("{case}.expand.{key}"))
             .unwrap()
-            .to_vec();
+            .to_host();
         let (offset, scale) = (plan[0] as usize, plan[1]);
         let target = &tensors[key];
         let values: Vec<f32> = (0..target.numel())
@@ -300,7 +311,7 @@ fn check_train(module: &dyn Module, case: &str, zero_grad: &[&str]) {
     );
     let noise = 1e-3
         * get("grad_input")
-            .to_vec()
+            .to_host()
             .iter()
             .fold(0f32, |m, g| m.max(g.abs()));
     for (key, param) in named_parameters(module) {
@@ -308,7 +319,7 @@ fn check_train(module: &dyn Module, case: &str, zero_grad: &[&str]) {
         let what = format!("{case}.grad.{key}");
         let expected = get(&format!("grad.{key}"));
         if zero_grad.contains(&key.as_str()) {
-            for (side, values) in [("moeseg", grad.to_vec()), ("PyTorch", expected.to_vec())] {
+            for (side, values) in [("moeseg", grad.to_host()), ("PyTorch", expected.to_host())] {
                 let largest = values.iter().fold(0f32, |m, g| m.max(g.abs()));
                 assert!(largest <= noise, "{what}: {side} gives {largest:e}, not ~0");
             }

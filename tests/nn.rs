@@ -12,6 +12,17 @@ use moeseg::optim::{Optimizer, Sgd, SgdOptions};
 use moeseg::testing::{assert_close, Fixtures};
 use moeseg::{DType, Tensor};
 
+/// The elements on the host; a failed copy fails the test.
+trait ToHost {
+    fn to_host(&self) -> Vec<f32>;
+}
+
+impl ToHost for Tensor {
+    fn to_host(&self) -> Vec<f32> {
+        self.try_to_vec().unwrap()
+    }
+}
+
 /// The net of `scripts/fixtures/convnet.py`, with the same child indices.
 fn convnet() -> Sequential {
     Sequential::default()
@@ -181,8 +192,8 @@ fn train_eval_reaches_every_module_and_batch_norm_tracks_batches() {
     assert!(!bn(&net));
     let x = Tensor::randn([2, 3, 6, 6], 0.0, 1.0, &mut moeseg::Rng::new(1)).unwrap();
     // Eval: running stats untouched, output deterministic.
-    let a = net.forward(&x).unwrap().to_vec();
-    let b = net.forward(&x).unwrap().to_vec();
+    let a = net.forward(&x).unwrap().to_host();
+    let b = net.forward(&x).unwrap().to_host();
     assert_eq!(a, b);
     let count = |net: &Sequential| {
         named_tensors(net)
@@ -209,9 +220,9 @@ fn batch_norm_cumulative_average_when_momentum_is_none() {
     bn.forward(&second).unwrap();
     // Cumulative average of the batch means 2 and 6 (hand-derived), starting from 0 with
     // factor 1 then 1/2.
-    assert_eq!(bn.running_mean.as_ref().unwrap().to_vec(), vec![4.0]);
+    assert_eq!(bn.running_mean.as_ref().unwrap().to_host(), vec![4.0]);
     // Unbiased variances 2 and 2.
-    assert_eq!(bn.running_var.as_ref().unwrap().to_vec(), vec![2.0]);
+    assert_eq!(bn.running_var.as_ref().unwrap().to_host(), vec![2.0]);
 }
 
 #[test]
@@ -312,7 +323,7 @@ fn a_checkpoint_of_model_optimizer_and_schedule_resumes_exactly() {
     sched_c.load_state(&all).unwrap();
     train_steps(&net_c, &mut sgd_c, &mut sched_c, 2..4);
     for ((name, a, _), (_, c, _)) in named_tensors(&net_a).into_iter().zip(named_tensors(&net_c)) {
-        assert_eq!(a.to_vec(), c.to_vec(), "{name} differs after resuming");
+        assert_eq!(a.to_host(), c.to_host(), "{name} differs after resuming");
     }
     assert_eq!(sgd_a.lrs(), sgd_c.lrs());
     std::fs::remove_dir_all(&dir).unwrap();
@@ -326,12 +337,12 @@ fn simple_layers_follow_pytorch_defaults_and_modes() {
     // Linear(20, 3): weight and bias within 1/√20 (kaiming-uniform a=√5).
     let linear = Linear::new(20, 3, true).unwrap();
     let bound = 1.0 / 20f32.sqrt();
-    assert!(linear.weight.to_vec().iter().all(|v| v.abs() <= bound));
+    assert!(linear.weight.to_host().iter().all(|v| v.abs() <= bound));
     assert!(linear
         .bias
         .as_ref()
         .unwrap()
-        .to_vec()
+        .to_host()
         .iter()
         .all(|v| v.abs() <= bound));
     let y = linear
@@ -348,19 +359,19 @@ fn simple_layers_follow_pytorch_defaults_and_modes() {
     let up = ConvTranspose2d::new(4, 6, 3, params, true).unwrap();
     assert_eq!(up.weight.dims(), &[4, 6, 3, 3]);
     let bound = 1.0 / 54f32.sqrt();
-    assert!(up.weight.to_vec().iter().all(|v| v.abs() <= bound));
+    assert!(up.weight.to_host().iter().all(|v| v.abs() <= bound));
     let x = Tensor::ones([1, 4, 5, 7], &moeseg::Device::Cpu).unwrap();
     assert_eq!(up.forward(&x).unwrap().dims(), &[1, 6, 10, 14]);
     // PReLU: default slope 0.25 on negatives.
     let prelu = PReLU::new(1, 0.25).unwrap();
     let v = Tensor::from_vec(vec![-2.0, 3.0], [1, 2]).unwrap();
-    assert_eq!(prelu.forward(&v).unwrap().to_vec(), vec![-0.5, 3.0]);
+    assert_eq!(prelu.forward(&v).unwrap().to_host(), vec![-0.5, 3.0]);
     // Dropout: identity in eval, zeros some elements in training.
     let dropout = Dropout::new(0.5).unwrap();
     let ones = Tensor::ones([1000], &moeseg::Device::Cpu).unwrap();
-    let trained = dropout.forward(&ones).unwrap().to_vec();
+    let trained = dropout.forward(&ones).unwrap().to_host();
     assert!(trained.contains(&0.0) && trained.contains(&2.0));
     set_training(&dropout, false);
-    assert_eq!(dropout.forward(&ones).unwrap().to_vec(), vec![1.0; 1000]);
+    assert_eq!(dropout.forward(&ones).unwrap().to_host(), vec![1.0; 1000]);
     assert!(Dropout::new(1.5).is_err());
 }

@@ -15,6 +15,17 @@ mod softmax;
 use moeseg::testing::Fixtures;
 use moeseg::{Rng, Tensor};
 
+/// The elements on the host; a failed copy fails the test.
+pub trait ToHost {
+    fn to_host(&self) -> Vec<f32>;
+}
+
+impl ToHost for Tensor {
+    fn to_host(&self) -> Vec<f32> {
+        self.try_to_vec().unwrap()
+    }
+}
+
 /// The fixture file of these families.
 pub fn fixtures() -> Fixtures {
     Fixtures::load("norm").unwrap()

@@ -7,6 +7,17 @@ use moeseg::ops::patch_grid::PatchGrid;
 use moeseg::testing::{assert_close, gradcheck, GradcheckOptions};
 use moeseg::{Error, Rng, Tensor};
 
+/// The elements on the host; a failed copy fails the test.
+trait ToHost {
+    fn to_host(&self) -> Vec<f32>;
+}
+
+impl ToHost for Tensor {
+    fn to_host(&self) -> Vec<f32> {
+        self.try_to_vec().unwrap()
+    }
+}
+
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     Tensor::randn(shape.to_vec(), 0.0, 1.0, &mut Rng::new(seed)).unwrap()
 }
@@ -145,7 +156,7 @@ fn split_of_a_small_map_matches_hand_values() {
         0., 0., 0., 0., 0.,
         0., 0., 0., 0., 0.,
     ];
-    assert_eq!(tokens.to_vec(), expected);
+    assert_eq!(tokens.to_host(), expected);
 
     // Split's gradient of all-ones tokens counts how many tokens read each pixel: rows and
     // columns 0–1 and 4 are read by one patch row/column, 2–3 by two.
@@ -156,7 +167,7 @@ fn split_of_a_small_map_matches_hand_values() {
         .unwrap();
     let per_axis = [1., 1., 2., 2., 1.];
     let counts: Vec<f32> = (0..25).map(|p| per_axis[p / 5] * per_axis[p % 5]).collect();
-    assert_eq!(leaf.grad().unwrap().to_vec(), counts);
+    assert_eq!(leaf.grad().unwrap().to_host(), counts);
 }
 
 #[test]
@@ -169,7 +180,7 @@ fn reassemble_of_a_small_map_matches_hand_values() {
     let expected: Vec<f32> = (0..25)
         .map(|p| (1 + 2 * (p / 5 / 3) + (p % 5) / 3) as f32)
         .collect();
-    assert_eq!(map.to_vec(), expected);
+    assert_eq!(map.to_host(), expected);
 }
 
 #[test]
@@ -180,7 +191,7 @@ fn split_and_reassemble_match_the_composition_of_pad_narrow_cat() {
         let x_ref = x.detach().with_requires_grad(true);
         let tokens = x.patch_split(grid).unwrap();
         let expected = split_reference(&x_ref, &grid);
-        assert_eq!(tokens.to_vec(), expected.to_vec(), "{what}: split");
+        assert_eq!(tokens.to_host(), expected.to_host(), "{what}: split");
         assert_eq!(tokens.dims(), expected.dims(), "{what}: split shape");
 
         // Gradients against a random upstream: halo overlaps are summed in both.
@@ -208,7 +219,7 @@ fn split_and_reassemble_match_the_composition_of_pad_narrow_cat() {
         let map = y.patch_reassemble(grid).unwrap();
         let expected = reassemble_reference(&y_ref, &grid);
         assert_eq!(map.dims(), &[grid.batch, 4, grid.height, grid.width]);
-        assert_eq!(map.to_vec(), expected.to_vec(), "{what}: reassemble");
+        assert_eq!(map.to_host(), expected.to_host(), "{what}: reassemble");
         let upstream = randn(map.dims(), 300 + i as u64);
         for (out, leaf) in [(&map, &y), (&expected, &y_ref)] {
             out.mul(&upstream)
@@ -219,8 +230,8 @@ fn split_and_reassemble_match_the_composition_of_pad_narrow_cat() {
         }
         // No sums here: the gradient is a copy with zeros in the cropped padding.
         assert_eq!(
-            y.grad().unwrap().to_vec(),
-            y_ref.grad().unwrap().to_vec(),
+            y.grad().unwrap().to_host(),
+            y_ref.grad().unwrap().to_host(),
             "{what}: reassemble gradient"
         );
     }
@@ -235,7 +246,7 @@ fn reassemble_inverts_split_without_halo() {
             .patch_split(grid)
             .and_then(|t| t.patch_reassemble(grid))
             .unwrap();
-        assert_eq!(back.to_vec(), x.to_vec(), "grid {grid:?}");
+        assert_eq!(back.to_host(), x.to_host(), "grid {grid:?}");
     }
 }
 
@@ -275,7 +286,7 @@ fn check_patchwise_conv(grid: PatchGrid, weight_shape: [usize; 4], params: Conv2
     let (out, grads) = run(true);
     let (expected, expected_grads) = run(false);
     assert_eq!(out.dims(), expected.dims(), "{what}");
-    assert_eq!(out.to_vec(), expected.to_vec(), "{what}");
+    assert_eq!(out.to_host(), expected.to_host(), "{what}");
     for (name, (g, e)) in ["x", "weight", "bias"]
         .iter()
         .zip(grads.iter().zip(&expected_grads))

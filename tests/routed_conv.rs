@@ -6,6 +6,17 @@ use moeseg::ops::routed_conv::RoutedConvParams;
 use moeseg::testing::{assert_close, gradcheck, GradcheckOptions};
 use moeseg::{Device, Rng, Tensor};
 
+/// The elements on the host; a failed copy fails the test.
+trait ToHost {
+    fn to_host(&self) -> Vec<f32>;
+}
+
+impl ToHost for Tensor {
+    fn to_host(&self) -> Vec<f32> {
+        self.try_to_vec().unwrap()
+    }
+}
+
 const RTOL: f32 = 1e-4;
 /// Outputs are sums of up to 288 products of unit-scale values: two summation orders (the
 /// direct kernel or im2col + GEMM against the dense reference's GEMM) differ by a few
@@ -124,7 +135,7 @@ impl Case {
             self.indices.dims()[1],
             experts.len(),
         );
-        let ids = self.indices.to_vec();
+        let ids = self.indices.to_host();
         let mut coefficients = Tensor::zeros([count, e_count], &Device::Cpu)?;
         for j in 0..k {
             let one_hot: Vec<f32> = (0..count * e_count)
@@ -237,8 +248,8 @@ fn unrouted_expert_gets_zero_weight_gradient() {
         params(1, 1),
     );
     let grads = check_against_dense(&case);
-    assert!(grads[3].to_vec().iter().all(|&g| g == 0.0));
-    assert!(grads[1].to_vec().iter().any(|&g| g != 0.0));
+    assert!(grads[3].to_host().iter().all(|&g| g == 0.0));
+    assert!(grads[1].to_host().iter().any(|&g| g != 0.0));
 }
 
 #[test]
@@ -255,8 +266,8 @@ fn rectangular_kernel_k1_with_bias() {
     );
     let grads = check_against_dense(&case);
     // Expert 2 unrouted: zero weight and bias gradients.
-    assert!(grads[3].to_vec().iter().all(|&g| g == 0.0));
-    assert!(grads[4 + 3].to_vec().iter().all(|&g| g == 0.0));
+    assert!(grads[3].to_host().iter().all(|&g| g == 0.0));
+    assert!(grads[4 + 3].to_host().iter().all(|&g| g == 0.0));
 }
 
 #[test]
@@ -362,8 +373,8 @@ fn results_are_deterministic() {
             .collect();
         let y = case.routed(&leaves).unwrap();
         y.square().unwrap().sum_all().unwrap().backward().unwrap();
-        let mut all = vec![y.to_vec()];
-        all.extend(leaves.iter().map(|l| l.grad().unwrap().to_vec()));
+        let mut all = vec![y.to_host()];
+        all.extend(leaves.iter().map(|l| l.grad().unwrap().to_host()));
         all
     };
     assert_eq!(run(), run());

@@ -5,6 +5,17 @@ use moeseg::testing::{assert_close, gradcheck, Fixtures, GradcheckOptions};
 use moeseg::{Result, Rng, Tensor};
 use std::slice;
 
+/// The elements on the host; a failed copy fails the test.
+trait ToHost {
+    fn to_host(&self) -> Vec<f32>;
+}
+
+impl ToHost for Tensor {
+    fn to_host(&self) -> Vec<f32> {
+        self.try_to_vec().unwrap()
+    }
+}
+
 fn fixtures() -> Fixtures {
     Fixtures::load("shapeidx").unwrap()
 }
@@ -142,21 +153,21 @@ fn topk_breaks_ties_towards_the_lower_index() {
     // Checked by hand: PyTorch does not promise an order among equal values.
     let x = tensor(&[1.0, 3.0, 2.0, 3.0, 1.0, 3.0], &[1, 6]);
     let (values, indices) = x.topk(4, -1, true).unwrap();
-    assert_eq!(values.to_vec(), vec![3.0, 3.0, 3.0, 2.0]);
-    assert_eq!(indices.to_vec(), vec![1.0, 3.0, 5.0, 2.0]);
+    assert_eq!(values.to_host(), vec![3.0, 3.0, 3.0, 2.0]);
+    assert_eq!(indices.to_host(), vec![1.0, 3.0, 5.0, 2.0]);
     let (values, indices) = x.topk(3, 1, false).unwrap();
-    assert_eq!(values.to_vec(), vec![1.0, 1.0, 2.0]);
-    assert_eq!(indices.to_vec(), vec![0.0, 4.0, 2.0]);
+    assert_eq!(values.to_host(), vec![1.0, 1.0, 2.0]);
+    assert_eq!(indices.to_host(), vec![0.0, 4.0, 2.0]);
     // Along a non-last axis, with -0.0 equal to 0.0 and NaN above everything.
     let y = tensor(
         &[0.0, 5.0, f32::NAN, -0.0, 5.0, 1.0, 0.0, 2.0, 1.0],
         &[3, 3],
     );
     let (values, indices) = y.topk(2, 0, true).unwrap();
-    assert_eq!(indices.to_vec(), vec![0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
-    assert!(values.to_vec()[2].is_nan());
+    assert_eq!(indices.to_host(), vec![0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+    assert!(values.to_host()[2].is_nan());
     let (_, indices) = y.topk(2, 0, false).unwrap();
-    assert_eq!(indices.to_vec(), vec![0.0, 2.0, 1.0, 1.0, 0.0, 2.0]);
+    assert_eq!(indices.to_host(), vec![0.0, 2.0, 1.0, 1.0, 0.0, 2.0]);
 }
 
 #[test]
@@ -210,8 +221,8 @@ fn matmul_matches_naive_on_sizes_that_split_across_threads() {
     let (b, m, k, n) = (3, 70, 33, 90);
     let a = randn(&[b, m, k], 11);
     let w = randn(&[k, n], 12);
-    let out = a.matmul(&w).unwrap().to_vec();
-    let (av, wv) = (a.to_vec(), w.to_vec());
+    let out = a.matmul(&w).unwrap().to_host();
+    let (av, wv) = (a.to_host(), w.to_host());
     let mut expected = vec![0.0f32; b * m * n];
     for row in 0..b * m {
         for j in 0..n {

@@ -17,6 +17,17 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The elements on the host; a failed copy fails the test.
+trait ToHost {
+    fn to_host(&self) -> Vec<f32>;
+}
+
+impl ToHost for Tensor {
+    fn to_host(&self) -> Vec<f32> {
+        self.try_to_vec().unwrap()
+    }
+}
+
 /// The Rust twin of the fixture script's `net()`.
 fn net() -> Sequential {
     let conv = |i, o, k, p| Conv2d::new(i, o, k, 1, p, 1, 1, true).unwrap();
@@ -87,7 +98,7 @@ fn scratch(test: &str) -> PathBuf {
 fn snapshot(module: &dyn Module) -> Vec<(String, Vec<f32>)> {
     named_tensors(module)
         .into_iter()
-        .map(|(k, t, _)| (k, t.to_vec()))
+        .map(|(k, t, _)| (k, t.to_host()))
         .collect()
 }
 
@@ -116,8 +127,8 @@ fn assert_same_file(actual: &Path, expected: &Path) {
         assert_eq!(a.shape(name).unwrap(), e.shape(name).unwrap(), "{name}");
         assert_eq!(a.dtype(name).unwrap(), e.dtype(name).unwrap(), "{name}");
         assert_eq!(
-            a.tensor(name).unwrap().to_vec(),
-            e.tensor(name).unwrap().to_vec(),
+            a.tensor(name).unwrap().to_host(),
+            e.tensor(name).unwrap().to_host(),
             "{name}"
         );
     }
@@ -236,10 +247,14 @@ fn half_precision_checkpoints_load_the_rounded_values() {
             let expected = if stored == DType::I64 {
                 original.clone()
             } else {
-                Tensor::from_bytes(&original.to_bytes(dtype), dtype, original.dims().to_vec())
-                    .unwrap()
+                Tensor::from_bytes(
+                    &original.to_bytes(dtype).unwrap(),
+                    dtype,
+                    original.dims().to_vec(),
+                )
+                .unwrap()
             };
-            assert_eq!(tensor.to_vec(), expected.to_vec(), "{name} {key}");
+            assert_eq!(tensor.to_host(), expected.to_host(), "{name} {key}");
         }
     }
 }
@@ -283,7 +298,7 @@ fn lightning_prefixes_are_stripped_and_extra_keys_skipped_on_request() {
 #[test]
 fn bare_backbone_loads_into_a_larger_module_with_add_prefix() {
     let model = Segmenter::new();
-    let head_before = model.head.weight.to_vec();
+    let head_before = model.head.weight.to_host();
     let options = LoadOptions {
         strict: false,
         add_prefix: Some("backbone.".into()),
@@ -296,12 +311,12 @@ fn bare_backbone_loads_into_a_larger_module_with_add_prefix() {
     assert!(report
         .to_string()
         .contains("missing 2 (head.weight, head.bias)"));
-    assert_eq!(model.head.weight.to_vec(), head_before);
+    assert_eq!(model.head.weight.to_host(), head_before);
     let full = checkpoint();
     assert_eq!(model.backbone.layers.len(), 3);
     let loaded = named_tensors(&model);
     let weight = loaded.iter().find(|(k, _, _)| k == "backbone.0.weight");
-    assert_eq!(weight.unwrap().1.to_vec(), full["0.weight"].0.to_vec());
+    assert_eq!(weight.unwrap().1.to_host(), full["0.weight"].0.to_host());
 
     let strict = LoadOptions {
         strict: true,
@@ -360,7 +375,7 @@ fn strict_errors_list_every_offending_key_and_change_nothing() {
     let good = checkpoint();
     for ((key, old), (_, new)) in before.iter().zip(&snapshot(&model)) {
         let skipped = ["0.weight", "3.0.bias", "5.bias"].contains(&key.as_str());
-        let expected = if skipped { old } else { &good[key].0.to_vec() };
+        let expected = if skipped { old } else { &good[key].0.to_host() };
         assert_eq!(new, expected, "{key}");
     }
     let summary = report.to_string();
@@ -513,7 +528,7 @@ fn checkpoint_with(key: &str, dtype: &str, bytes: &[u8]) -> Vec<u8> {
         let (dtype, bytes) = if name == key {
             (dtype, bytes.to_vec())
         } else {
-            (stored.name(), tensor.to_bytes(*stored))
+            (stored.name(), tensor.to_bytes(*stored).unwrap())
         };
         let span = [data.len(), data.len() + bytes.len()];
         entries.push((name.as_str(), dtype, tensor.dims().to_vec(), span));

@@ -6,6 +6,17 @@ use moeseg::ops::topk_gate::{TopkGate, TopkGateParams};
 use moeseg::testing::{assert_close, gradcheck, GradcheckOptions};
 use moeseg::{Result, Rng, Tensor};
 
+/// The elements on the host; a failed copy fails the test.
+trait ToHost {
+    fn to_host(&self) -> Vec<f32>;
+}
+
+impl ToHost for Tensor {
+    fn to_host(&self) -> Vec<f32> {
+        self.try_to_vec().unwrap()
+    }
+}
+
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     Tensor::randn(shape.to_vec(), 0.0, 1.0, &mut Rng::new(seed)).unwrap()
 }
@@ -58,7 +69,7 @@ fn logits_grad(logits: &Tensor, f: impl Fn(&Tensor) -> Result<(Tensor, Tensor)>)
 fn counts_of(indices: &Tensor, experts: usize) -> (Vec<f32>, Vec<f32>) {
     let k = indices.dims()[1];
     let (mut counts, mut top1) = (vec![0.0; experts], vec![0.0; experts]);
-    for (i, &e) in indices.to_vec().iter().enumerate() {
+    for (i, &e) in indices.to_host().iter().enumerate() {
         counts[e as usize] += 1.0;
         if i % k == 0 {
             top1[e as usize] += 1.0;
@@ -89,12 +100,12 @@ fn values_counts_and_gradients_match_the_reference_composition() {
             let gate = logits.topk_gate(p, None).unwrap();
             let (probs, indices, weights) = reference(&logits, k, p.eps, None).unwrap();
             assert_close(&what, &gate.probs, &probs, 0.0, 0.0).unwrap();
-            assert_eq!(gate.indices.to_vec(), indices.to_vec(), "{what}: indices");
+            assert_eq!(gate.indices.to_host(), indices.to_host(), "{what}: indices");
             assert_eq!(gate.indices.dims(), &[tokens, k]);
             assert_close(&what, &gate.weights, &weights, 1e-6, 1e-7).unwrap();
             let (counts, top1) = counts_of(&indices, experts);
-            assert_eq!(gate.counts.to_vec(), counts, "{what}: counts");
-            assert_eq!(gate.top1_counts.to_vec(), top1, "{what}: top-1 counts");
+            assert_eq!(gate.counts.to_host(), counts, "{what}: counts");
+            assert_eq!(gate.top1_counts.to_host(), top1, "{what}: top-1 counts");
 
             let ours = logits_grad(&logits, |x| {
                 let g = x.topk_gate(p, None)?;
@@ -126,7 +137,7 @@ fn ties_go_to_the_lower_expert_index() {
             .topk_gate(params(k, false, 0), None)
             .unwrap()
             .indices
-            .to_vec()
+            .to_host()
     };
     assert_eq!(indices(2), [0.0, 1.0, 1.0, 2.0, 0.0, 2.0]);
     assert_eq!(indices(3), [0.0, 1.0, 2.0, 1.0, 2.0, 0.0, 0.0, 2.0, 3.0]);
@@ -137,9 +148,9 @@ fn ties_go_to_the_lower_expert_index() {
 fn straight_through_weights_are_one_with_the_gradient_of_p() {
     let logits = randn(&[5, 4], 3);
     let gate = logits.topk_gate(params(1, true, 0), None).unwrap();
-    assert_eq!(gate.weights.to_vec(), vec![1.0; 5]);
+    assert_eq!(gate.weights.to_host(), vec![1.0; 5]);
     let plain = logits.topk_gate(params(1, false, 0), None).unwrap();
-    assert_eq!(gate.indices.to_vec(), plain.indices.to_vec());
+    assert_eq!(gate.indices.to_host(), plain.indices.to_host());
 
     let ours = logits_grad(&logits, |x| {
         let g = x.topk_gate(params(1, true, 0), None)?;
@@ -182,11 +193,11 @@ fn counts_are_assignments_and_first_choices_per_expert() {
     );
     let gate = logits.topk_gate(params(2, false, 0), None).unwrap();
     assert_eq!(
-        gate.indices.to_vec(),
+        gate.indices.to_host(),
         [2.0, 0.0, 1.0, 2.0, 2.0, 1.0, 0.0, 2.0]
     );
-    assert_eq!(gate.counts.to_vec(), [2.0, 2.0, 4.0]);
-    assert_eq!(gate.top1_counts.to_vec(), [1.0, 1.0, 2.0]);
+    assert_eq!(gate.counts.to_host(), [2.0, 2.0, 4.0]);
+    assert_eq!(gate.top1_counts.to_host(), [1.0, 1.0, 2.0]);
     assert!(!gate.counts.requires_grad() && !gate.indices.requires_grad());
 }
 
@@ -195,9 +206,9 @@ fn capacity_sends_overflow_to_the_next_best_expert_with_room() {
     // Every token prefers expert 0; with room for 2 tokens, tokens 2 and 3 go to expert 1.
     let logits = tensor(&[2.0, 0.0, 3.0, 1.0, 1.5, 0.5, 4.0, 0.0], &[4, 2]);
     let gate = logits.topk_gate(params(1, false, 2), None).unwrap();
-    assert_eq!(gate.indices.to_vec(), [0.0, 0.0, 1.0, 1.0]);
-    assert_eq!(gate.counts.to_vec(), [2.0, 2.0]);
-    assert_eq!(gate.top1_counts.to_vec(), [2.0, 2.0]);
+    assert_eq!(gate.indices.to_host(), [0.0, 0.0, 1.0, 1.0]);
+    assert_eq!(gate.counts.to_host(), [2.0, 2.0]);
+    assert_eq!(gate.top1_counts.to_host(), [2.0, 2.0]);
     let probs = logits.softmax(-1).unwrap();
     let chosen = probs.gather(1, &gate.indices).unwrap();
     let expected = chosen.div(&chosen.add_scalar(1e-5).unwrap()).unwrap();
@@ -216,11 +227,11 @@ fn capacity_sends_overflow_to_the_next_best_expert_with_room() {
     );
     let gate = logits.topk_gate(params(2, false, 3), None).unwrap();
     assert_eq!(
-        gate.indices.to_vec(),
+        gate.indices.to_host(),
         [0.0, 1.0, 0.0, 1.0, 0.0, 2.0, 2.0, 1.0]
     );
-    assert_eq!(gate.counts.to_vec(), [3.0, 3.0, 2.0]);
-    assert_eq!(gate.top1_counts.to_vec(), [3.0, 0.0, 1.0]);
+    assert_eq!(gate.counts.to_host(), [3.0, 3.0, 2.0]);
+    assert_eq!(gate.top1_counts.to_host(), [3.0, 0.0, 1.0]);
 }
 
 #[test]
@@ -233,9 +244,9 @@ fn the_choice_follows_the_selection_scores_and_the_weights_use_p() {
     );
     let p = params(2, false, 0);
     let gate = logits.topk_gate(p, Some(&selection)).unwrap();
-    assert_eq!(gate.indices.to_vec(), [3.0, 2.0].repeat(5));
+    assert_eq!(gate.indices.to_host(), [3.0, 2.0].repeat(5));
     let (probs, indices, weights) = reference(&logits, 2, p.eps, Some(&selection)).unwrap();
-    assert_eq!(gate.indices.to_vec(), indices.to_vec());
+    assert_eq!(gate.indices.to_host(), indices.to_host());
     assert_close("probs", &gate.probs, &probs, 0.0, 0.0).unwrap();
     assert_close("weights", &gate.weights, &weights, 1e-6, 1e-7).unwrap();
 
@@ -332,10 +343,10 @@ fn a_capacity_too_small_overflows_instead_of_dropping_tokens() {
     // assignments that find no room go over capacity (moe.md: no token is ever dropped).
     let logits = randn(&[5, 4], 1);
     let gate = logits.topk_gate(params(2, false, 2), None).unwrap();
-    let counts = gate.counts.to_vec();
+    let counts = gate.counts.to_host();
     assert_eq!(counts.iter().sum::<f32>(), 10.0);
     assert!(counts.iter().any(|&c| c > 2.0), "{counts:?}");
-    for pair in gate.indices.to_vec().chunks(2) {
+    for pair in gate.indices.to_host().chunks(2) {
         assert_ne!(pair[0], pair[1]);
     }
 }

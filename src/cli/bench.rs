@@ -377,10 +377,14 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
         })
     };
     let layer_fwd_bwd = layer_train()?;
-    let usage = layer
-        .last_routing()
-        .map(|r| expert_usage(&r.indices.to_vec(), experts))
-        .unwrap_or_default();
+    let usage = match layer.last_routing() {
+        Some(record) => {
+            // A CPU-backend layer: read the indices in place.
+            let indices = record.indices.storage();
+            expert_usage(indices.as_cpu("bench routing")?, experts)
+        }
+        None => Vec::new(),
+    };
     let conv_params = named_parameters(&conv);
     let dense_fwd_bwd = time_runs(args.repeats, || {
         conv.forward(&x)?.mul(&upstream)?.sum_all()?.backward()?;

@@ -208,7 +208,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                     s.tec()
                 );
             }
-            Ok(mean_iou(&prediction.to_vec(), &val_labels.to_vec()))
+            // The demo runs on the CPU: read both in place.
+            let (prediction, labels) = (prediction.storage(), val_labels.storage());
+            Ok(mean_iou(prediction.as_cpu("demo")?, labels.as_cpu("demo")?))
         });
         set_training(net, true);
         miou

@@ -224,8 +224,8 @@ pub fn save_with_metadata<'a>(
     let path = path.as_ref();
     let encoded: Vec<(&str, Vec<usize>, DType, Vec<u8>)> = tensors
         .into_iter()
-        .map(|(name, t, dtype)| (name, t.dims().to_vec(), dtype, t.to_bytes(dtype)))
-        .collect();
+        .map(|(name, t, dtype)| Ok((name, t.dims().to_vec(), dtype, t.to_bytes(dtype)?)))
+        .collect::<Result<_>>()?;
     let mut views = Vec::with_capacity(encoded.len());
     let mut seen = HashSet::new();
     for (name, shape, dtype, bytes) in &encoded {
@@ -280,7 +280,7 @@ mod tests {
         let n = Tensor::from_vec(vec![7.0], [1]).unwrap();
         save(&path, [("a", &a, DType::F32), ("n", &n, DType::I64)]).unwrap();
         let loaded = load(&path).unwrap();
-        assert_eq!(loaded["a"].0.to_vec(), a.to_vec());
+        assert_eq!(loaded["a"].0.try_to_vec().unwrap(), a.try_to_vec().unwrap());
         assert_eq!(loaded["a"].0.dims(), &[2, 2]);
         assert_eq!(loaded["n"].1, DType::I64);
         let file = SafetensorsFile::open(&path).unwrap();

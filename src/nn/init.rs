@@ -70,13 +70,15 @@ mod tests {
         // Conv weight [16, 8, 3, 3]: fan_in 72, default bound 1/√72.
         let w = kaiming_uniform([16, 8, 3, 3], 5f32.sqrt())
             .unwrap()
-            .to_vec();
+            .try_to_vec()
+            .unwrap();
         let bound = 1.0 / 72f32.sqrt();
         assert!(w.iter().all(|v| v.abs() <= bound));
         assert!(w.iter().any(|v| v.abs() > 0.9 * bound));
         let n = kaiming_normal([64, 32, 3, 3], FanMode::FanOut)
             .unwrap()
-            .to_vec();
+            .try_to_vec()
+            .unwrap();
         let std = (n.iter().map(|v| v * v).sum::<f32>() / n.len() as f32).sqrt();
         let expected = (2.0 / (64.0 * 9.0f32)).sqrt();
         assert!(

@@ -190,7 +190,7 @@ pub fn load_state_dict(
             if value.device() == target.device() {
                 Ok(value)
             } else {
-                Tensor::from_vec_on(value.to_vec(), value.shape().clone(), &target.device())
+                Tensor::from_vec_on(value.try_to_vec()?, value.shape().clone(), &target.device())
             }
         })
         .collect::<Result<Vec<Tensor>>>()?;

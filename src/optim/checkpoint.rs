@@ -22,7 +22,7 @@ pub fn encode_scalar(x: f64) -> Tensor {
 /// Decodes a scalar tensor: three f32 as written by [`encode_scalar`], or any one-element
 /// tensor (a value written by hand). `key` names it in errors.
 pub fn decode_scalar(key: &str, t: &Tensor) -> Result<f64> {
-    let v = t.to_vec();
+    let v = t.try_to_vec()?;
     match v.as_slice() {
         [x] => Ok(*x as f64),
         [hi, mid, lo] if t.rank() == 1 => Ok(*hi as f64 + (*mid as f64 + *lo as f64)),

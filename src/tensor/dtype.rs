@@ -86,10 +86,11 @@ impl Tensor {
         Tensor::from_vec(data, shape)
     }
 
-    /// The elements as little-endian bytes of `dtype` (i64 rounds to the nearest integer).
-    pub fn to_bytes(&self, dtype: DType) -> Vec<u8> {
-        let data = self.to_vec();
-        match dtype {
+    /// The elements as little-endian bytes of `dtype` (i64 rounds to the nearest integer); a
+    /// failed device-to-host copy is an error.
+    pub fn to_bytes(&self, dtype: DType) -> Result<Vec<u8>> {
+        let data = self.try_to_vec()?;
+        Ok(match dtype {
             DType::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
             DType::F16 => data
                 .iter()
@@ -103,7 +104,7 @@ impl Tensor {
                 .iter()
                 .flat_map(|&v| (v.round() as i64).to_le_bytes())
                 .collect(),
-        }
+        })
     }
 }
 
@@ -115,7 +116,7 @@ mod tests {
     fn round_trips_each_dtype() {
         let t = Tensor::from_vec(vec![1.5, -2.0, 0.25, 3.0], [2, 2]).unwrap();
         for dtype in [DType::F32, DType::F16, DType::BF16, DType::I64] {
-            let bytes = t.to_bytes(dtype);
+            let bytes = t.to_bytes(dtype).unwrap();
             assert_eq!(bytes.len(), 4 * dtype.size());
             let back = Tensor::from_bytes(&bytes, dtype, [2, 2]).unwrap();
             let expected = if dtype == DType::I64 {
@@ -123,12 +124,12 @@ mod tests {
             } else {
                 vec![1.5, -2.0, 0.25, 3.0]
             };
-            assert_eq!(back.to_vec(), expected, "{dtype:?}");
+            assert_eq!(back.try_to_vec().unwrap(), expected, "{dtype:?}");
         }
         // Hand-checked encodings: f16 1.0 = 0x3C00, bf16 1.0 = 0x3F80.
         let one = Tensor::from_vec(vec![1.0], [1]).unwrap();
-        assert_eq!(one.to_bytes(DType::F16), vec![0x00, 0x3C]);
-        assert_eq!(one.to_bytes(DType::BF16), vec![0x80, 0x3F]);
+        assert_eq!(one.to_bytes(DType::F16).unwrap(), vec![0x00, 0x3C]);
+        assert_eq!(one.to_bytes(DType::BF16).unwrap(), vec![0x80, 0x3F]);
         assert!(Tensor::from_bytes(&[0u8; 7], DType::F32, [2]).is_err());
         let huge = (1i64 << 40).to_le_bytes();
         assert!(Tensor::from_bytes(&huge, DType::I64, [1]).is_err());

@@ -225,12 +225,8 @@ impl Tensor {
         self.0.id
     }
 
-    /// The elements as a host vector in row-major order.
-    pub fn to_vec(&self) -> Vec<f32> {
-        self.storage().to_vec()
-    }
-
-    /// The elements as a host vector; a failed device-to-host copy is an error.
+    /// The elements as a host vector in row-major order (a device-to-host copy for a GPU
+    /// tensor); a failed copy is an error.
     pub fn try_to_vec(&self) -> Result<Vec<f32>> {
         self.storage().try_to_vec()
     }
@@ -259,7 +255,7 @@ impl Tensor {
                 ),
             ));
         }
-        Ok(self.to_vec()[0])
+        Ok(self.try_to_vec()?[0])
     }
 
     // ----- autograd -------------------------------------------------------------------------
@@ -445,18 +441,24 @@ fn infer_shape(numel: usize, dims: &[isize]) -> Result<Shape> {
 }
 
 impl fmt::Debug for Tensor {
+    /// Shape, device, grad flag and the first 8 elements; a failed copy to the host shows as
+    /// `data=<copy to the host failed: …>` (formatting cannot return the engine's error).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let data = self.to_vec();
-        let preview: Vec<f32> = data.iter().take(8).copied().collect();
         write!(
             f,
-            "Tensor(shape={}, device={}, requires_grad={}, data={:?}{})",
+            "Tensor(shape={}, device={}, requires_grad={}, data=",
             self.shape(),
             self.device(),
             self.requires_grad(),
-            preview,
-            if data.len() > 8 { ", …" } else { "" }
-        )
+        )?;
+        match self.try_to_vec() {
+            Ok(data) => {
+                let preview: Vec<f32> = data.iter().take(8).copied().collect();
+                let more = if data.len() > 8 { ", …" } else { "" };
+                write!(f, "{preview:?}{more})")
+            }
+            Err(e) => write!(f, "<copy to the host failed: {e}>)"),
+        }
     }
 }
 
@@ -489,7 +491,7 @@ mod tests {
         let alias = p.clone();
         p.replace_data(&Tensor::ones([3], &Device::Cpu).unwrap())
             .unwrap();
-        assert_eq!(alias.to_vec(), vec![1.0; 3]);
+        assert_eq!(alias.try_to_vec().unwrap(), vec![1.0; 3]);
         assert!(alias.requires_grad());
         let err = p
             .replace_data(&Tensor::ones([4], &Device::Cpu).unwrap())

@@ -71,22 +71,8 @@ impl Storage {
         }
     }
 
-    /// Copies the elements to a host vector (a device-to-host copy for GPU storage).
-    ///
-    /// A failed device-to-host copy (a GPU fault) cannot be reported through this signature:
-    /// it prints the error to stderr and returns NaNs, never partial data. Use
-    /// [`Storage::try_to_vec`] to get the error as a value.
-    pub fn to_vec(&self) -> Vec<f32> {
-        match self.try_to_vec() {
-            Ok(data) => data,
-            Err(e) => {
-                eprintln!("moeseg: copying a tensor to the host failed: {e}");
-                vec![f32::NAN; self.len()]
-            }
-        }
-    }
-
-    /// Copies the elements to a host vector; a failed device-to-host copy is an error.
+    /// Copies the elements to a host vector (a device-to-host copy for GPU storage); a failed
+    /// copy is an error, never made-up data.
     pub fn try_to_vec(&self) -> Result<Vec<f32>> {
         match self {
             Storage::Cpu(data) => Ok(data.to_vec()),

@@ -181,7 +181,7 @@ fn sliding_window(
             on_window(window_labels.as_ref())?;
             classes = logits.dims()[1];
             let total = sum.get_or_insert_with(|| vec![0.0; batch * classes * h * w]);
-            let values = logits.to_vec();
+            let values = logits.try_to_vec()?;
             for bc in 0..batch * classes {
                 for wy in 0..crop[0] {
                     let src = (bc * crop[0] + wy) * crop[1];
@@ -241,7 +241,7 @@ pub fn evaluate(
             ce_sum += logits.cross_entropy(&batch.labels, options)?.item()? as f64;
             pixels += batch
                 .labels
-                .to_vec()
+                .try_to_vec()?
                 .iter()
                 .filter(|&&v| v != 255.0)
                 .count() as f64;

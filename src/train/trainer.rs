@@ -114,12 +114,15 @@ impl LossSums {
     }
 }
 
-/// The name of the first parameter holding a NaN or an infinity.
-fn non_finite_parameter(model: &dyn Module) -> Option<String> {
-    named_parameters(model)
-        .into_iter()
-        .find(|(_, t)| t.to_vec().iter().any(|v| !v.is_finite()))
-        .map(|(name, _)| name)
+/// The name of the first parameter holding a NaN or an infinity; a failed copy of a parameter
+/// to the host is an error.
+fn non_finite_parameter(model: &dyn Module) -> Result<Option<String>> {
+    for (name, t) in named_parameters(model) {
+        if t.try_to_vec()?.iter().any(|v| !v.is_finite()) {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
 }
 
 /// An evaluation as a `metrics.jsonl` record.
@@ -421,7 +424,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<Outcome> {
             }
             if epoch_done || state.step == total {
                 // `last` must stay a good checkpoint: never overwrite it with broken weights.
-                if let Some(name) = non_finite_parameter(&*model) {
+                if let Some(name) = non_finite_parameter(&*model)? {
                     progress.bar.abandon();
                     return Err(Error::invalid(
                         "train",

@@ -1,6 +1,6 @@
 //! Pointwise activations and prelu.
 
-use super::{assert_error_mentions, fixtures, randn};
+use super::{assert_error_mentions, fixtures, randn, ToHost};
 use moeseg::testing::{assert_close, gradcheck, GradcheckOptions};
 use moeseg::Tensor;
 
@@ -8,7 +8,7 @@ use moeseg::Tensor;
 /// the kinks 0 and ±3 so no finite-difference step crosses one.
 fn away_from_kinks(shape: &[usize], seed: u64) -> Tensor {
     let values = randn(shape, seed)
-        .to_vec()
+        .to_host()
         .into_iter()
         .map(|v| {
             let v = v * 2.5;
@@ -114,11 +114,11 @@ fn prelu_chunks_that_cross_channel_boundaries_match_a_naive_loop() {
         .with_requires_grad(true);
     let y = x.prelu(&weight).unwrap();
     y.sum_all().unwrap().backward().unwrap();
-    let (xs, ys) = (x.to_vec(), y.to_vec());
+    let (xs, ys) = (x.to_host(), y.to_host());
     let mut grad_w = [0.0f64; 3];
     for (i, (&v, &out)) in xs.iter().zip(&ys).enumerate() {
         let c = (i / 4900) % 3;
-        let w = weight.to_vec()[c];
+        let w = weight.to_host()[c];
         assert_eq!(out, if v > 0.0 { v } else { w * v });
         if v <= 0.0 {
             grad_w[c] += v as f64;

@@ -1,6 +1,6 @@
 //! Batch normalisation.
 
-use super::{assert_error_mentions, fixtures, randn};
+use super::{assert_error_mentions, fixtures, randn, ToHost};
 use moeseg::ops::norm::BatchNormArgs;
 use moeseg::testing::{assert_close, gradcheck, Fixtures, GradcheckOptions};
 use moeseg::Tensor;
@@ -8,7 +8,7 @@ use moeseg::Tensor;
 /// A fresh copy of a fixture tensor (running statistics are updated in place).
 fn fresh(fx: &Fixtures, key: &str) -> Tensor {
     let t = fx.get(key).unwrap();
-    Tensor::from_vec(t.to_vec(), t.shape().clone()).unwrap()
+    Tensor::from_vec(t.to_host(), t.shape().clone()).unwrap()
 }
 
 /// Runs a training-mode case and checks output, gradients and the updated running statistics.
@@ -75,7 +75,7 @@ fn evaluation_matches_pytorch_and_leaves_running_stats_alone() {
     )
     .unwrap();
     let before = fx.get("bn_eval.running_mean").unwrap();
-    assert_eq!(running_mean.to_vec(), before.to_vec());
+    assert_eq!(running_mean.to_host(), before.to_host());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Dropout and dropout2d: determinism, rate, scale, gradient and channel structure.
 
-use super::{assert_error_mentions, randn};
+use super::{assert_error_mentions, randn, ToHost};
 use moeseg::tensor::manual_seed;
 use moeseg::Rng;
 
@@ -10,13 +10,13 @@ fn same_seed_gives_the_same_mask_and_the_default_generator_follows_manual_seed()
     let a = x.dropout_with_rng(0.4, true, &mut Rng::new(9)).unwrap();
     let b = x.dropout_with_rng(0.4, true, &mut Rng::new(9)).unwrap();
     let c = x.dropout_with_rng(0.4, true, &mut Rng::new(10)).unwrap();
-    assert_eq!(a.to_vec(), b.to_vec());
-    assert_ne!(a.to_vec(), c.to_vec());
+    assert_eq!(a.to_host(), b.to_host());
+    assert_ne!(a.to_host(), c.to_host());
     // The process-wide generator is only touched by this test in this binary.
     let image = x.reshape(&[2, 32, 3, 11]).unwrap();
     let draw_both = || {
-        let elementwise = x.dropout(0.4, true).unwrap().to_vec();
-        let channels = image.dropout2d(0.5, true).unwrap().to_vec();
+        let elementwise = x.dropout(0.4, true).unwrap().to_host();
+        let channels = image.dropout2d(0.5, true).unwrap().to_host();
         (elementwise, channels)
     };
     manual_seed(123);
@@ -33,7 +33,7 @@ fn drop_rate_is_close_to_p_and_kept_values_are_scaled_exactly() {
     for p in [0.1f32, 0.5, 0.8] {
         let y = x.dropout_with_rng(p, true, &mut Rng::new(3)).unwrap();
         let scale = 1.0 / (1.0 - p);
-        let (xs, ys) = (x.to_vec(), y.to_vec());
+        let (xs, ys) = (x.to_host(), y.to_host());
         let dropped = ys.iter().filter(|&&v| v == 0.0).count() as f32 / ys.len() as f32;
         assert!((dropped - p).abs() < 0.01, "p {p}: dropped {dropped}");
         for (&x, &y) in xs.iter().zip(&ys) {
@@ -54,9 +54,9 @@ fn gradient_is_mask_times_scale() {
         .unwrap()
         .backward()
         .unwrap();
-    let grad = x.grad().unwrap().to_vec();
+    let grad = x.grad().unwrap().to_host();
     let scale = 1.0 / (1.0 - p);
-    for ((&g, &y), &u) in grad.iter().zip(&y.to_vec()).zip(&upstream.to_vec()) {
+    for ((&g, &y), &u) in grad.iter().zip(&y.to_host()).zip(&upstream.to_host()) {
         let expected = if y == 0.0 { 0.0 } else { u * scale };
         assert_eq!(g, expected);
     }
@@ -71,7 +71,7 @@ fn dropout2d_zeroes_whole_channels() {
         .unwrap();
     let p = 0.5f32;
     let y = x.dropout2d_with_rng(p, true, &mut Rng::new(5)).unwrap();
-    let (xs, ys) = (x.to_vec(), y.to_vec());
+    let (xs, ys) = (x.to_host(), y.to_host());
     let mut dropped = 0;
     for (plane_x, plane_y) in xs.chunks(12).zip(ys.chunks(12)) {
         if plane_y.iter().all(|&v| v == 0.0) {
@@ -93,26 +93,26 @@ fn edge_probabilities_and_evaluation() {
     let x = randn(&[4, 5], 56);
     let mut rng = Rng::new(6);
     assert_eq!(
-        x.dropout_with_rng(0.0, true, &mut rng).unwrap().to_vec(),
-        x.to_vec()
+        x.dropout_with_rng(0.0, true, &mut rng).unwrap().to_host(),
+        x.to_host()
     );
     assert!(x
         .dropout_with_rng(1.0, true, &mut rng)
         .unwrap()
-        .to_vec()
+        .to_host()
         .iter()
         .all(|&v| v == 0.0));
     assert_eq!(
-        x.dropout_with_rng(0.7, false, &mut rng).unwrap().to_vec(),
-        x.to_vec()
+        x.dropout_with_rng(0.7, false, &mut rng).unwrap().to_host(),
+        x.to_host()
     );
     let image = randn(&[2, 3, 2, 2], 57);
     assert_eq!(
         image
             .dropout2d_with_rng(0.7, false, &mut rng)
             .unwrap()
-            .to_vec(),
-        image.to_vec()
+            .to_host(),
+        image.to_host()
     );
 }
 

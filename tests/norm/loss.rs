@@ -1,6 +1,6 @@
 //! Fused cross-entropy.
 
-use super::{assert_error_mentions, fixtures, randn};
+use super::{assert_error_mentions, fixtures, randn, ToHost};
 use moeseg::ops::loss::{CrossEntropyOptions, Reduction};
 use moeseg::testing::{gradcheck, GradcheckOptions};
 use moeseg::Tensor;
@@ -116,7 +116,7 @@ fn all_ignored_targets_give_nan_mean_and_zero_sum() {
         .unwrap();
     assert_eq!(sum.item().unwrap(), 0.0);
     sum.backward().unwrap();
-    assert!(logits.grad().unwrap().to_vec().iter().all(|&g| g == 0.0));
+    assert!(logits.grad().unwrap().to_host().iter().all(|&g| g == 0.0));
 }
 
 #[test]
@@ -172,8 +172,8 @@ fn wide_images_match_log_softmax_picked_at_the_target() {
         reduction: Reduction::None,
         ..Default::default()
     };
-    let losses = logits.cross_entropy(&target, options).unwrap().to_vec();
-    let log_probs = logits.log_softmax(1).unwrap().to_vec();
+    let losses = logits.cross_entropy(&target, options).unwrap().to_host();
+    let log_probs = logits.log_softmax(1).unwrap().to_host();
     for (p, (&loss, &label)) in losses.iter().zip(&labels).enumerate() {
         let expected = if label == 255.0 {
             0.0

@@ -1,6 +1,6 @@
 //! Softmax and log-softmax.
 
-use super::{assert_error_mentions, fixtures, randn};
+use super::{assert_error_mentions, fixtures, randn, ToHost};
 use moeseg::testing::{assert_close, gradcheck, GradcheckOptions};
 use moeseg::Tensor;
 
@@ -67,7 +67,7 @@ fn softmax_rows_sum_to_one_and_log_softmax_is_its_log() {
     )
     .unwrap();
     let log = x.log_softmax(-1).unwrap();
-    assert!(log.to_vec().iter().all(|v| v.is_finite() && *v <= 0.0));
+    assert!(log.to_host().iter().all(|v| v.is_finite() && *v <= 0.0));
 }
 
 #[test]
@@ -98,7 +98,7 @@ fn naive_softmax(x: &[f32], outer: usize, size: usize, inner: usize) -> Vec<f32>
 fn wide_inner_axes_span_several_column_blocks() {
     // inner = 130 is two full 64-column blocks and a partial one.
     let x = randn(&[3, 5, 130], 23).mul_scalar(5.0).unwrap();
-    let expected = Tensor::from_vec(naive_softmax(&x.to_vec(), 3, 5, 130), [3, 5, 130]).unwrap();
+    let expected = Tensor::from_vec(naive_softmax(&x.to_host(), 3, 5, 130), [3, 5, 130]).unwrap();
     assert_close("softmax", &x.softmax(1).unwrap(), &expected, 1e-5, 1e-7).unwrap();
     let log = x.log_softmax(1).unwrap().exp().unwrap();
     assert_close("log_softmax", &log, &expected, 1e-5, 1e-7).unwrap();

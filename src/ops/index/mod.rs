@@ -253,7 +253,7 @@ fn check_same_except_axis(
 /// Checks that every element of `index` is an integer in `0..size` (reads it to the host).
 fn check_indices(op: &'static str, index: &Tensor, axis: usize, size: usize) -> Result<()> {
     let bad = index
-        .to_vec()
+        .try_to_vec()?
         .into_iter()
         .find(|&v| !(v >= 0.0 && v < size as f32 && v.fract() == 0.0));
     match bad {

@@ -268,7 +268,7 @@ impl Tensor {
             return Tensor::zeros(shape, &self.device());
         }
         RoutingPlan::new(
-            &indices.to_vec(),
+            &indices.try_to_vec()?,
             geometry.tokens,
             geometry.slots,
             geometry.experts,
