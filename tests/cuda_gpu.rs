@@ -29,7 +29,7 @@ fn every_kernel_matches_the_cpu() {
         return;
     };
     let mut failed = Vec::new();
-    let failures = run_table(None, 2024, &CpuBackend, cuda::backend_for(0), |row| {
+    let failures = run_table(None, 2024, &CpuBackend, cuda::backend_for(cuda::CudaDevice::gpu(0)), |row| {
         println!("{row}");
         if !row.ends_with("pass") && !row.starts_with("op ") {
             failed.push(row.to_string());

@@ -19,7 +19,7 @@ mod cases;
 pub use cases::{table, Case, Input};
 
 use crate::backend::cuda::{self, Arch, KernelCompiler, OutputFormat, KERNELS};
-use crate::backend::{Backend, Device};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::{Rng, Storage};
 use clap::Args;
