@@ -5,6 +5,7 @@
 //! - [`tensor`]: the [`Tensor`] type, shapes, storage, dtypes for weight I/O, seeded RNG.
 //! - [`autograd`]: the dynamic graph and `backward`.
 //! - [`backend`]: the [`backend::Backend`] trait and the CPU backend.
+//! - [`verify`]: every CUDA kernel against the CPU backend (the harness of `moeseg verify`).
 //! - [`ops`]: every op, one folder per family (forward, backward, kernels).
 //! - [`io`]: safetensors reading and atomic writing.
 //! - [`nn`], [`moe`], [`models`]: layers, PatchConvMoE, the six segmentation networks.
@@ -24,6 +25,7 @@ pub mod optim;
 pub mod tensor;
 pub mod testing;
 pub mod train;
+pub mod verify;
 
 pub use autograd::{no_grad, NoGradGuard};
 pub use backend::Device;

@@ -10,7 +10,7 @@ use cudarc::driver::{DeviceRepr, LaunchConfig};
 use moeseg::backend::cuda::emu::{self, EmuModule, Schedule};
 use moeseg::backend::cuda::{backend_for, compilable_source, CudaBackend, CudaDevice, PRELUDE};
 use moeseg::backend::CpuBackend;
-use moeseg::cli::verify::run_table;
+use moeseg::verify::{run_table, text_line, RunOptions, Totals};
 
 /// The parameters of the planted kernels (mirror: `struct P` below).
 #[repr(C)]
@@ -302,20 +302,59 @@ fn launch_shapes_a_gpu_rejects_are_errors() {
     assert!(err.contains("2 buffers"), "{err}");
 }
 
+/// `verify` (cases whose op contains `op`, two schedules) on `device`: the lines of the cases
+/// that did not pass.
+fn failed_cases(device: &CudaBackend, op: Option<&str>, seed: u64) -> (Totals, Vec<String>) {
+    let options = RunOptions::new(seed).filter(op).repeat(
+        2,
+        Some(Box::new(|run| {
+            emu::set_schedule(Some(emu::schedule_for_run(run)));
+            Ok(())
+        })),
+    );
+    let mut failed = Vec::new();
+    let rows = run_table(
+        &CpuBackend,
+        device,
+        &device.device().to_string(),
+        &options,
+        |rows| {
+            if rows.iter().any(|row| !row.pass) {
+                failed.push(text_line(rows));
+            }
+        },
+    );
+    emu::set_schedule(None);
+    (Totals::from_rows(&rows), failed)
+}
+
 /// `verify` of family `family` on its own emulated device running `source` instead of the
-/// real kernel file: the rows that did not pass.
+/// real kernel file: the cases that did not pass.
 fn verify_mutant(ordinal: usize, family: &'static str, op: &str, source: String) -> Vec<String> {
     let gpu = backend_for(CudaDevice::emulated(ordinal));
     let module = EmuModule::load(&format!("{family}-mutant.cu"), &source)
         .expect("the mutated family compiles");
     gpu.replace_family(family, module).unwrap();
-    let mut failed = Vec::new();
-    run_table(Some(op), 7, &CpuBackend, gpu, |row| {
-        if !row.ends_with("pass") && !row.starts_with("op ") {
-            failed.push(row.to_string());
-        }
-    });
-    failed
+    failed_cases(gpu, Some(op), 7).1
+}
+
+#[test]
+fn every_kernel_passes_verify_under_two_schedules_for_three_seeds() {
+    let Some(gpu) = emulator(
+        "every_kernel_passes_verify_under_two_schedules_for_three_seeds",
+        1,
+    ) else {
+        return;
+    };
+    for seed in 1..=3 {
+        let (totals, failed) = failed_cases(gpu, None, seed);
+        println!(
+            "seed {seed}: {} cases, {} outputs, {} failed",
+            totals.cases, totals.rows, totals.failed
+        );
+        assert!(totals.cases > 300, "{totals:?}");
+        assert!(failed.is_empty(), "seed {seed}:\n{}", failed.join("\n"));
+    }
 }
 
 /// `original` with `from` replaced by `to` once (the mutation must still apply to the file).
@@ -341,13 +380,14 @@ fn verify_fails_on_an_off_by_one() {
         !failed.is_empty(),
         "verify passed an off-by-one in patch_grid.cu"
     );
-    // The real family passes on a fresh device.
-    let clean = backend_for(CudaDevice::emulated(0));
-    let mut bad = 0;
-    run_table(Some("patch_split"), 7, &CpuBackend, clean, |row| {
-        bad += usize::from(!row.ends_with("pass") && !row.starts_with("op "))
-    });
-    assert_eq!(bad, 0);
+    // The real family passes on a device of its own.
+    let (totals, failed) =
+        failed_cases(backend_for(CudaDevice::emulated(2)), Some("patch_split"), 7);
+    assert!(
+        totals.cases > 0 && failed.is_empty(),
+        "{}",
+        failed.join("\n")
+    );
 }
 
 #[test]

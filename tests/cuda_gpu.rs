@@ -8,7 +8,7 @@
 //! Without a GPU each test prints "skipped: no GPU" and returns (a skip is not a pass).
 
 use moeseg::backend::{cuda, CpuBackend};
-use moeseg::cli::verify::run_table;
+use moeseg::verify::{run_table, text_header, text_line, RunOptions, Totals};
 use moeseg::{Device, Tensor};
 
 /// CUDA device 0, or `None` after printing why the test is skipped.
@@ -29,16 +29,25 @@ fn every_kernel_matches_the_cpu() {
         return;
     };
     let mut failed = Vec::new();
-    let failures = run_table(None, 2024, &CpuBackend, cuda::backend_for(cuda::CudaDevice::gpu(0)), |row| {
-        println!("{row}");
-        if !row.ends_with("pass") && !row.starts_with("op ") {
-            failed.push(row.to_string());
-        }
-    });
+    println!("{}", text_header());
+    let rows = run_table(
+        &CpuBackend,
+        cuda::backend_for(cuda::CudaDevice::gpu(0)),
+        "cuda:0",
+        &RunOptions::new(2024),
+        |rows| {
+            let line = text_line(rows);
+            println!("{line}");
+            if rows.iter().any(|r| !r.pass) {
+                failed.push(line);
+            }
+        },
+    );
+    let totals = Totals::from_rows(&rows);
     assert_eq!(
-        failures,
+        totals.failed,
         0,
-        "rows that did not pass:\n{}",
+        "cases that did not pass:\n{}",
         failed.join("\n")
     );
 }
@@ -71,10 +80,6 @@ fn tensors_move_between_devices_and_mixed_devices_are_errors() {
     assert_eq!(grad.device(), Device::Cpu);
     assert_eq!(
         grad.try_to_vec().unwrap(),
-        host.try_to_vec()
-            .unwrap()
-            .iter()
-            .map(|v| 2.0 * v)
-            .collect::<Vec<_>>()
+        host.try_to_vec().unwrap().iter().map(|v| 2.0 * v).collect::<Vec<_>>()
     );
 }

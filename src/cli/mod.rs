@@ -61,7 +61,8 @@ enum Command {
     /// Train a small conv net with one PatchConvMoE layer on a toy task (the engine end to end in
     /// seconds).
     Demo(demo::DemoArgs),
-    /// Every CUDA kernel, forward and backward, against the CPU backend (`--compile-only`:
+    /// Every CUDA kernel, forward and backward, against the CPU backend (`--json PATH`: also
+    /// write the run as JSON; `--device cpu`: the table CPU against CPU; `--compile-only`:
     /// compile every kernel family with NVRTC, no GPU needed).
     Verify(verify::VerifyArgs),
 }

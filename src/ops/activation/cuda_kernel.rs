@@ -1,6 +1,4 @@
 //! CUDA launchers of the activation family (kernels in `kernels/activation.cu`).
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::{Activation, ActivationBackend, ChannelLayout};
 use crate::backend::cuda::runtime::{dim32, grid_for, BLOCK};

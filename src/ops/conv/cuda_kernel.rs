@@ -1,8 +1,6 @@
 //! CUDA launchers of the conv family (kernels in `kernels/conv.cu`): implicit-GEMM forward,
 //! input gradient and weight gradient with shared-memory tiles (groups on `blockIdx.z`), and
 //! direct depthwise kernels when each group has one input channel.
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::{Conv2dGeometry, ConvBackend};
 use crate::backend::cuda::runtime::{dim32, grid_for, BLOCK};

@@ -1,7 +1,5 @@
 //! CUDA launcher of the dropout family (kernel in `kernels/dropout.cu`): the same counter-based
 //! SplitMix64 hash as the CPU, so a seed gives the identical mask on both devices.
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::DropoutBackend;
 use crate::backend::cuda::runtime::grid_for;

@@ -1,6 +1,4 @@
 //! CUDA launchers of the elementwise family (kernels in `kernels/elementwise.cu`).
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::{BinaryOp, ElementwiseBackend, UnaryOp};
 use crate::backend::cuda::runtime::grid_for;

@@ -1,6 +1,4 @@
 //! CUDA launchers of the index family (kernels in `kernels/index.cu`).
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::{AxisIndexParams, IndexBackend, TopkParams};
 use crate::backend::cuda::runtime::{dim32, grid_for};

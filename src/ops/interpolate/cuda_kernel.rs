@@ -1,6 +1,4 @@
 //! CUDA launchers of the interpolate family (kernels in `kernels/interpolate.cu`).
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::{InterpolateBackend, InterpolateGeometry, InterpolateMode};
 use crate::backend::cuda::runtime::{dim32, grid_for};

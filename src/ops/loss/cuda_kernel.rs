@@ -1,6 +1,4 @@
 //! CUDA launchers of the loss family (kernels in `kernels/loss.cu`).
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::{CrossEntropyForward, CrossEntropyLayout, LossBackend};
 use crate::backend::cuda::runtime::{dim32, grid_for};

@@ -1,8 +1,6 @@
 //! CUDA launchers of the matmul family (kernel in `kernels/matmul.cu`): the forward and both
 //! gradients are one batched SGEMM with the operands' storage orders and strides chosen as in
 //! the CPU kernel.
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::{MatmulBackend, MatmulDims};
 use crate::backend::cuda::runtime::dim32;

@@ -1,6 +1,4 @@
 //! CUDA launchers of the norm family (kernels in `kernels/norm.cu`).
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::{BatchNormGrads, NormBackend};
 use crate::backend::cuda::runtime::{dim32, grid_for};

@@ -1,7 +1,5 @@
 //! CUDA launchers of the optimizer family (kernels in `kernels/optimizer.cu`): one fused pass
 //! per parameter tensor.
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::{AdamHyper, AdamMoments, OptimizerBackend, SgdHyper};
 use crate::backend::cuda::runtime::grid_for;

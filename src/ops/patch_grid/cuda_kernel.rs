@@ -1,6 +1,4 @@
 //! CUDA launchers of the patch-grid family (kernels in `kernels/patch_grid.cu`).
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::{PatchGrid, PatchGridBackend};
 use crate::backend::cuda::runtime::{dim32, grid_for};

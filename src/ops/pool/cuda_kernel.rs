@@ -1,6 +1,4 @@
 //! CUDA launchers of the pool family (kernels in `kernels/pool.cu`).
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::{AvgPool2dGeometry, PlaneResize, Pool2dGeometry, PoolBackend};
 use crate::backend::cuda::runtime::{dim32, grid_for};

@@ -1,6 +1,4 @@
 //! CUDA launchers of the reduction family (kernels in `kernels/reduce.cu`).
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::ReduceBackend;
 use crate::backend::cuda::runtime::{dim32, grid_for, grid_per_row, BLOCK};

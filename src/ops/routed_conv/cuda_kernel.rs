@@ -1,8 +1,6 @@
 //! CUDA launchers of the routed-conv family (kernels in `kernels/routed_conv.cu`): the sparse
 //! expert dispatch, the deterministic slot-order combine, and every gradient, each a gathering
 //! kernel (no atomics).
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::{RoutedConvBackend, RoutedConvGeometry};
 use crate::backend::cuda::runtime::{dim32, grid_for, grid_per_row};

@@ -1,7 +1,5 @@
 //! CUDA launchers of the shape family (kernels in `kernels/shape.cu`): narrow, pad and their
 //! backward passes are one box copy with different offsets.
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::{NarrowParams, ShapeBackend};
 use crate::backend::cuda::runtime::{dim32, grid_for};

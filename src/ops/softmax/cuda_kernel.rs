@@ -1,6 +1,4 @@
 //! CUDA launchers of the softmax family (kernels in `kernels/softmax.cu`).
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::SoftmaxBackend;
 use crate::backend::cuda::runtime::{dim32, grid_for};

@@ -1,8 +1,6 @@
 //! CUDA launchers of the top-k gate family (kernels in `kernels/topk_gate.cu`): softmax, choice
 //! (per token, or in token order under a capacity), weights and counts, and the weights'
 //! backward.
-//!
-//! STATUS: compile-checked under NVRTC only; not yet run on a GPU.
 
 use super::{TopkGateBackend, TopkGateParams, TopkGateStorages};
 use crate::backend::cuda::runtime::{dim32, grid_for};

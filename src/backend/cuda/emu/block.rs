@@ -142,6 +142,21 @@ pub fn with_schedule<R>(schedule: Schedule, f: impl FnOnce() -> R) -> R {
     result
 }
 
+/// Sets (or with `None` clears) the schedule of launches from this thread.
+pub fn set_schedule(schedule: Option<Schedule>) {
+    SCHEDULE.set(schedule);
+}
+
+/// The schedule of run `run` when a case runs several times: forward, reverse, then random
+/// permutations seeded by the run number.
+pub fn schedule_for_run(run: usize) -> Schedule {
+    match run {
+        0 => Schedule::Forward,
+        1 => Schedule::Reverse,
+        n => Schedule::Random(n as u64),
+    }
+}
+
 /// The schedule of launches from this thread: [`with_schedule`]'s, else
 /// `MOESEG_EMU_SCHEDULE`, else forward.
 pub fn current_schedule() -> Result<Schedule, String> {

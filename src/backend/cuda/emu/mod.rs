@@ -21,7 +21,7 @@ pub mod block;
 pub mod compile;
 pub mod memory;
 
-pub use block::{current_schedule, with_schedule, Dim3, Schedule};
+pub use block::{current_schedule, schedule_for_run, set_schedule, with_schedule, Dim3, Schedule};
 pub use memory::HostAllocation;
 
 use super::CudaError;

@@ -1,7 +1,6 @@
 //! Cases of the CNN families: batch norm, pooling, interpolation, matmul, convolution.
 
 use super::{case, Case, Input};
-use crate::cli::verify::Tolerance;
 use crate::ops::activation::ChannelLayout;
 use crate::ops::conv::{Conv2dGeometry, Conv2dParams};
 use crate::ops::interpolate::{InterpolateGeometry, InterpolateMode};
@@ -9,6 +8,7 @@ use crate::ops::matmul::MatmulDims;
 use crate::ops::pool::{AvgPool2dGeometry, PlaneResize, Pool2dGeometry};
 use crate::ops::routed_conv::{RoutedConvGeometry, RoutedConvParams};
 use crate::ops::topk_gate::TopkGateParams;
+use crate::verify::Tolerance;
 
 /// `(planes, input, output, scales)` of an interpolation case.
 type ResizeCase = (usize, [usize; 2], [usize; 2], [Option<f64>; 2]);
@@ -38,16 +38,19 @@ pub fn norm(cases: &mut Vec<Case>) {
         let len = outer * channels * inner;
         let shape = format!("[{outer},{channels},{inner}]");
         let stats = Input::Uniform(channels, 0.3, 2.0);
-        cases.push(case(
-            "batch_norm_statistics",
-            &shape,
-            vec![Input::Normal(len)],
-            Tolerance::REDUCTION,
-            move |b, x| {
-                let (mean, var) = b.batch_norm_statistics(&x[0], layout)?;
-                Ok(vec![mean, var])
-            },
-        ));
+        cases.push(
+            case(
+                "batch_norm_statistics",
+                &shape,
+                vec![Input::Normal(len)],
+                Tolerance::REDUCTION,
+                move |b, x| {
+                    let (mean, var) = b.batch_norm_statistics(&x[0], layout)?;
+                    Ok(vec![mean, var])
+                },
+            )
+            .outputs(&["mean", "var"]),
+        );
         for affine in [true, false] {
             let inputs = vec![
                 Input::Normal(len),
@@ -74,24 +77,27 @@ pub fn norm(cases: &mut Vec<Case>) {
                 },
             ));
             for training in [true, false] {
-                cases.push(case(
-                    format!("batch_norm_backward affine {affine} training {training}"),
-                    &shape,
-                    inputs.clone(),
-                    Tolerance::REDUCTION,
-                    move |b, x| {
-                        let w = affine.then_some(&x[3]);
-                        let (mean, var) = if training {
-                            b.batch_norm_statistics(&x[0], layout)?
-                        } else {
-                            (x[1].clone(), x[2].clone())
-                        };
-                        let g = b.batch_norm_backward(
-                            &x[0], &x[5], &mean, &var, w, layout, 1e-5, training,
-                        )?;
-                        Ok(vec![g.input, g.weight, g.bias])
-                    },
-                ));
+                cases.push(
+                    case(
+                        format!("batch_norm_backward affine {affine} training {training}"),
+                        &shape,
+                        inputs.clone(),
+                        Tolerance::REDUCTION,
+                        move |b, x| {
+                            let w = affine.then_some(&x[3]);
+                            let (mean, var) = if training {
+                                b.batch_norm_statistics(&x[0], layout)?
+                            } else {
+                                (x[1].clone(), x[2].clone())
+                            };
+                            let g = b.batch_norm_backward(
+                                &x[0], &x[5], &mean, &var, w, layout, 1e-5, training,
+                            )?;
+                            Ok(vec![g.input, g.weight, g.bias])
+                        },
+                    )
+                    .outputs(&["grad_input", "grad_weight", "grad_bias"]),
+                );
             }
         }
     }
@@ -149,16 +155,19 @@ pub fn pool(cases: &mut Vec<Case>) {
             if ceil { " ceil" } else { "" }
         );
         let (in_len, out_len) = (planes * input[0] * input[1], planes * output[0] * output[1]);
-        cases.push(case(
-            "max_pool2d_with_indices",
-            &shape,
-            vec![Input::Normal(in_len)],
-            Tolerance::EXACT,
-            move |b, x| {
-                let (v, i) = b.max_pool2d_with_indices(&x[0], g)?;
-                Ok(vec![v, i])
-            },
-        ));
+        cases.push(
+            case(
+                "max_pool2d_with_indices",
+                &shape,
+                vec![Input::Normal(in_len)],
+                Tolerance::EXACT,
+                move |b, x| {
+                    let (v, i) = b.max_pool2d_with_indices(&x[0], g)?;
+                    Ok(vec![v, i])
+                },
+            )
+            .outputs(&["values", "indices"]),
+        );
         cases.push(case(
             "max_pool2d_with_indices_backward",
             &shape,
@@ -416,18 +425,21 @@ pub fn conv(cases: &mut Vec<Case>) {
             Input::Normal(out_c),
             Input::Normal(g.output_len()),
         ];
-        cases.push(case(
-            "conv2d",
-            &shape,
-            inputs[..3].to_vec(),
-            Tolerance::REDUCTION,
-            move |b, x| {
-                Ok(vec![
-                    b.conv2d(&x[0], &x[1], Some(&x[2]), g)?,
-                    b.conv2d(&x[0], &x[1], None, g)?,
-                ])
-            },
-        ));
+        cases.push(
+            case(
+                "conv2d",
+                &shape,
+                inputs[..3].to_vec(),
+                Tolerance::REDUCTION,
+                move |b, x| {
+                    Ok(vec![
+                        b.conv2d(&x[0], &x[1], Some(&x[2]), g)?,
+                        b.conv2d(&x[0], &x[1], None, g)?,
+                    ])
+                },
+            )
+            .outputs(&["with_bias", "without_bias"]),
+        );
         cases.push(case(
             "conv2d_input_backward",
             &shape,
@@ -469,17 +481,20 @@ pub fn topk_gate(cases: &mut Vec<Case>) {
             Input::Normal(tokens * experts),
             Input::Normal(tokens * k),
         ];
-        cases.push(case(
-            "topk_gate_forward",
-            &shape,
-            inputs[..2].to_vec(),
-            Tolerance::TRANSCENDENTAL,
-            move |b, x| {
-                let s = selection.then_some(&x[1]);
-                let o = b.topk_gate_forward(&x[0], s, tokens, experts, params)?;
-                Ok(vec![o.probs, o.indices, o.weights, o.counts, o.top1_counts])
-            },
-        ));
+        cases.push(
+            case(
+                "topk_gate_forward",
+                &shape,
+                inputs[..2].to_vec(),
+                Tolerance::TRANSCENDENTAL,
+                move |b, x| {
+                    let s = selection.then_some(&x[1]);
+                    let o = b.topk_gate_forward(&x[0], s, tokens, experts, params)?;
+                    Ok(vec![o.probs, o.indices, o.weights, o.counts, o.top1_counts])
+                },
+            )
+            .outputs(&["probs", "indices", "weights", "counts", "top1_counts"]),
+        );
         cases.push(case(
             "routing_weights_backward",
             &shape,
@@ -535,12 +550,15 @@ pub fn routed_conv(cases: &mut Vec<Case>) {
         ];
         let with = |name: &str| (name.to_string(), shape.clone(), inputs.clone());
         let (n, s, i) = with("routed_conv_expert_outputs");
-        cases.push(case(n, s, i, Tolerance::REDUCTION, move |b, x| {
-            Ok(vec![
-                b.routed_conv_expert_outputs(&x[0], &x[1], Some(&x[2]), &x[3], g)?,
-                b.routed_conv_expert_outputs(&x[0], &x[1], None, &x[3], g)?,
-            ])
-        }));
+        cases.push(
+            case(n, s, i, Tolerance::REDUCTION, move |b, x| {
+                Ok(vec![
+                    b.routed_conv_expert_outputs(&x[0], &x[1], Some(&x[2]), &x[3], g)?,
+                    b.routed_conv_expert_outputs(&x[0], &x[1], None, &x[3], g)?,
+                ])
+            })
+            .outputs(&["with_biases", "without_biases"]),
+        );
         let (n, s, i) = with("routed_conv_combine");
         cases.push(case(n, s, i, Tolerance::REDUCTION, move |b, x| {
             Ok(vec![b.routed_conv_combine(&x[6], &x[4], g)?])

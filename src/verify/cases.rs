@@ -1,5 +1,6 @@
 //! The table of `moeseg verify`: one [`Case`] per (kernel, shape), forward and backward kernels
-//! alike, with odd sizes, batch 1 and > 1, and the options the networks use.
+//! alike, with odd sizes, batch 1 and > 1, and the options the networks use. Each case belongs
+//! to one op family ([`FAMILIES`], the names of `kernels/<family>.cu`).
 
 use super::Tolerance;
 use crate::backend::Backend;
@@ -56,13 +57,35 @@ pub type CaseFn = Box<dyn Fn(&dyn Backend, &[Storage]) -> Result<Vec<Storage>> +
 
 /// One verification case.
 pub struct Case {
+    /// The op family, the name of its kernel file `kernels/<family>.cu` (one of [`FAMILIES`]).
+    pub family: &'static str,
     /// The backend method (and variant), e.g. `softmax_backward(log)`.
     pub op: String,
     /// The shapes, e.g. `[2,19,33] axis 1`.
     pub shape: String,
     pub inputs: Vec<Input>,
     pub tolerance: Tolerance,
+    /// Names of the outputs, in the order `run` returns them (see [`Case::output_name`]).
+    pub outputs: Vec<&'static str>,
     pub run: CaseFn,
+}
+
+impl Case {
+    /// Names the outputs (for cases with more than one).
+    pub fn outputs(mut self, names: &[&'static str]) -> Case {
+        self.outputs = names.to_vec();
+        self
+    }
+
+    /// The name of output `index`: its given name, `out` for the only output of a case without
+    /// names, `out<index>` otherwise.
+    pub fn output_name(&self, index: usize, count: usize) -> String {
+        match self.outputs.get(index) {
+            Some(name) => (*name).to_string(),
+            None if count == 1 && self.outputs.is_empty() => "out".to_string(),
+            None => format!("out{index}"),
+        }
+    }
 }
 
 fn case(
@@ -73,34 +96,67 @@ fn case(
     run: impl Fn(&dyn Backend, &[Storage]) -> Result<Vec<Storage>> + Send + Sync + 'static,
 ) -> Case {
     Case {
+        family: "",
         op: op.into(),
         shape: shape.into(),
         inputs,
         tolerance,
+        outputs: Vec::new(),
         run: Box::new(run),
     }
 }
 
-/// Every case, in family order.
+/// The op families of the table, in table order; every kernel file `kernels/<family>.cu` has
+/// cases.
+pub const FAMILIES: [&str; 17] = [
+    "elementwise",
+    "reduce",
+    "activation",
+    "softmax",
+    "loss",
+    "dropout",
+    "optimizer",
+    "shape",
+    "index",
+    "patch_grid",
+    "norm",
+    "pool",
+    "interpolate",
+    "matmul",
+    "conv",
+    "topk_gate",
+    "routed_conv",
+];
+
+/// Every case, in family order ([`FAMILIES`]).
 pub fn table() -> Vec<Case> {
+    let families: [fn(&mut Vec<Case>); 17] = [
+        elementwise,
+        reduce,
+        activation,
+        softmax,
+        loss,
+        dropout,
+        optimizer,
+        shape,
+        index,
+        patch_grid,
+        norm,
+        pool,
+        interpolate,
+        matmul,
+        conv,
+        topk_gate,
+        routed_conv,
+    ];
     let mut cases = Vec::new();
-    elementwise(&mut cases);
-    reduce(&mut cases);
-    activation(&mut cases);
-    softmax(&mut cases);
-    loss(&mut cases);
-    dropout(&mut cases);
-    optimizer(&mut cases);
-    shape(&mut cases);
-    index(&mut cases);
-    patch_grid(&mut cases);
-    norm(&mut cases);
-    pool(&mut cases);
-    interpolate(&mut cases);
-    matmul(&mut cases);
-    conv(&mut cases);
-    topk_gate(&mut cases);
-    routed_conv(&mut cases);
+    for (family, add) in FAMILIES.into_iter().zip(families) {
+        let start = cases.len();
+        add(&mut cases);
+        for case in &mut cases[start..] {
+            case.family = family;
+        }
+    }
     cases
 }
 
@@ -217,16 +273,19 @@ fn reduce(cases: &mut Vec<Case>) {
             Tolerance::REDUCTION,
             move |b, x| Ok(vec![b.sum_axis(&x[0], outer, size, inner)?]),
         ));
-        cases.push(case(
-            "max_axis",
-            &shape,
-            vec![Input::Normal(len)],
-            Tolerance::EXACT,
-            move |b, x| {
-                let (values, indices) = b.max_axis(&x[0], outer, size, inner)?;
-                Ok(vec![values, indices])
-            },
-        ));
+        cases.push(
+            case(
+                "max_axis",
+                &shape,
+                vec![Input::Normal(len)],
+                Tolerance::EXACT,
+                move |b, x| {
+                    let (values, indices) = b.max_axis(&x[0], outer, size, inner)?;
+                    Ok(vec![values, indices])
+                },
+            )
+            .outputs(&["values", "indices"]),
+        );
         cases.push(case(
             "max_axis_backward",
             &shape,
@@ -285,20 +344,23 @@ fn activation(cases: &mut Vec<Case>) {
             Tolerance::ELEMENTWISE,
             move |b, x| Ok(vec![b.prelu_forward(&x[0], &x[1], layout)?]),
         ));
-        cases.push(case(
-            "prelu_backward",
-            &shape,
-            vec![
-                Input::Normal(len),
-                Input::Uniform(channels, 0.0, 0.5),
-                Input::Normal(len),
-            ],
-            Tolerance::REDUCTION,
-            move |b, x| {
-                let (gx, gw) = b.prelu_backward(&x[0], &x[1], &x[2], layout)?;
-                Ok(vec![gx, gw])
-            },
-        ));
+        cases.push(
+            case(
+                "prelu_backward",
+                &shape,
+                vec![
+                    Input::Normal(len),
+                    Input::Uniform(channels, 0.0, 0.5),
+                    Input::Normal(len),
+                ],
+                Tolerance::REDUCTION,
+                move |b, x| {
+                    let (gx, gw) = b.prelu_backward(&x[0], &x[1], &x[2], layout)?;
+                    Ok(vec![gx, gw])
+                },
+            )
+            .outputs(&["grad_input", "grad_weight"]),
+        );
     }
 }
 
@@ -350,17 +412,20 @@ fn loss(cases: &mut Vec<Case>) {
             Input::Normal(batch * spatial),
         ];
         let weight = move |x: &[Storage]| if weighted { Some(x[2].clone()) } else { None };
-        cases.push(case(
-            "cross_entropy_forward",
-            &shape,
-            inputs[..3].to_vec(),
-            Tolerance::TRANSCENDENTAL,
-            move |b, x| {
-                let w = weight(x);
-                let f = b.cross_entropy_forward(&x[0], &x[1], w.as_ref(), layout)?;
-                Ok(vec![f.loss, f.weight, f.log_sum_exp])
-            },
-        ));
+        cases.push(
+            case(
+                "cross_entropy_forward",
+                &shape,
+                inputs[..3].to_vec(),
+                Tolerance::TRANSCENDENTAL,
+                move |b, x| {
+                    let w = weight(x);
+                    let f = b.cross_entropy_forward(&x[0], &x[1], w.as_ref(), layout)?;
+                    Ok(vec![f.loss, f.weight, f.log_sum_exp])
+                },
+            )
+            .outputs(&["loss", "weight", "log_sum_exp"]),
+        );
         cases.push(case(
             "cross_entropy_backward",
             &shape,
@@ -419,7 +484,7 @@ fn optimizer(cases: &mut Vec<Case>) {
                 let (p, buf) = b.sgd_update(hyper, &x[0], &x[1], buf.as_ref())?;
                 Ok(std::iter::once(p).chain(buf).collect())
             },
-        ));
+        ).outputs(&["param", "momentum_buffer"]));
     }
     for (decoupled, amsgrad) in [(false, false), (true, false), (false, true)] {
         let hyper = AdamHyper {
@@ -432,30 +497,33 @@ fn optimizer(cases: &mut Vec<Case>) {
             amsgrad,
             step: 3,
         };
-        cases.push(case(
-            "adam_update",
-            format!("[{n}] adamw {decoupled} amsgrad {amsgrad}"),
-            vec![
-                Input::Normal(n),
-                Input::Normal(n),
-                Input::Normal(n),
-                Input::Uniform(n, 0.0, 1.0),
-                Input::Uniform(n, 0.0, 1.0),
-            ],
-            Tolerance::TRANSCENDENTAL,
-            move |b, x| {
-                let moments = AdamMoments {
-                    exp_avg: x[2].clone(),
-                    exp_avg_sq: x[3].clone(),
-                    max_exp_avg_sq: amsgrad.then(|| x[4].clone()),
-                };
-                let (p, m) = b.adam_update(hyper, &x[0], &x[1], &moments)?;
-                Ok([p, m.exp_avg, m.exp_avg_sq]
-                    .into_iter()
-                    .chain(m.max_exp_avg_sq)
-                    .collect())
-            },
-        ));
+        cases.push(
+            case(
+                "adam_update",
+                format!("[{n}] adamw {decoupled} amsgrad {amsgrad}"),
+                vec![
+                    Input::Normal(n),
+                    Input::Normal(n),
+                    Input::Normal(n),
+                    Input::Uniform(n, 0.0, 1.0),
+                    Input::Uniform(n, 0.0, 1.0),
+                ],
+                Tolerance::TRANSCENDENTAL,
+                move |b, x| {
+                    let moments = AdamMoments {
+                        exp_avg: x[2].clone(),
+                        exp_avg_sq: x[3].clone(),
+                        max_exp_avg_sq: amsgrad.then(|| x[4].clone()),
+                    };
+                    let (p, m) = b.adam_update(hyper, &x[0], &x[1], &moments)?;
+                    Ok([p, m.exp_avg, m.exp_avg_sq]
+                        .into_iter()
+                        .chain(m.max_exp_avg_sq)
+                        .collect())
+                },
+            )
+            .outputs(&["param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"]),
+        );
     }
 }
 
@@ -608,16 +676,19 @@ fn index(cases: &mut Vec<Case>) {
                 k,
                 largest,
             };
-            cases.push(case(
-                "topk",
-                format!("[{outer},{size},{inner}] k {k} largest {largest}"),
-                vec![Input::Normal(outer * size * inner)],
-                Tolerance::EXACT,
-                move |b, x| {
-                    let (v, i) = b.topk(&x[0], p)?;
-                    Ok(vec![v, i])
-                },
-            ));
+            cases.push(
+                case(
+                    "topk",
+                    format!("[{outer},{size},{inner}] k {k} largest {largest}"),
+                    vec![Input::Normal(outer * size * inner)],
+                    Tolerance::EXACT,
+                    move |b, x| {
+                        let (v, i) = b.topk(&x[0], p)?;
+                        Ok(vec![v, i])
+                    },
+                )
+                .outputs(&["values", "indices"]),
+            );
         }
     }
 }
