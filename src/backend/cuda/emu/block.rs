@@ -619,7 +619,7 @@ impl Runner<'_, '_> {
                 format!("barrier divergence: threads {at_line} wait at __syncthreads() on line {line}, threads {at_other} at the one on line {other}"),
             ));
         }
-        if self.states.iter().any(|s| *s == State::Done) {
+        if self.states.contains(&State::Done) {
             let (first, waiting) = describe(&self.states, &|s| *s == State::AtBarrier(line));
             let (_, ended) = describe(&self.states, &|s| *s == State::Done);
             return Err(self.error(
