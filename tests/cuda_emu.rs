@@ -74,6 +74,14 @@ extern "C" __global__ void nan_to_index(P p, const float* __restrict__ x, float*
     FOR_EACH_INDEX(i, p.n) y[i] = (float)(u32)x[i];
 }
 
+// Only block 0 writes the shared tile; the others read what they never wrote.
+extern "C" __global__ void shared_read_before_write(P p, float* __restrict__ y) {
+    __shared__ float tile[64];
+    if (blockIdx.x == 0) tile[threadIdx.x] = 1.0f;
+    __syncthreads();
+    y[blockIdx.x * 64 + threadIdx.x] = tile[threadIdx.x];
+}
+
 // A warp sum by butterfly shuffles: every lane gets the total of its warp.
 extern "C" __global__ void warp_total(P p, const float* __restrict__ x, float* __restrict__ y) {
     float v = x[blockIdx.x * blockDim.x + threadIdx.x];
@@ -275,6 +283,32 @@ fn warp_shuffles_exchange_within_each_warp() {
         .map(|i| (32 * 32 * (i / 32) + 496) as f32)
         .collect();
     assert_eq!(got, want);
+}
+
+#[test]
+fn shared_memory_starts_undefined_in_every_block() {
+    let Some(gpu) = emulator("shared_memory_starts_undefined_in_every_block", 0) else {
+        return;
+    };
+    let module = planted();
+    let params = Params { n: 0, divisor: 1 };
+    // One OS thread runs several blocks in turn: without the NaN fill, blocks after block 0
+    // would see its 1.0s and the bug would pass unseen.
+    let got = run(
+        gpu,
+        &module,
+        "shared_read_before_write",
+        config(64, 64),
+        params,
+        &[],
+        4096,
+    )
+    .unwrap();
+    assert!(got[..64].iter().all(|&v| v == 1.0), "{:?}", &got[..64]);
+    assert!(
+        got[64..].iter().all(|v| v.is_nan()),
+        "a later block saw another's shared memory"
+    );
 }
 
 #[test]

@@ -80,6 +80,10 @@ fn tensors_move_between_devices_and_mixed_devices_are_errors() {
     assert_eq!(grad.device(), Device::Cpu);
     assert_eq!(
         grad.try_to_vec().unwrap(),
-        host.try_to_vec().unwrap().iter().map(|v| 2.0 * v).collect::<Vec<_>>()
+        host.try_to_vec()
+            .unwrap()
+            .iter()
+            .map(|v| 2.0 * v)
+            .collect::<Vec<_>>()
     );
 }

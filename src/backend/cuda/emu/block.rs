@@ -316,6 +316,38 @@ pub struct BlockError {
     pub what: String,
 }
 
+/// The `__shared__` arrays of a kernel file: its thread-local block (found with `dlinfo`),
+/// filled with 0xFF bytes (NaN floats, -1 integers) before each block runs.
+#[derive(Clone, Copy)]
+pub struct SharedMemory {
+    /// The `dlopen` handle of the file's shared object.
+    pub handle: usize,
+    /// Bytes of its thread-local segment.
+    pub bytes: usize,
+    /// `emu_touch_shared`: allocates this OS thread's copy.
+    pub touch: unsafe extern "C" fn(),
+}
+
+impl SharedMemory {
+    /// Fills this OS thread's copy with 0xFF bytes.
+    fn poison(&self) {
+        // SAFETY: `touch` only writes a thread-local of the loaded file; dlinfo returns this
+        // thread's copy of its thread-local block (or null), which is `bytes` long.
+        unsafe {
+            (self.touch)();
+            let mut block: *mut c_void = std::ptr::null_mut();
+            let status = libc::dlinfo(
+                self.handle as *mut c_void,
+                libc::RTLD_DI_TLS_DATA,
+                (&mut block as *mut *mut c_void).cast(),
+            );
+            if status == 0 && !block.is_null() {
+                std::ptr::write_bytes(block.cast::<u8>(), 0xff, self.bytes);
+            }
+        }
+    }
+}
+
 /// The launch-wide inputs of one block.
 pub struct BlockLaunch<'a> {
     pub run: RunFn,
@@ -325,10 +357,15 @@ pub struct BlockLaunch<'a> {
     /// Buffer addresses, in the kernel's parameter order.
     pub buffers: &'a [usize],
     pub schedule: Schedule,
+    /// The kernel file's `__shared__` arrays, poisoned before each block.
+    pub shared: Option<SharedMemory>,
 }
 
 /// Runs block `block_idx` of `launch` to completion on this OS thread.
 pub fn run_block(launch: &BlockLaunch<'_>, block_idx: Dim3) -> Result<(), BlockError> {
+    if let Some(shared) = &launch.shared {
+        shared.poison();
+    }
     let count = launch.block.volume() as usize;
     let threads: Vec<EmuThread> = (0..count as u64)
         .map(|i| EmuThread {

@@ -192,3 +192,7 @@ static inline void emu_signature(void (*)(P, Buffers...), size_t* params_size,
 
 #define EMU_EXPORT extern "C" __attribute__((visibility("default")))
 EMU_EXPORT void emu_init(const EmuHost* host) { emu_host = host; }
+// Makes sure this OS thread's copy of the file's thread-locals (the __shared__ arrays) exists,
+// so the host can fill it with NaN bytes before each block: shared memory starts undefined on
+// a GPU, and a kernel that reads it before writing must not see the previous block's values.
+EMU_EXPORT void emu_touch_shared(void) { emu_thread = nullptr; }

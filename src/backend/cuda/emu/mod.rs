@@ -44,6 +44,8 @@ struct Kernel {
 pub struct EmuModule {
     pub object: compile::EmuObject,
     kernels: HashMap<String, Kernel>,
+    /// Its `__shared__` arrays (none when the file has no thread-locals beyond one pointer).
+    shared: Option<block::SharedMemory>,
     _library: libloading::Library,
 }
 
@@ -77,14 +79,17 @@ impl EmuModule {
         // SAFETY: loading runs no initialisers of ours beyond static zero-initialisation; the
         // object was built from our sources by `compile`. RTLD_LOCAL keeps its symbols out of
         // the global namespace, so families never clash; RTLD_NOW resolves everything now.
-        let library = unsafe {
+        let unix = unsafe {
             libloading::os::unix::Library::open(
                 Some(&object.path),
                 libc::RTLD_NOW | libc::RTLD_LOCAL,
             )
         }
-        .map(libloading::Library::from)
         .map_err(|e| failed(format!("loading {}: {e}", object.path.display())))?;
+        let handle = unix.into_raw();
+        // SAFETY: the handle just came from `into_raw` and is wrapped again once.
+        let library =
+            libloading::Library::from(unsafe { libloading::os::unix::Library::from_raw(handle) });
         type InitFn = unsafe extern "C" fn(*const block::EmuHost);
         type SignatureFn = unsafe extern "C" fn(*mut usize, *mut usize);
         // SAFETY: `emu_init` and the per-kernel entries are defined by `cuda_emu.h` and the
@@ -95,6 +100,16 @@ impl EmuModule {
                 .map_err(|e| failed(format!("emu_init: {e}")))?;
             init(&block::HOST);
         }
+        type TouchFn = unsafe extern "C" fn();
+        // SAFETY: defined by `cuda_emu.h` with this signature.
+        let touch = unsafe { library.get::<TouchFn>(b"emu_touch_shared\0") }
+            .map(|f| *f)
+            .map_err(|e| failed(format!("emu_touch_shared: {e}")))?;
+        let shared = (shared > 8).then_some(block::SharedMemory {
+            handle: handle as usize,
+            bytes: shared as usize,
+            touch,
+        });
         let mut kernels = HashMap::new();
         for name in &object.kernels {
             // SAFETY: as above.
@@ -118,6 +133,7 @@ impl EmuModule {
         Ok(EmuModule {
             object,
             kernels,
+            shared,
             _library: library,
         })
     }
@@ -172,6 +188,7 @@ impl EmuModule {
             params,
             buffers: &buffers,
             schedule,
+            shared: self.shared,
         };
         let first_error: Mutex<Option<(u64, block::BlockError)>> = Mutex::new(None);
         (0..launch.grid.volume()).into_par_iter().for_each(|index| {
