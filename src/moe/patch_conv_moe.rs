@@ -457,7 +457,7 @@ pub fn token_class_histograms(labels: &Tensor, grid: PatchGrid, classes: usize) 
     }
     let (rows, cols) = (grid.rows(), grid.cols());
     let mut histograms = vec![0.0f32; grid.tokens() * classes];
-    let values = labels.to_vec();
+    let values = labels.try_to_vec()?;
     for b in 0..batch {
         for y in 0..height {
             let row = (y * grid.height / height) / grid.patch[0];

@@ -125,7 +125,7 @@ impl RoutingStats {
     /// Reads `indices` as expert numbers, checking range, integrality and distinctness.
     fn read_indices(&self, indices: &Tensor) -> Result<Vec<usize>> {
         let k = indices.dims()[1];
-        let values = indices.to_vec();
+        let values = indices.try_to_vec()?;
         let mut chosen = Vec::with_capacity(values.len());
         for (n, &v) in values.iter().enumerate() {
             let (t, slot) = (n / k, n % k);
@@ -162,7 +162,7 @@ impl RoutingStats {
                 ),
             ));
         }
-        let values = histograms.to_vec();
+        let values = histograms.try_to_vec()?;
         if let Some(bad) = values.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
             return Err(Error::invalid(
                 "routing stats",

@@ -104,7 +104,7 @@ impl ConfusionMatrix {
         if c == 0 || c > 255 {
             return Err(Error::invalid(op, format!("{c} classes: need 1..=255")));
         }
-        let values = logits.to_vec();
+        let values = logits.try_to_vec()?;
         let mut pred = vec![0u8; b * plane];
         for (i, p) in pred.iter_mut().enumerate() {
             let (n, pixel) = (i / plane, i % plane);
@@ -119,7 +119,7 @@ impl ConfusionMatrix {
             *p = best as u8;
         }
         let target = labels
-            .to_vec()
+            .try_to_vec()?
             .iter()
             .map(|&v| {
                 if (0.0..255.5).contains(&v) && v.fract() == 0.0 {

@@ -269,7 +269,7 @@ pub fn predict_with_routing(model: &dyn SegNet, input: &Tensor) -> Result<Predic
     )?;
     let labels = logits
         .argmax(1, false)?
-        .to_vec()
+        .try_to_vec()?
         .into_iter()
         .map(|v| v as u8)
         .collect();
@@ -279,7 +279,7 @@ pub fn predict_with_routing(model: &dyn SegNet, input: &Tensor) -> Result<Predic
             let k = record.indices.dims().get(1).copied().unwrap_or(1).max(1);
             let experts = record
                 .indices
-                .to_vec()
+                .try_to_vec()?
                 .chunks(k)
                 .map(|row| row.iter().map(|&e| e as usize).collect())
                 .collect();

@@ -89,10 +89,12 @@ impl Module for BatchNorm2d {
         let mut momentum = self.momentum.unwrap_or(0.0);
         if training {
             if let Some(count) = &self.num_batches_tracked {
-                let seen = count.item()? + 1.0;
-                count.replace_data(&Tensor::scalar(seen))?;
+                // Counted on the count's device: no device-to-host copy per layer and step
+                // unless the cumulative average needs the value.
+                let seen = count.add_scalar(1.0)?;
+                count.replace_data(&seen)?;
                 if self.momentum.is_none() {
-                    momentum = 1.0 / seen;
+                    momentum = 1.0 / seen.item()?;
                 }
             }
         }
