@@ -45,7 +45,7 @@ fn device_or_skip(test: &str) -> Option<Device> {
     match Device::select("cuda-emu:0") {
         Ok((device, _)) => Some(device),
         Err(e) => {
-            println!("skipped {test}: no GPU and no emulated CUDA device ({e})");
+            println!("skipped: {test}: no GPU and no emulated CUDA device ({e})");
             None
         }
     }
