@@ -43,7 +43,8 @@ enum BenchCommand {
     /// last line is `train_step_ms=… images_per_s=…`, as `scripts/bench_train_torch.py` prints.
     Train(super::bench_train::BenchTrainArgs),
     /// Time the main kernels (conv fwd/dgrad/wgrad, batch norm, bilinear ×2, max pool) through
-    /// the backend traits on `--device cpu|cuda[:N]|auto`, next to a device copy's bandwidth.
+    /// the backend traits on `--device cpu|cuda[:N]|cuda-emu[:N]|auto`, next to a device copy's
+    /// bandwidth.
     Ops(super::bench_ops::OpsArgs),
 }
 

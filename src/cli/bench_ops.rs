@@ -31,7 +31,8 @@ use rayon::prelude::*;
 /// Options of `moeseg bench ops`.
 #[derive(Args, Debug, Clone)]
 pub struct OpsArgs {
-    /// Device: `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when a GPU is usable, else the CPU).
+    /// Device: `cpu`, `cuda`, `cuda:N`, `cuda-emu[:N]` (the CUDA kernels emulated on the CPU) or
+    /// `auto` (CUDA when a GPU is usable, else the CPU).
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Timed runs per kernel (after one warm-up run); the median is reported.

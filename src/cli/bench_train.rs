@@ -3,8 +3,9 @@
 //! last line is `train_step_ms=<median> images_per_s=<batch / median>`, the same line
 //! `scripts/bench_train_torch.py` prints for the PyTorch original, so the two compare directly.
 
+use crate::backend::cuda;
 use crate::error::{Error, Result};
-use crate::nn::{named_parameters, set_training, Module};
+use crate::nn::{named_parameters, set_training, to_device, Module};
 use crate::tensor::{manual_seed, Rng, Tensor};
 use crate::train::config::{ModelSection, OptimConfig};
 use crate::train::setup;
@@ -36,7 +37,8 @@ pub struct BenchTrainArgs {
     /// Output classes.
     #[arg(long, default_value_t = 19)]
     pub classes: usize,
-    /// Where to compute: auto, cpu, cuda or cuda:N.
+    /// Where to compute: auto (CUDA when usable, else the CPU), cpu, cuda, cuda:N, or
+    /// cuda-emu[:N] (the CUDA kernels emulated on the CPU).
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Seed of the weights and data.
@@ -86,13 +88,15 @@ pub fn run(args: &BenchTrainArgs) -> Result<()> {
     }
     manual_seed(args.seed);
     let model = setup::build_model(&section)?;
+    to_device(&*model as &dyn Module, &device)?;
     set_training(&*model as &dyn Module, true);
     let mut optimizer = setup::build_optimizer(
         &OptimConfig::default(),
         named_parameters(&*model as &dyn Module),
     )?;
     let mut rng = Rng::new(args.seed);
-    let images = Tensor::randn([args.batch, 3, height, width], 0.0, 1.0, &mut rng)?;
+    let images =
+        Tensor::randn([args.batch, 3, height, width], 0.0, 1.0, &mut rng)?.to_device(&device)?;
     let labels: Vec<f32> = (0..args.batch * height * width)
         .map(|_| rng.below(args.classes) as f32)
         .collect();
@@ -105,6 +109,10 @@ pub fn run(args: &BenchTrainArgs) -> Result<()> {
         optimizer.zero_grad();
         loss.backward()?;
         optimizer.step()?;
+        // CUDA kernels run asynchronously: the step is done when the device is idle.
+        if let Some(device) = device.cuda() {
+            cuda::backend_for(device).synchronize()?;
+        }
         let ms = start.elapsed().as_secs_f64() * 1e3;
         if step >= args.warmup {
             times.push(ms);

@@ -1,6 +1,7 @@
 //! The model-selecting options shared by `eval`, `predict`, `eval-fixed-expert` and
 //! `routing-stats`: a run folder (its config and a checkpoint), or a preset plus a weights file.
 
+use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::models::SegNet;
 use crate::tensor::manual_seed;
@@ -38,7 +39,8 @@ pub struct ModelArgs {
     /// `--set data.val_split=test` (repeatable; typed by the schema).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Where to compute: auto, cpu, cuda or cuda:N.
+    /// Where to compute: auto (CUDA when usable, else the CPU), cpu, cuda, cuda:N, or cuda-emu[:N]
+    /// (the CUDA kernels emulated on the CPU).
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,
 }
@@ -47,8 +49,10 @@ pub struct ModelArgs {
 pub struct Loaded {
     /// Configuration (from the run or the preset, with --set applied).
     pub config: Config,
-    /// The network with its weights, in eval mode.
+    /// The network with its weights, in eval mode, on [`Loaded::device`].
     pub model: Box<dyn SegNet>,
+    /// Where the network computes (`--device`, else the configuration's `train.device`).
+    pub device: Device,
     /// The run folder, when --run was given.
     pub run: Option<PathBuf>,
     /// What was loaded, for messages.
@@ -89,17 +93,19 @@ impl ModelArgs {
         if let Some(device) = &self.device {
             config.train.device = device.clone();
         }
-        let (_, note) = setup::resolve_device(&config.train.device)?;
+        let (device, note) = setup::resolve_device(&config.train.device)?;
         if let Some(note) = note {
             eprintln!("{note}");
         }
         manual_seed(config.train.seed);
         let model = setup::build_model(&config.model)?;
         checkpoint::load_weights(&weights, &*model)?;
+        crate::nn::to_device(&*model, &device)?;
         crate::nn::set_training(&*model, false);
         Ok(Loaded {
             config,
             model,
+            device,
             run: self.run.clone(),
             origin,
         })

@@ -274,22 +274,22 @@ pub struct ForwardArgs {
     /// updated buffers as `buffers.<name>`.
     #[arg(long)]
     pub grads: Option<PathBuf>,
-    /// Device: auto, cpu or cuda[:N].
+    /// Device: cpu, auto (CUDA when usable, else the CPU), cuda, cuda:N, or cuda-emu[:N] (the
+    /// CUDA kernels emulated on the CPU).
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
 
 /// Runs `moeseg forward`.
 pub fn run_forward(args: &ForwardArgs) -> Result<()> {
-    if args.device != "cpu" && args.device != "auto" {
-        return Err(Error::Unsupported(format!(
-            "--device {}: `forward` runs on the CPU backend for now",
-            args.device
-        )));
+    let (device, note) = crate::train::setup::resolve_device(&args.device)?;
+    if let Some(note) = note {
+        eprintln!("{note}");
     }
     let (net, _) = args.model.build()?;
     load_state_dict(net.as_ref(), &args.weights, LoadOptions::default())?;
-    let input = read_tensor(&args.input, "input")?;
+    crate::nn::to_device(net.as_ref(), &device)?;
+    let input = read_tensor(&args.input, "input")?.to_device(&device)?;
     input.expect_rank("moeseg forward", "input", 4)?;
     if !args.train {
         set_training(net.as_ref(), false);
@@ -306,7 +306,7 @@ pub fn run_forward(args: &ForwardArgs) -> Result<()> {
     if let Some(p) = args.dropout {
         crate::nn::set_dropout_probability(net.as_ref(), p)?;
     }
-    let target = read_tensor(target_path, "target")?;
+    let target = read_tensor(target_path, "target")?.to_device(&device)?;
     let output = net.forward_seg(&input)?;
     let loss = training_loss(net.as_ref(), &output, &target, None)?.total;
     loss.backward()?;

@@ -4,7 +4,6 @@
 
 use super::model_source::ModelArgs;
 use crate::autograd::no_grad;
-use crate::backend::Device;
 use crate::data::{palette::train_id_to_label_id, pictures};
 use crate::error::{Error, Result};
 use crate::train::report::{image_tensor, predict_with_routing};
@@ -91,7 +90,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         let image = image::open(file)
             .map_err(|e| Error::file(file, format!("cannot decode the image: {e}")))?
             .to_rgb8();
-        let input = image_tensor(&image, &Device::Cpu)?;
+        let input = image_tensor(&image, &loaded.device)?;
         let prediction = no_grad(|| predict_with_routing(&*loaded.model, &input))?;
         let stem = file
             .file_stem()

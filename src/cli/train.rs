@@ -22,7 +22,8 @@ pub struct TrainArgs {
     /// --set model.moe.paths=["decoder.last_conv.4"] --set data.root=/data/cityscapes`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Where to compute: auto (CUDA when usable, else the CPU), cpu, cuda or cuda:N. Overrides
+    /// Where to compute: auto (CUDA when usable, else the CPU), cpu, cuda, cuda:N, or
+    /// cuda-emu[:N] (the CUDA kernels emulated on the CPU: slow, for tests). Overrides
     /// train.device.
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,

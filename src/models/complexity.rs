@@ -6,10 +6,9 @@
 
 use crate::error::Result;
 use crate::moe::PatchConvMoE;
-use crate::nn::{parameter_count, set_training, visit_modules, Module};
+use crate::nn::{module_device, parameter_count, set_training, visit_modules, Module};
 use crate::ops::macs::count_macs;
 use crate::tensor::Tensor;
-use crate::Device;
 
 /// The counts for one network at one input size.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,7 +35,7 @@ impl Complexity {
 pub fn complexity(net: &dyn Module, input: [usize; 4]) -> Result<Complexity> {
     let (total, active) = parameter_counts(net);
     set_training(net, false);
-    let zeros = Tensor::zeros(input, &Device::Cpu)?;
+    let zeros = Tensor::zeros(input, &module_device(net))?;
     let (_, macs) = count_macs(|| net.forward(&zeros))?;
     Ok(Complexity {
         total_params: total,

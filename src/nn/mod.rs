@@ -173,6 +173,37 @@ pub fn named_parameters(module: &dyn Module) -> Vec<(String, Tensor)> {
         .collect()
 }
 
+/// `module.to(device)`: moves every parameter and buffer of `module` to `device` in place
+/// ([`Tensor::move_leaf_to_device`]). Parameters stay the same leaves with `requires_grad`, so
+/// an optimizer built over [`named_parameters`] before or after the move updates the moved
+/// tensors (build it after the move: its state is created on the parameters' device). A
+/// tensor shared by several sub-modules moves once. Integer buffers (i64 in checkpoints:
+/// BatchNorm's `num_batches_tracked`) are host-side counters and stay on the host, so a
+/// training step never reads a count back from the device.
+pub fn to_device(module: &dyn Module, device: &crate::backend::Device) -> Result<()> {
+    for (name, tensor, role) in named_tensors(module) {
+        if role == Role::Buffer(DType::I64) {
+            continue;
+        }
+        tensor.move_leaf_to_device(device).map_err(|e| {
+            Error::invalid(
+                "to_device",
+                format!("`{name}` of {}: {e}", module.type_name()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// The device of a module's first parameter or buffer (the CPU for a module without any): where
+/// its inputs must be for a forward.
+pub fn module_device(module: &dyn Module) -> crate::backend::Device {
+    named_tensors(module)
+        .first()
+        .map(|(_, tensor, _)| tensor.device())
+        .unwrap_or_default()
+}
+
 /// Number of trainable scalars.
 pub fn parameter_count(module: &dyn Module) -> usize {
     named_parameters(module)

@@ -326,8 +326,12 @@ impl<O: GroupOptions> Optimizer for GroupOptimizer<O> {
                 let state = if step == 0 {
                     O::State::default()
                 } else {
+                    // The state lives on the parameter's device (a checkpoint loads on the
+                    // CPU).
                     opts.restore_state(step, &mut |buffer| {
-                        reader.buffer(&format!("{key}.{buffer}"), param.shape())
+                        reader
+                            .buffer(&format!("{key}.{buffer}"), param.shape())?
+                            .to_device(&param.device())
                     })?
                 };
                 group_slots.push(ParamSlot { step, state });

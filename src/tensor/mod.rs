@@ -334,6 +334,45 @@ impl Tensor {
         Ok(())
     }
 
+    /// Moves a leaf's elements to `device` in place: every clone of this tensor (a module's
+    /// parameter, an optimizer's handle on it) sees the new storage, and the tensor stays the
+    /// same leaf (same id, same `requires_grad`). An accumulated gradient moves with it. This
+    /// is how a network's parameters and buffers go to a device ([`crate::nn::to_device`]);
+    /// [`Tensor::replace_data`] refuses to change a tensor's device, and [`Tensor::to_device`]
+    /// makes a new tensor.
+    ///
+    /// Refused for the result of a recorded op (its backward may hold the old storage). A
+    /// no-op when the tensor is already on `device`.
+    pub fn move_leaf_to_device(&self, device: &Device) -> Result<()> {
+        if !self.is_leaf() {
+            return Err(Error::invalid(
+                "move_leaf_to_device",
+                format!(
+                    "only leaves (parameters, buffers, detached tensors) can move in place; \
+                     this {} tensor on {} is the result of a recorded op",
+                    self.shape(),
+                    self.device()
+                ),
+            ));
+        }
+        if &self.device() == device {
+            return Ok(());
+        }
+        let new = device.backend().upload(self.try_to_vec()?)?;
+        let moved_grad = match self.grad() {
+            Some(grad) => Some(grad.detach().to_device(device)?),
+            None => None,
+        };
+        match self.0.storage.write() {
+            Ok(mut guard) => *guard = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+        if let (Some(node), Some(grad)) = (&self.0.grad_node, moved_grad) {
+            node.set_grad(Some(grad));
+        }
+        Ok(())
+    }
+
     /// The same elements under a new shape (shares storage; `-1` infers one dimension).
     pub fn reshape(&self, dims: &[isize]) -> Result<Tensor> {
         let shape = infer_shape(self.numel(), dims)?;

@@ -186,7 +186,7 @@ pub struct TrainConfig {
     /// Class weights of the cross-entropy: `none` or `enet` (`1/ln(1.02 + p_c)` from the
     /// training labels).
     pub class_weights: String,
-    /// `auto`, `cpu`, `cuda` or `cuda:N` (overridden by `--device`).
+    /// `auto`, `cpu`, `cuda`, `cuda:N`, `cuda-emu` or `cuda-emu:N` (overridden by `--device`).
     pub device: String,
     /// Evaluation inference: `full` (whole images) or `sliding` (windows of `eval_crop` every
     /// `eval_stride` pixels, logits averaged where windows overlap).

@@ -11,7 +11,7 @@ use crate::data::Loader;
 use crate::error::{Error, Result};
 use crate::models::SegNet;
 use crate::moe::{collect_routing_stats, RoutingStats};
-use crate::nn::{set_training, Module};
+use crate::nn::{module_device, set_training, Module};
 use crate::ops::loss::{CrossEntropyOptions, Reduction};
 use crate::tensor::Tensor;
 use crate::train::config::TrainConfig;
@@ -205,12 +205,12 @@ fn sliding_window(
     for (i, v) in total.iter_mut().enumerate() {
         *v /= count[i % (h * w)].max(1) as f32;
     }
-    let logits = Tensor::from_vec(total, [batch, classes, h, w])?;
+    let logits = Tensor::from_vec_on(total, [batch, classes, h, w], &images.device())?;
     logits.narrow(2, 0, height)?.narrow(3, 0, width)
 }
 
-/// Evaluates `model` over every batch of `loader` (at most `max_images` images when > 0).
-/// Leaves the model in eval mode.
+/// Evaluates `model` over every batch of `loader` (at most `max_images` images when > 0) on
+/// the device of the model's weights. Leaves the model in eval mode.
 pub fn evaluate(
     model: &dyn SegNet,
     loader: &Loader,
@@ -223,13 +223,16 @@ pub fn evaluate(
     let mut confusion = ConfusionMatrix::new(classes);
     let mut routing = BTreeMap::new();
     let (mut ce_sum, mut pixels, mut images) = (0.0f64, 0.0f64, 0usize);
+    let device = module_device(model as &dyn Module);
     no_grad(|| -> Result<()> {
         for batch in loader.epoch(0) {
             let batch = batch?;
+            // The loader makes batches on the host.
+            let labels = batch.labels.to_device(&device)?;
             let logits = infer(
                 model,
-                &batch.images,
-                Some(&batch.labels),
+                &batch.images.to_device(&device)?,
+                Some(&labels),
                 inference,
                 &mut |labels| collect_routing_stats(model, labels, classes, &mut routing),
             )?;
@@ -238,7 +241,7 @@ pub fn evaluate(
                 reduction: Reduction::Sum,
                 ..CrossEntropyOptions::default()
             };
-            ce_sum += logits.cross_entropy(&batch.labels, options)?.item()? as f64;
+            ce_sum += logits.cross_entropy(&labels, options)?.item()? as f64;
             pixels += batch
                 .labels
                 .try_to_vec()?

@@ -2,7 +2,6 @@
 //! PatchConvMoE layers, the optimizer and LR schedule, the datasets and their loaders. Every
 //! command (train, eval, predict, routing analysis, bench) builds through here.
 
-use crate::backend::cuda::{select, DeviceRequest, Selected};
 use crate::backend::Device;
 use crate::data::{
     AugmentConfig, Bdd100k, Cityscapes, Dataset, Loader, LoaderConfig, Split, Synthetic,
@@ -21,27 +20,13 @@ use crate::train::config::{Config, DataConfig, ModelSection, MoeSection, OptimCo
 use std::path::Path;
 use std::sync::Arc;
 
-/// Resolves `auto|cpu|cuda[:N]`. Training and inference run on the CPU backend until networks
-/// can be moved to a CUDA device (the CUDA kernels exist but are not verified on a GPU yet):
-/// `auto` says so in one line, an explicit `cuda` is an error.
+/// Resolves `--device` / `train.device` for the networks (train, eval, predict, bench
+/// train): `cpu`; `cuda` or `cuda:N` (a GPU, an error saying why when it cannot be used);
+/// `cuda-emu` or `cuda-emu:N` (the CUDA kernels emulated on the CPU: slow, for tests and
+/// debugging; an error when no host C++ compiler is found); `auto`, CUDA device 0 when it is
+/// usable, else the CPU with the reason in one line (`auto` never picks the emulator).
 pub fn resolve_device(request: &str) -> Result<(Device, Option<String>)> {
-    let parsed: DeviceRequest = request.parse().map_err(Error::cuda)?;
-    match select(parsed).map_err(Error::cuda)? {
-        Selected::Cpu { reason } => Ok((Device::Cpu, reason)),
-        Selected::Cuda { ordinal } if parsed == DeviceRequest::Auto => Ok((
-            Device::Cpu,
-            Some(format!(
-                "CUDA device {ordinal} found, but networks do not run on CUDA yet: using the CPU"
-            )),
-        )),
-        Selected::Emulated { .. } => Err(Error::Unsupported(format!(
-            "--device {request}: networks do not run on CUDA devices yet"
-        ))),
-        Selected::Cuda { ordinal } => Err(Error::Unsupported(format!(
-            "--device {request}: CUDA device {ordinal} is usable, but networks do not run on \
-             CUDA yet (no move of a network's weights to the device); use --device cpu (or auto)"
-        ))),
-    }
+    Device::select(request)
 }
 
 /// The PatchConvMoE hyper-parameters of `[model.moe]`.

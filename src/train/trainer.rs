@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::models::SegNet;
-use crate::nn::{named_parameters, parameter_count, set_training, Module};
+use crate::nn::{named_parameters, parameter_count, set_training, to_device, Module};
 use crate::optim::LrScheduler;
 use crate::tensor::{manual_seed, Tensor};
 use crate::train::checkpoint::{self, LossSums, TrainState};
@@ -189,7 +189,9 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<Outcome> {
     }
     let classes = config.model.num_classes;
     manual_seed(config.train.seed);
+    // Built on the CPU from the seed (the same weights on every device), then moved.
     let model = setup::build_model(&config.model)?;
+    to_device(&*model as &dyn Module, &device)?;
     let train_set = setup::open_dataset(&config.data, &config.data.train_split, true)?;
     let val_set = setup::open_dataset(&config.data, &config.data.val_split, false)?;
     let loader = setup::train_loader(config, train_set.clone())?;
@@ -320,10 +322,11 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<Outcome> {
             manual_seed(step_seed(config.train.seed, state.step));
             set_training(&*model as &dyn Module, true);
             let lr = optimizer.lrs().first().copied().unwrap_or(0.0);
+            // The loader makes batches on the host.
             let parts = training_loss(
                 &*model,
-                &batch.images,
-                &batch.labels,
+                &batch.images.to_device(&device)?,
+                &batch.labels.to_device(&device)?,
                 class_weights.as_ref(),
             )?;
             let loss = parts.total.item()? as f64;
