@@ -112,7 +112,7 @@ pub enum CudaError {
     /// A launch that cannot run (a shape a GPU rejects, a signature mismatch), or an error the
     /// emulated device found while running it: `at` names the block and thread.
     #[error("{device}: kernel {kernel}{at}: {msg}")]
-    Emulator {
+    Launch {
         device: String,
         /// `<family>.cu: <kernel>`.
         kernel: String,

@@ -101,6 +101,38 @@ pub fn grid_per_row(rows: usize, threads: u32) -> LaunchConfig {
     }
 }
 
+/// The launch limits of every NVIDIA GPU since sm_30: the errors a driver would return.
+pub fn check_launch(config: &LaunchConfig) -> std::result::Result<(), String> {
+    let (gx, gy, gz) = config.grid_dim;
+    let (bx, by, bz) = config.block_dim;
+    if gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0 {
+        return Err(format!(
+            "grid {:?} / block {:?}: every dimension must be at least 1",
+            config.grid_dim, config.block_dim
+        ));
+    }
+    if gx > i32::MAX as u32 || gy > 65_535 || gz > 65_535 {
+        return Err(format!(
+            "grid {:?} exceeds the GPU's limits (x < 2^31, y and z ≤ 65535)",
+            config.grid_dim
+        ));
+    }
+    let threads = u64::from(bx) * u64::from(by) * u64::from(bz);
+    if threads > 1024 || bz > 64 {
+        return Err(format!(
+            "block {:?} exceeds the GPU's limits (≤ 1024 threads, z ≤ 64)",
+            config.block_dim
+        ));
+    }
+    if config.shared_mem_bytes > 48 * 1024 {
+        return Err(format!(
+            "{} bytes of dynamic shared memory exceed the 48 KiB a launch gets without opting in",
+            config.shared_mem_bytes
+        ));
+    }
+    Ok(())
+}
+
 /// `usize → u32` for a kernel parameter, or an error naming the op (tensors over 2^32 elements
 /// in one dimension are not supported).
 pub fn dim32(op: &'static str, value: usize) -> Result<u32> {
@@ -350,14 +382,14 @@ impl CudaBackend {
     ) -> Result<()> {
         let state = self.state()?;
         let launch_error = |msg: String| {
-            Error::cuda(CudaError::Emulator {
+            Error::cuda(CudaError::Launch {
                 device: self.device.to_string(),
                 kernel: format!("{family}.cu: {kernel}"),
                 at: String::new(),
                 msg,
             })
         };
-        emu::check_launch(&config).map_err(launch_error)?;
+        check_launch(&config).map_err(launch_error)?;
         let addresses: Vec<u64> = buffers.iter().map(|b| self.address(state, b)).collect();
         match state {
             Runtime::Driver(driver) => {
@@ -521,5 +553,26 @@ impl crate::backend::Backend for CudaBackend {
 
     fn full(&self, len: usize, value: f32) -> Result<Storage> {
         self.fill(len, value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_limits_are_the_gpus() {
+        let config = |grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32| LaunchConfig {
+            grid_dim: grid,
+            block_dim: block,
+            shared_mem_bytes: shared,
+        };
+        assert!(check_launch(&config((1 << 20, 65_535, 65_535), (1024, 1, 1), 0)).is_ok());
+        assert!(check_launch(&config((1, 65_536, 1), (32, 1, 1), 0)).is_err());
+        assert!(check_launch(&config((1, 1, 65_536), (32, 1, 1), 0)).is_err());
+        assert!(check_launch(&config((1, 1, 1), (1025, 1, 1), 0)).is_err());
+        assert!(check_launch(&config((1, 1, 1), (32, 32, 2), 0)).is_err());
+        assert!(check_launch(&config((1, 1, 1), (32, 1, 1), 48 * 1024 + 1)).is_err());
+        assert!(check_launch(&config((0, 1, 1), (32, 1, 1), 0)).is_err());
     }
 }

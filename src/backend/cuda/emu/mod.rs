@@ -62,7 +62,7 @@ impl EmuModule {
     }
 
     fn open(object: compile::EmuObject) -> Result<EmuModule, CudaError> {
-        let failed = |msg: String| CudaError::Emulator {
+        let failed = |msg: String| CudaError::Launch {
             device: "cuda-emu".to_string(),
             kernel: object.file.clone(),
             at: String::new(),
@@ -150,7 +150,7 @@ impl EmuModule {
         addresses: &[u64],
     ) -> Result<(), CudaError> {
         let name = format!("{}: {kernel}", self.object.file);
-        let failed = |at: String, msg: String| CudaError::Emulator {
+        let failed = |at: String, msg: String| CudaError::Launch {
             device: device.to_string(),
             kernel: name.clone(),
             at,
@@ -177,7 +177,7 @@ impl EmuModule {
                 ),
             ));
         }
-        check_launch(config).map_err(|msg| failed(String::new(), msg))?;
+        super::runtime::check_launch(config).map_err(|msg| failed(String::new(), msg))?;
         let schedule = current_schedule().map_err(|msg| failed(String::new(), msg))?;
         block::ensure_fault_handler();
         let buffers: Vec<usize> = addresses.iter().map(|&a| a as usize).collect();
@@ -240,7 +240,7 @@ pub fn compare_schedules(
             None => first = Some((schedule, outputs)),
             Some((base, want)) => {
                 if let Some(diff) = first_difference(want, &outputs) {
-                    return Err(crate::error::Error::cuda(CudaError::Emulator {
+                    return Err(crate::error::Error::cuda(CudaError::Launch {
                         device: "cuda-emu".to_string(),
                         kernel: what.to_string(),
                         at: String::new(),
@@ -277,38 +277,6 @@ pub fn first_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> Option<String> {
         }
     }
     None
-}
-
-/// The launch limits of every NVIDIA GPU since sm_30: the errors a driver would return.
-pub fn check_launch(config: &LaunchConfig) -> Result<(), String> {
-    let (gx, gy, gz) = config.grid_dim;
-    let (bx, by, bz) = config.block_dim;
-    if gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0 {
-        return Err(format!(
-            "grid {:?} / block {:?}: every dimension must be at least 1",
-            config.grid_dim, config.block_dim
-        ));
-    }
-    if gx > i32::MAX as u32 || gy > 65_535 || gz > 65_535 {
-        return Err(format!(
-            "grid {:?} exceeds the GPU's limits (x < 2^31, y and z ≤ 65535)",
-            config.grid_dim
-        ));
-    }
-    let threads = u64::from(bx) * u64::from(by) * u64::from(bz);
-    if threads > 1024 || bz > 64 {
-        return Err(format!(
-            "block {:?} exceeds the GPU's limits (≤ 1024 threads, z ≤ 64)",
-            config.block_dim
-        ));
-    }
-    if config.shared_mem_bytes > 48 * 1024 {
-        return Err(format!(
-            "{} bytes of dynamic shared memory exceed the 48 KiB a launch gets without opting in",
-            config.shared_mem_bytes
-        ));
-    }
-    Ok(())
 }
 
 /// The state of an opened emulated device: its loaded families.
@@ -353,22 +321,6 @@ impl EmuState {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn launch_limits_are_the_gpus() {
-        let config = |grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32| LaunchConfig {
-            grid_dim: grid,
-            block_dim: block,
-            shared_mem_bytes: shared,
-        };
-        assert!(check_launch(&config((1 << 20, 65_535, 65_535), (1024, 1, 1), 0)).is_ok());
-        assert!(check_launch(&config((1, 65_536, 1), (32, 1, 1), 0)).is_err());
-        assert!(check_launch(&config((1, 1, 65_536), (32, 1, 1), 0)).is_err());
-        assert!(check_launch(&config((1, 1, 1), (1025, 1, 1), 0)).is_err());
-        assert!(check_launch(&config((1, 1, 1), (32, 32, 2), 0)).is_err());
-        assert!(check_launch(&config((1, 1, 1), (32, 1, 1), 48 * 1024 + 1)).is_err());
-        assert!(check_launch(&config((0, 1, 1), (32, 1, 1), 0)).is_err());
-    }
 
     #[test]
     fn schedules_parse() {
