@@ -709,6 +709,8 @@ fn patch_grid(cases: &mut Vec<Case>) {
         };
         let shape = format!("[{batch},{channels},{height},{width}] patch {patch:?} halo {halo:?}");
         let (map, tokens) = (numel(&grid.map_shape()), numel(&grid.token_shape()));
+        // Reassemble takes (and its gradient gives) tokens without halo.
+        let patches = numel(&grid.without_halo().token_shape());
         cases.push(case(
             "patch_split",
             &shape,
@@ -726,7 +728,7 @@ fn patch_grid(cases: &mut Vec<Case>) {
         cases.push(case(
             "patch_reassemble",
             &shape,
-            vec![Input::Normal(tokens)],
+            vec![Input::Normal(patches)],
             Tolerance::EXACT,
             move |b, x| Ok(vec![b.patch_reassemble(&x[0], grid)?]),
         ));
