@@ -359,8 +359,8 @@ impl Module for DownsamplingBottleneck {
 /// `UpsamplingBottleneck`: main = `main_conv1` (1×1 to `out`, BN) → `main_unpool1` (2×2
 /// max-unpool with the indices of the matching downsampling block); ext = `ext_conv1` (1×1 to
 /// in/4, BN, act) → `ext_tconv1` (2×2 stride-2 transposed conv) → `ext_tconv1_bnorm` →
-/// `ext_tconv1_activation` → `ext_conv2` (1×1 to `out`, BN, act) → Dropout2d; the sum goes
-/// through the activation.
+/// `ext_tconv1_activation` → `ext_conv2` (1×1 to `out`, BN, **no activation**, as upstream)
+/// → Dropout2d; the sum goes through the activation.
 pub struct UpsamplingBottleneck {
     /// 1×1 conv to `out`, BN.
     pub main_conv1: Sequential,
@@ -374,7 +374,7 @@ pub struct UpsamplingBottleneck {
     pub ext_tconv1_bnorm: BatchNorm2d,
     /// Activation after that BN.
     pub ext_tconv1_activation: Box<dyn Module>,
-    /// 1×1 expansion, BN, activation.
+    /// 1×1 expansion, BN (no activation: keys `.0`, `.1`).
     pub ext_conv2: Sequential,
     /// Dropout2d.
     pub ext_regul: Dropout2d,
@@ -400,7 +400,9 @@ impl UpsamplingBottleneck {
             ext_tconv1: ConvTranspose2d::new(inner, inner, 2, tconv, false)?,
             ext_tconv1_bnorm: BatchNorm2d::new(inner)?,
             ext_tconv1_activation: activation.layer()?,
-            ext_conv2: conv_bn(square_conv(inner, out_channels, 1, 1, 0, 1)?, act)?,
+            // Like `main_conv1`, the expansion ends at its BN: the activation comes after the
+            // addition only (davidtvs/PyTorch-ENet `UpsamplingBottleneck.ext_conv2`).
+            ext_conv2: conv_bn(square_conv(inner, out_channels, 1, 1, 0, 1)?, None)?,
             ext_regul: Dropout2d::new(dropout)?,
             out_activation: activation.layer()?,
         })
