@@ -1,7 +1,9 @@
 //! ENet (davidtvs/PyTorch-ENet): state-dict keys, shapes, order and dtypes against
 //! `tests/manifests/enet.tsv` and `enet-moe.tsv`; eval logits, and loss, gradients and BN
 //! statistics of a training step (plain and with the default PatchConvMoE), against the
-//! PyTorch reference of `scripts/fixtures/enet.py`.
+//! PyTorch reference of `scripts/fixtures/enet.py`; eval and train-mode logits against the
+//! independent functional reference of `scripts/fixtures/enet_upstream.py` (written from
+//! davidtvs/PyTorch-ENet's module structure and checked against that repository's ENet).
 
 use moeseg::models::{self, ModelConfig, ModelName};
 use moeseg::moe::patch_conv_moe::{balance_loss, replace_conv_with_moe, PatchConvMoeConfig};
@@ -168,6 +170,36 @@ fn eval_logits_match_pytorch() {
     check_logits("eval [2,3,32,48]", &out, &fx.get("eval.out").unwrap());
     let out = net.forward(&fx.get("odd.input").unwrap()).unwrap();
     check_logits("eval [1,3,37,53]", &out, &fx.get("odd.out").unwrap());
+}
+
+/// The same weights against `scripts/fixtures/enet_upstream.py`, which shares no network code
+/// with `enet.py`: eval logits (even and odd size) and train-mode logits (BN batch statistics,
+/// dropout off).
+#[test]
+fn logits_match_upstream_structure() {
+    let fx = Fixtures::load("enet_upstream").unwrap();
+    let net = pytorch_enet();
+    set_training(net.as_ref(), false);
+    let out = net.forward(&fx.get("eval.input").unwrap()).unwrap();
+    check_logits(
+        "upstream eval [2,3,40,56]",
+        &out,
+        &fx.get("eval.out").unwrap(),
+    );
+    let out = net.forward(&fx.get("odd.input").unwrap()).unwrap();
+    check_logits(
+        "upstream eval [1,3,45,61]",
+        &out,
+        &fx.get("odd.out").unwrap(),
+    );
+    set_training(net.as_ref(), true);
+    set_dropout_probability(net.as_ref(), 0.0).unwrap();
+    let out = net.forward(&fx.get("eval.input").unwrap()).unwrap();
+    check_logits(
+        "upstream train [2,3,40,56]",
+        &out,
+        &fx.get("train.out").unwrap(),
+    );
 }
 
 /// One training step (dropout 0) of `net` on the case's input; compares the loss, every
