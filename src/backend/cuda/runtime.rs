@@ -160,8 +160,8 @@ impl CudaBackend {
             .map_err(|e| Error::cuda(e.clone()))
     }
 
-    /// What the device is, e.g. `NVIDIA H100 80GB HBM3 (sm_90)` or `emulated CUDA device
-    /// (kernels built by g++ 12.2.0)`.
+    /// What the device is, e.g. `NVIDIA H100 80GB HBM3 (sm_90)` or `emulated CUDA device,
+    /// kernels built by g++ 12.2.0`.
     pub fn describe(&self) -> Result<String> {
         match self.state()? {
             Runtime::Driver(state) => {

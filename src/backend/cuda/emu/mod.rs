@@ -297,9 +297,9 @@ impl EmuState {
         })
     }
 
-    /// `emulated CUDA device (kernels built by <compiler>)`.
+    /// `emulated CUDA device, kernels built by <compiler>`.
     pub fn describe(&self) -> String {
-        format!("emulated CUDA device (kernels built by {})", self.compiler)
+        format!("emulated CUDA device, kernels built by {}", self.compiler)
     }
 
     /// Runs `module` for family `family` from now on.
