@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Writes the PyTorch reference fixtures the Rust tests compare against.
 
-    pip install torch safetensors
+    pip install torch torchvision safetensors   # torchvision: nets_a, nets_b
     python3 scripts/make_fixtures.py            # every family
     python3 scripts/make_fixtures.py conv pool  # some families
 
 Each family lives in scripts/fixtures/<family>.py with a `make()` returning named tensors; the
-result goes to tests/fixtures/<family>.safetensors, with the torch version in its metadata.
+result goes to tests/fixtures/<family>.safetensors, with the torch version (and
+torchvision's, for the families that use it) in its metadata.
 Re-running is deterministic (seeded generators, CPU, float32).
 """
 
@@ -34,7 +35,10 @@ def main(argv):
         module = importlib.import_module(f"fixtures.{family}")
         tensors = {k: v.contiguous() for k, v in module.make().items()}
         path = out_dir / f"{family}.safetensors"
-        save_file(tensors, str(path), metadata={"torch_version": torch.__version__, "family": family})
+        metadata = {"torch_version": torch.__version__, "family": family}
+        if "torchvision" in pathlib.Path(module.__file__).read_text():
+            metadata["torchvision_version"] = importlib.import_module("torchvision").__version__
+        save_file(tensors, str(path), metadata=metadata)
         size = sum(t.numel() * 4 for t in tensors.values())
         print(f"  {path.relative_to(ROOT)}: {len(tensors)} tensors, {size / 1024:.1f} KiB")
 
