@@ -10,6 +10,8 @@ use moeseg::models::resnet::{Bottleneck, ResNetConfig};
 use moeseg::models::{build, ModelConfig, ModelName, SegNet};
 use moeseg::moe::patch_conv_moe::{replace_conv_with_moe, PatchConvMoeConfig};
 use moeseg::nn::{get_module, named_tensors, set_training, Conv2d, Module};
+use moeseg::train::config::Config;
+use moeseg::train::setup::build_model;
 use moeseg::{no_grad, DType, Rng, Tensor};
 
 fn net(name: ModelName) -> Box<dyn SegNet> {
@@ -144,6 +146,21 @@ fn pspnet_dilation_rule_is_configurable() {
             .collect()
     };
     assert_eq!(keys(tv.as_ref()), keys(hs.as_ref()));
+    // The training config's key: `[model] pspnet_dilation` (`--set model.pspnet_dilation=...`).
+    let mut run = Config::default();
+    assert_eq!(run.model.pspnet_dilation, "hszhao");
+    run.apply_overrides(&[
+        "model.name=pspnet".to_string(),
+        "model.pspnet_dilation=torchvision".to_string(),
+    ])
+    .unwrap();
+    let from_config = build_model(&run.model).unwrap();
+    assert_eq!(
+        conv_geometry(from_config.as_ref(), "backbone.layer3.0.conv2"),
+        (1, 1, 1)
+    );
+    run.model.pspnet_dilation = "dilated".into();
+    assert!(build_model(&run.model).is_err());
 }
 
 #[test]

@@ -55,14 +55,17 @@ impl PspDilation {
     pub fn describe(self) -> String {
         let rule = match self {
             PspDilation::Hszhao => {
-                "hszhao/semseg (layer3 / layer4 stride 1, every conv2 dilated 2 / 4,                  first blocks included)"
+                "hszhao/semseg (layer3 / layer4 stride 1, every conv2 dilated 2 / 4, \
+                 first blocks included)"
             }
             PspDilation::Torchvision => {
-                "torchvision replace_stride_with_dilation=[False, True, True] (layer3                  dilations 1, 2, 2, ...; layer4 2, 4, 4)"
+                "torchvision replace_stride_with_dilation=[False, True, True] (layer3 \
+                 dilations 1, 2, 2, ...; layer4 2, 4, 4)"
             }
         };
         format!(
-            "pspnet backbone dilation: {} = {rule}; switch with --pspnet-dilation              hszhao|torchvision or [model] pspnet_dilation in the training config",
+            "pspnet backbone dilation: {} = {rule}; switch with --pspnet-dilation \
+             hszhao|torchvision or [model] pspnet_dilation in the training config",
             self.as_str()
         )
     }
