@@ -30,6 +30,31 @@ fn inspect_prints_the_manifest() {
 }
 
 #[test]
+fn inspect_names_pspnets_dilation_rule_and_how_to_switch() {
+    let (ok, stdout, stderr) = moeseg(&["inspect", "--model", "pspnet"]);
+    assert!(ok, "{stderr}");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/manifests/pspnet.tsv");
+    let expected = std::fs::read_to_string(path).unwrap();
+    assert_eq!(
+        stdout.trim_end(),
+        expected.trim_end(),
+        "stdout stays the manifest"
+    );
+    for needle in ["dilation: hszhao", "--pspnet-dilation", "pspnet_dilation"] {
+        assert!(stderr.contains(needle), "missing `{needle}` in:\n{stderr}");
+    }
+    let (ok, _, stderr) = moeseg(&[
+        "inspect",
+        "--model",
+        "pspnet",
+        "--pspnet-dilation",
+        "torchvision",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("dilation: torchvision"), "{stderr}");
+}
+
+#[test]
 fn flops_prints_exact_counts_with_and_without_moe() {
     let (ok, stdout, stderr) = moeseg(&["flops", "--model", "enet", "--moe", "default"]);
     assert!(ok, "{stderr}");

@@ -12,6 +12,7 @@ fn args(model: ModelName, moe: bool) -> ModelArgs {
         model,
         num_classes: 19,
         backbone_depth: 50,
+        pspnet_dilation: Default::default(),
         moe: if moe {
             vec!["default".to_string()]
         } else {

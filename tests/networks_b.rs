@@ -5,11 +5,13 @@
 use moeseg::io::safetensors;
 use moeseg::models::deeplabv3plus::DeepLabV3Plus;
 use moeseg::models::load_imagenet_backbone;
-use moeseg::models::pspnet::{PspNet, AUX_WEIGHT};
+use moeseg::models::pspnet::{PspDilation, PspNet, AUX_WEIGHT};
 use moeseg::models::resnet::{Bottleneck, ResNetConfig};
 use moeseg::models::{build, ModelConfig, ModelName, SegNet};
 use moeseg::moe::patch_conv_moe::{replace_conv_with_moe, PatchConvMoeConfig};
 use moeseg::nn::{get_module, named_tensors, set_training, Conv2d, Module};
+use moeseg::train::config::Config;
+use moeseg::train::setup::build_model;
 use moeseg::{no_grad, DType, Rng, Tensor};
 
 fn net(name: ModelName) -> Box<dyn SegNet> {
@@ -102,6 +104,63 @@ fn backbones_have_the_references_strides_and_dilations() {
     ] {
         assert_eq!(conv_geometry(&psp, path), geometry, "pspnet {path}");
     }
+}
+
+#[test]
+fn pspnet_dilation_rule_is_configurable() {
+    assert_eq!(PspDilation::default(), PspDilation::Hszhao);
+    assert_eq!(ModelConfig::default().pspnet_dilation, PspDilation::Hszhao);
+    assert_eq!(
+        "torchvision".parse::<PspDilation>().unwrap(),
+        PspDilation::Torchvision
+    );
+    assert!("dilated".parse::<PspDilation>().is_err());
+    assert!(PspDilation::Hszhao.describe().contains("pspnet_dilation"));
+    let config = ModelConfig {
+        pspnet_dilation: PspDilation::Torchvision,
+        ..ModelConfig::default()
+    };
+    let tv = build(ModelName::Pspnet, &config).unwrap();
+    let hs = build(ModelName::Pspnet, &ModelConfig::default()).unwrap();
+    for (path, geometry) in [
+        ("backbone.layer3.0.conv2", (1, 1, 1)),
+        ("backbone.layer3.1.conv2", (1, 2, 2)),
+        ("backbone.layer4.0.conv2", (1, 2, 2)),
+        ("backbone.layer4.1.conv2", (1, 4, 4)),
+    ] {
+        assert_eq!(
+            conv_geometry(tv.as_ref(), path),
+            geometry,
+            "torchvision {path}"
+        );
+    }
+    assert_eq!(
+        conv_geometry(hs.as_ref(), "backbone.layer3.0.conv2"),
+        (1, 2, 2)
+    );
+    // Same parameters under both rules.
+    let keys = |net: &dyn Module| -> Vec<(String, Vec<usize>)> {
+        named_tensors(net)
+            .into_iter()
+            .map(|(k, t, _)| (k, t.dims().to_vec()))
+            .collect()
+    };
+    assert_eq!(keys(tv.as_ref()), keys(hs.as_ref()));
+    // The training config's key: `[model] pspnet_dilation` (`--set model.pspnet_dilation=...`).
+    let mut run = Config::default();
+    assert_eq!(run.model.pspnet_dilation, "hszhao");
+    run.apply_overrides(&[
+        "model.name=pspnet".to_string(),
+        "model.pspnet_dilation=torchvision".to_string(),
+    ])
+    .unwrap();
+    let from_config = build_model(&run.model).unwrap();
+    assert_eq!(
+        conv_geometry(from_config.as_ref(), "backbone.layer3.0.conv2"),
+        (1, 1, 1)
+    );
+    run.model.pspnet_dilation = "dilated".into();
+    assert!(build_model(&run.model).is_err());
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Block parity of the ResNet bottleneck, DeepLabv3+'s ASPP and decoder and PSPNet's PPM and
-//! heads against PyTorch (`scripts/fixtures/nets_b.py`: torchvision's Bottleneck and the
-//! reference heads at small widths, f16-rounded weights with non-trivial BN statistics).
+//! heads against PyTorch (`scripts/fixtures/nets_b.py`: torchvision's own ResNet stem,
+//! `_make_layer` stages and Bottleneck, and the reference heads checked against
+//! jfzhang95/pytorch-deeplab-xception and hszhao/semseg, at small widths, f16-rounded weights
+//! with non-trivial BN statistics).
 
 use moeseg::io::safetensors;
 use moeseg::models::deeplabv3plus::{Aspp, Decoder, DeepLabV3Plus};
@@ -135,11 +137,11 @@ fn pspnet_heads_match_pytorch() {
     check_eval_forward("aux", &psp_head(16, 8, 5).unwrap());
 }
 
-/// The narrow backbone of the whole-network cases: stem 8, widths 4, 4, 8, 8 (outputs 16, 16,
-/// 32, 32 channels).
+/// The narrow backbone of the whole-network cases: torchvision's stem (64 channels), widths 4,
+/// 4, 8, 8 (outputs 16, 16, 32, 32 channels).
 fn tiny_resnet(strides: [usize; 4], dilations: [Vec<usize>; 4]) -> ResNet {
     ResNet::new(&ResNetConfig {
-        stem_channels: 8,
+        stem_channels: 64,
         widths: [4, 4, 8, 8],
         strides,
         dilations,
@@ -171,6 +173,60 @@ fn narrow_pspnet_matches_pytorch() {
     check_eval_forward("pspnet_tiny", &net);
     let out = no_grad(|| net.forward_seg(&get(&fixtures(), "pspnet_tiny.input"))).unwrap();
     assert!(out.aux.is_empty(), "no auxiliary output in eval mode");
+}
+
+#[test]
+fn narrow_pspnet_with_the_torchvision_dilation_rule_matches_torchvision() {
+    // `replace_stride_with_dilation=[False, True, True]` on blocks 1, 2, 2, 2.
+    let net = PspNet::from_parts(
+        tiny_resnet([1, 2, 1, 1], [vec![1], vec![1, 1], vec![1, 2], vec![2, 4]]),
+        Ppm::new(32, 8, &[1, 2, 3, 6]).unwrap(),
+        psp_head(64, 8, 5).unwrap(),
+        psp_head(32, 8, 5).unwrap(),
+    );
+    check_eval_forward("pspnet_tiny_tv", &net);
+}
+
+/// Integer fixture values (stored int64, loaded as f32).
+fn ints(fx: &BTreeMap<String, Tensor>, key: &str) -> Vec<usize> {
+    get(fx, key)
+        .try_to_vec()
+        .unwrap()
+        .iter()
+        .map(|&v| v as usize)
+        .collect()
+}
+
+#[test]
+fn torchvision_dilated_config_equals_torchvisions_own_resnets() {
+    let fx = fixtures();
+    for (name, depth, replace) in [
+        ("resnet50_l34", 50, [false, true, true]),
+        ("resnet101_l4", 101, [false, false, true]),
+    ] {
+        let config = ResNetConfig::torchvision_dilated(depth, replace).unwrap();
+        let mut strides = Vec::new();
+        for (stage, dilations) in config.dilations.iter().enumerate() {
+            strides.extend((0..dilations.len()).map(|i| {
+                if i == 0 {
+                    config.strides[stage]
+                } else {
+                    1
+                }
+            }));
+        }
+        let dilations: Vec<usize> = config.dilations.concat();
+        assert_eq!(
+            dilations,
+            ints(&fx, &format!("tv_rule.{name}.dilation")),
+            "{name} dilations"
+        );
+        assert_eq!(
+            strides,
+            ints(&fx, &format!("tv_rule.{name}.stride")),
+            "{name} strides"
+        );
+    }
 }
 
 #[test]

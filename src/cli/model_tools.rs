@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::io::safetensors::{save, SafetensorsFile};
+use crate::models::pspnet::PspDilation;
 use crate::models::{
     build, complexity, complexity::parameter_counts, place_moe, training_loss, Complexity,
     ModelConfig, ModelName, MoePlacement, SegNet,
@@ -24,9 +25,12 @@ pub struct ModelArgs {
     /// Output classes.
     #[arg(long, default_value_t = 19)]
     pub num_classes: usize,
-    /// ResNet depth of DeepLabv3+'s backbone (50 or 101).
+    /// ResNet depth of DeepLabv3+'s and PSPNet's backbone (50 or 101).
     #[arg(long, default_value_t = 50)]
     pub backbone_depth: usize,
+    /// PSPNet's backbone dilation rule: hszhao (default) or torchvision.
+    #[arg(long, default_value = "hszhao")]
+    pub pspnet_dilation: PspDilation,
     /// Replace the stride-1 conv at this parameter path by a PatchConvMoE (repeatable);
     /// `default` is the network's default placement (e.g. `regular5_1.ext_conv2.0` for ENet).
     #[arg(long = "moe", value_name = "PATH")]
@@ -94,6 +98,7 @@ impl ModelArgs {
         let config = ModelConfig {
             num_classes: self.num_classes,
             backbone_depth: self.backbone_depth,
+            pspnet_dilation: self.pspnet_dilation,
         };
         let mut net = build(self.model, &config)?;
         let placements = self.placements()?;
@@ -190,9 +195,13 @@ fn torch_dtype(dtype: DType) -> &'static str {
     }
 }
 
-/// Runs `moeseg inspect`.
+/// Runs `moeseg inspect`: the manifest on stdout (byte for byte the spec's format) and, for
+/// PSPNet, which backbone dilation rule is in use and how to switch it on stderr.
 pub fn run_inspect(args: &InspectArgs) -> Result<()> {
     print!("{}", manifest(&args.model)?);
+    if args.model.model == ModelName::Pspnet {
+        eprintln!("# {}", args.model.pspnet_dilation.describe());
+    }
     Ok(())
 }
 

@@ -1,5 +1,8 @@
 //! DeepLabv3+ on a ResNet-50/101 backbone at output stride 16, weight-compatible with
-//! jfzhang95/pytorch-deeplab-xception (`modeling/deeplab.py`, `aspp.py`, `decoder.py`).
+//! jfzhang95/pytorch-deeplab-xception (`modeling/deeplab.py`, `aspp.py`, `decoder.py`,
+//! `backbone/resnet.py`; checked module by module at commit 9135e104). Deliberate deviations:
+//! upstream builds ResNet-101 only (ResNet-50 here too, same structure), and its output
+//! stride 8 variant (ASPP 12/24/36) is not offered.
 //!
 //! `backbone` (layer1 = low-level features, layer4 = high-level) → `aspp` (four atrous branches
 //! and image pooling, 1280 → 256) → `decoder` (48-channel projection of the low-level features,

@@ -134,8 +134,10 @@ impl FromStr for ModelName {
 pub struct ModelConfig {
     /// Number of output classes (19 for Cityscapes / BDD100K).
     pub num_classes: usize,
-    /// ResNet depth for DeepLabv3+ (50 or 101); PSPNet uses 50. Ignored by the others.
+    /// ResNet depth for DeepLabv3+ and PSPNet (50 or 101). Ignored by the others.
     pub backbone_depth: usize,
+    /// PSPNet's backbone dilation rule (hszhao's by default). Ignored by the others.
+    pub pspnet_dilation: pspnet::PspDilation,
 }
 
 impl Default for ModelConfig {
@@ -143,6 +145,7 @@ impl Default for ModelConfig {
         ModelConfig {
             num_classes: 19,
             backbone_depth: 50,
+            pspnet_dilation: pspnet::PspDilation::Hszhao,
         }
     }
 }

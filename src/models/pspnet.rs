@@ -1,5 +1,10 @@
-//! PSPNet on a dilated ResNet-50 (output stride 8), weight-compatible with hszhao/semseg
-//! (`model/pspnet.py`) but with torchvision's backbone keys.
+//! PSPNet on a dilated ResNet-50 (output stride 8) after hszhao/semseg (`model/pspnet.py`,
+//! checked at commit 4f274c3f): the PPM, `cls` and `aux` heads have hszhao's structure, keys
+//! and shapes; the backbone is torchvision's ResNet (7×7 stem, keys `backbone.conv1`, …, so
+//! torchvision ImageNet weights load; the spec manifest fixes these keys) where hszhao's has a
+//! deep 3×3 stem (`layer0.*`, 128 channels into layer1), so hszhao's own checkpoints do not
+//! load. The backbone's dilation rule is [`PspDilation`]: hszhao's by default
+//! (`[model] pspnet_dilation`, `--pspnet-dilation`).
 //!
 //! `backbone` → `ppm` (pyramid pooling at bins 1, 2, 3, 6, each 2048 → 512, resized back and
 //! concatenated after the input: 4096 channels) → `cls` (3×3 → 512, BN, ReLU, Dropout2d 0.1,
@@ -19,6 +24,85 @@ use std::any::Any;
 
 /// Loss weight of the auxiliary head.
 pub const AUX_WEIGHT: f32 = 0.4;
+
+/// Which rule dilates PSPNet's backbone (both give output stride 8: layer3 and layer4 at
+/// stride 1, their `downsample.0` too).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PspDilation {
+    /// hszhao/semseg (`model/pspnet.py`): every `conv2` of layer3 dilated 2 and of layer4
+    /// dilated 4, first blocks included ([`ResNetConfig::dilated_os8`]). The default.
+    #[default]
+    Hszhao,
+    /// torchvision's `replace_stride_with_dilation=[False, True, True]`: the first block of
+    /// layer3 keeps dilation 1 and that of layer4 dilation 2, the others 2 and 4
+    /// ([`ResNetConfig::torchvision_dilated`]).
+    Torchvision,
+}
+
+impl PspDilation {
+    /// Both rules.
+    pub const ALL: [PspDilation; 2] = [PspDilation::Hszhao, PspDilation::Torchvision];
+
+    /// The configuration name (`hszhao`, `torchvision`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PspDilation::Hszhao => "hszhao",
+            PspDilation::Torchvision => "torchvision",
+        }
+    }
+
+    /// One line saying which rule is in use and how to switch.
+    pub fn describe(self) -> String {
+        let rule = match self {
+            PspDilation::Hszhao => {
+                "hszhao/semseg (layer3 / layer4 stride 1, every conv2 dilated 2 / 4, \
+                 first blocks included)"
+            }
+            PspDilation::Torchvision => {
+                "torchvision replace_stride_with_dilation=[False, True, True] (layer3 \
+                 dilations 1, 2, 2, ...; layer4 2, 4, 4)"
+            }
+        };
+        format!(
+            "pspnet backbone dilation: {} = {rule}; switch with --pspnet-dilation \
+             hszhao|torchvision or [model] pspnet_dilation in the training config",
+            self.as_str()
+        )
+    }
+
+    /// The backbone geometry under this rule.
+    pub fn backbone_config(self, depth: usize) -> Result<ResNetConfig> {
+        match self {
+            PspDilation::Hszhao => ResNetConfig::dilated_os8(depth),
+            PspDilation::Torchvision => {
+                ResNetConfig::torchvision_dilated(depth, [false, true, true])
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for PspDilation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PspDilation {
+    type Err = Error;
+
+    /// `hszhao` or `torchvision`; anything else is an error naming both.
+    fn from_str(name: &str) -> Result<PspDilation> {
+        PspDilation::ALL
+            .into_iter()
+            .find(|rule| rule.as_str() == name)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "pspnet_dilation",
+                    format!("unknown dilation rule `{name}`; valid: hszhao, torchvision"),
+                )
+            })
+    }
+}
 
 /// The pyramid pooling module: for each bin `b`, `Sequential(AdaptiveAvgPool2d(b), 1×1 conv
 /// (no bias), BN, ReLU)` resized back to the input size; the input and the branches are
@@ -116,8 +200,14 @@ impl PspNet {
     /// layer3 dilated 2, of layer4 dilated 4), PPM 2048 → 4·512 at bins 1, 2, 3, 6, `cls`
     /// 4096 → 512 → C, `aux` 1024 → 256 → C.
     pub fn new(depth: usize, num_classes: usize) -> Result<Self> {
+        Self::with_dilation(depth, num_classes, PspDilation::Hszhao)
+    }
+
+    /// [`PspNet::new`] with the backbone dilated by `dilation`'s rule (the parameters and
+    /// their shapes do not depend on it).
+    pub fn with_dilation(depth: usize, num_classes: usize, dilation: PspDilation) -> Result<Self> {
         Ok(Self::from_parts(
-            ResNet::new(&ResNetConfig::dilated_os8(depth)?)?,
+            ResNet::new(&dilation.backbone_config(depth)?)?,
             Ppm::new(2048, 512, &[1, 2, 3, 6])?,
             psp_head(4096, 512, num_classes)?,
             psp_head(1024, 256, num_classes)?,
@@ -189,10 +279,11 @@ impl SegNet for PspNet {
 }
 
 /// Builds PSPNet with fresh weights (ResNet-50 by default; `config.backbone_depth` 101 gives
-/// hszhao's ResNet-101 variant with the same heads).
+/// hszhao's ResNet-101 variant with the same heads), dilated by `config.pspnet_dilation`.
 pub fn build(config: &ModelConfig) -> Result<Box<dyn SegNet>> {
-    Ok(Box::new(PspNet::new(
+    Ok(Box::new(PspNet::with_dilation(
         config.backbone_depth,
         config.num_classes,
+        config.pspnet_dilation,
     )?))
 }

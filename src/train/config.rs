@@ -90,8 +90,12 @@ pub struct ModelSection {
     pub name: String,
     /// Output classes (19 for Cityscapes and BDD100K).
     pub num_classes: usize,
-    /// ResNet depth of DeepLabv3+ (50 or 101).
+    /// ResNet depth of DeepLabv3+ and PSPNet (50 or 101).
     pub backbone_depth: usize,
+    /// PSPNet's backbone dilation rule: `hszhao` (default; hszhao/semseg, every block of
+    /// layer3 / layer4 dilated 2 / 4) or `torchvision` (`replace_stride_with_dilation`, first
+    /// blocks keep the previous dilation). Ignored by the other networks.
+    pub pspnet_dilation: String,
     /// torchvision ImageNet weights (ResNet or MobileNetV3-Large, as safetensors) loaded into
     /// the backbone before training (`""`: none).
     pub pretrained_backbone: String,
@@ -247,6 +251,7 @@ impl Default for ModelSection {
             name: "enet".into(),
             num_classes: 19,
             backbone_depth: 50,
+            pspnet_dilation: "hszhao".into(),
             pretrained_backbone: String::new(),
             moe: MoeSection::default(),
         }

@@ -110,6 +110,7 @@ pub fn build_model(model: &ModelSection) -> Result<Box<dyn SegNet>> {
         &ModelConfig {
             num_classes: model.num_classes,
             backbone_depth: model.backbone_depth,
+            pspnet_dilation: model.pspnet_dilation.parse()?,
         },
     )?;
     let paths = moe_paths(model)?;
