@@ -10,7 +10,9 @@ use cudarc::driver::{DeviceRepr, LaunchConfig};
 use moeseg::backend::cuda::emu::{self, EmuModule, Schedule};
 use moeseg::backend::cuda::{backend_for, compilable_source, CudaBackend, CudaDevice, PRELUDE};
 use moeseg::backend::CpuBackend;
-use moeseg::verify::{run_table, text_line, RunOptions, Totals};
+use moeseg::tensor::Storage;
+use moeseg::verify::{run_cases, run_table, text_line, Case, Input, RunOptions, Tolerance, Totals};
+use std::sync::Arc;
 
 /// The parameters of the planted kernels (mirror: `struct P` below).
 #[repr(C)]
@@ -188,39 +190,60 @@ fn barrier_divergence_is_reported_with_the_kernel() {
     }
 }
 
+/// A verify case running planted kernel `kernel` (no input is read; the dummy input tells
+/// which side runs): the CPU side gives each thread's neighbour value, the emulated side
+/// launches the kernel.
+fn neighbour_case(module: &Arc<EmuModule>, kernel: &'static str) -> Case {
+    let module = module.clone();
+    Case {
+        family: "planted",
+        op: kernel.to_string(),
+        shape: "4 blocks of 64".to_string(),
+        inputs: vec![Input::Normal(1)],
+        tolerance: Tolerance::EXACT,
+        outputs: vec!["out"],
+        run: Box::new(move |_, x| match &x[0] {
+            Storage::Cuda(input) => {
+                let gpu = backend_for(input.device());
+                let out = gpu.alloc(256)?;
+                let params = Params { n: 256, divisor: 1 };
+                gpu.launch_emulated(&module, kernel, config(4, 64), &params, &[&out])?;
+                Ok(vec![Storage::Cuda(out)])
+            }
+            Storage::Cpu(_) => Ok(vec![Storage::cpu(
+                (0..256u32)
+                    .map(|i| (i / 64 * 64 + (i % 64 + 1) % 64) as f32)
+                    .collect(),
+            )]),
+        }),
+    }
+}
+
 #[test]
 fn a_race_is_reported_by_two_schedules() {
     let Some(gpu) = emulator("a_race_is_reported_by_two_schedules", 0) else {
         return;
     };
-    let module = planted();
-    let params = Params { n: 256, divisor: 1 };
-    let launch = |kernel: &str| {
-        let what = format!("planted.cu: {kernel}");
-        emu::compare_schedules(&what, &emu::VERIFY_SCHEDULES, || {
-            Ok(vec![run(
-                gpu,
-                &module,
-                kernel,
-                config(4, 64),
-                params,
-                &[],
-                256,
-            )?])
-        })
-    };
-    let err = launch("neighbour_without_barrier").unwrap_err().to_string();
-    println!("{err}");
+    let module = Arc::new(planted());
+    let cases = [
+        neighbour_case(&module, "neighbour_without_barrier"),
+        neighbour_case(&module, "neighbour_with_barrier"),
+    ];
+    // What `moeseg verify --device cuda-emu` does: each case under two schedules.
+    let options = RunOptions::new(1).under_schedules();
+    let rows = run_cases(&cases, &CpuBackend, gpu, "cuda-emu:0", &options, |_| {});
+    emu::set_schedule(None);
+    let racy = &rows[0];
+    println!("{}", text_line(std::slice::from_ref(racy)));
+    assert_eq!(racy.op, "neighbour_without_barrier");
+    assert!(!racy.pass, "the race passed");
+    let why = racy.error.as_deref().unwrap_or_default();
     assert!(
-        err.contains("neighbour_without_barrier") && err.contains("data race"),
-        "{err}"
+        why.contains("outputs differ between runs 0 and 1 (race?)"),
+        "{why}"
     );
     // With the barrier the schedules agree, and every thread sees its neighbour's value.
-    let outputs = launch("neighbour_with_barrier").unwrap();
-    let want: Vec<f32> = (0..256u32)
-        .map(|i| (i / 64 * 64 + (i % 64 + 1) % 64) as f32)
-        .collect();
-    assert_eq!(outputs[0], want);
+    assert!(rows[1].pass, "{:?}", rows[1]);
 }
 
 #[test]
@@ -339,13 +362,7 @@ fn launch_shapes_a_gpu_rejects_are_errors() {
 /// `verify` (cases whose op contains `op`, two schedules) on `device`: the lines of the cases
 /// that did not pass.
 fn failed_cases(device: &CudaBackend, op: Option<&str>, seed: u64) -> (Totals, Vec<String>) {
-    let options = RunOptions::new(seed).filter(op).repeat(
-        2,
-        Some(Box::new(|run| {
-            emu::set_schedule(Some(emu::schedule_for_run(run)));
-            Ok(())
-        })),
-    );
+    let options = RunOptions::new(seed).filter(op).under_schedules();
     let mut failed = Vec::new();
     let rows = run_table(
         &CpuBackend,

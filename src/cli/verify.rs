@@ -104,15 +104,6 @@ fn target(device: &str) -> Result<(String, String, &'static dyn Backend)> {
     }
 }
 
-/// Before run `i` of a case on the emulated device: thread schedule
-/// [`cuda::emu::schedule_for_run`]`(i)`.
-fn emulator_schedules() -> crate::verify::BeforeRun {
-    Box::new(|run| {
-        cuda::emu::set_schedule(Some(cuda::emu::schedule_for_run(run)));
-        Ok(())
-    })
-}
-
 /// `moeseg verify`.
 pub fn run(args: &VerifyArgs) -> Result<()> {
     if args.compile_only {
@@ -132,11 +123,13 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
     let runs = usize::try_from(args.runs).unwrap_or(usize::MAX);
     // The emulated device runs every case under at least two thread schedules.
     let emulated = device.starts_with("cuda-emu");
+    let options = RunOptions::new(seed)
+        .repeat(runs, None)
+        .filter(args.op.as_deref());
     let options = match emulated {
-        false => RunOptions::new(seed).repeat(runs, None),
-        true => RunOptions::new(seed).repeat(runs.max(2), Some(emulator_schedules())),
-    }
-    .filter(args.op.as_deref());
+        false => options,
+        true => options.under_schedules(),
+    };
     let runs = options.target_runs();
     let repeated = match (emulated, runs > 1) {
         (true, _) => {

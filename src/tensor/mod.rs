@@ -327,11 +327,16 @@ impl Tensor {
             });
         }
         let new = values.storage();
+        self.set_storage(new);
+        Ok(())
+    }
+
+    /// Swaps in `new` as this tensor's storage (every clone sees it).
+    fn set_storage(&self, new: Storage) {
         match self.0.storage.write() {
             Ok(mut guard) => *guard = new,
             Err(poisoned) => *poisoned.into_inner() = new,
         }
-        Ok(())
     }
 
     /// Moves a leaf's elements to `device` in place: every clone of this tensor (a module's
@@ -363,10 +368,7 @@ impl Tensor {
             Some(grad) => Some(grad.detach().to_device(device)?),
             None => None,
         };
-        match self.0.storage.write() {
-            Ok(mut guard) => *guard = new,
-            Err(poisoned) => *poisoned.into_inner() = new,
-        }
+        self.set_storage(new);
         if let (Some(node), Some(grad)) = (&self.0.grad_node, moved_grad) {
             node.set_grad(Some(grad));
         }

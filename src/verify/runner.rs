@@ -55,6 +55,22 @@ impl RunOptions {
         self
     }
 
+    /// For the emulated device: at least two target runs per case, run `i` under thread
+    /// schedule [`schedule_for_run`]`(i)` (forward, reverse, then random), so a data race shows
+    /// as outputs that differ between runs. Callers clear the schedule afterwards
+    /// ([`crate::backend::cuda::emu::set_schedule`]`(None)`).
+    ///
+    /// [`schedule_for_run`]: crate::backend::cuda::emu::schedule_for_run
+    pub fn under_schedules(mut self) -> RunOptions {
+        use crate::backend::cuda::emu;
+        self.runs = self.runs.max(2);
+        self.before_run = Some(Box::new(|run| {
+            emu::set_schedule(Some(emu::schedule_for_run(run)));
+            Ok(())
+        }));
+        self
+    }
+
     /// Target runs per case (at least 1).
     pub fn target_runs(&self) -> usize {
         self.runs.max(1)

@@ -381,18 +381,18 @@ impl CudaBackend {
         buffers: &[&CudaBuffer],
     ) -> Result<()> {
         let state = self.state()?;
-        let launch_error = |msg: String| {
-            Error::cuda(CudaError::Launch {
-                device: self.device.to_string(),
-                kernel: format!("{family}.cu: {kernel}"),
-                at: String::new(),
-                msg,
-            })
-        };
-        check_launch(&config).map_err(launch_error)?;
         let addresses: Vec<u64> = buffers.iter().map(|b| self.address(state, b)).collect();
         match state {
             Runtime::Driver(driver) => {
+                // The emulated device checks the same limits in `EmuModule::launch`.
+                check_launch(&config).map_err(|msg| {
+                    Error::cuda(CudaError::Launch {
+                        device: self.device.to_string(),
+                        kernel: format!("{family}.cu: {kernel}"),
+                        at: String::new(),
+                        msg,
+                    })
+                })?;
                 let f = self.function(driver, family, kernel)?;
                 let mut builder = driver.stream.launch_builder(&f);
                 builder.arg(params);

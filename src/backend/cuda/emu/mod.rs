@@ -221,64 +221,6 @@ impl EmuModule {
     }
 }
 
-/// The schedules `moeseg verify` runs every case under on the emulated device.
-pub const VERIFY_SCHEDULES: [Schedule; 2] = [Schedule::Forward, Schedule::Reverse];
-
-/// Runs `run` under each of `schedules` (on this thread's launches) and requires bitwise
-/// identical outputs: the kernels are deterministic by design, so any difference is a data race
-/// (threads of a block reading what others write, without a barrier between). Returns the first
-/// run's outputs, or an error naming `what`, both schedules and the first differing element.
-pub fn compare_schedules(
-    what: &str,
-    schedules: &[Schedule],
-    run: impl Fn() -> crate::error::Result<Vec<Vec<f32>>>,
-) -> crate::error::Result<Vec<Vec<f32>>> {
-    let mut first: Option<(Schedule, Vec<Vec<f32>>)> = None;
-    for &schedule in schedules {
-        let outputs = with_schedule(schedule, &run)?;
-        match &first {
-            None => first = Some((schedule, outputs)),
-            Some((base, want)) => {
-                if let Some(diff) = first_difference(want, &outputs) {
-                    return Err(crate::error::Error::cuda(CudaError::Launch {
-                        device: "cuda-emu".to_string(),
-                        kernel: what.to_string(),
-                        at: String::new(),
-                        msg: format!(
-                            "data race: the outputs differ between thread schedules {base} and \
-                             {schedule} ({diff})"
-                        ),
-                    }));
-                }
-            }
-        }
-    }
-    Ok(first.map(|(_, outputs)| outputs).unwrap_or_default())
-}
-
-/// Where two sets of outputs first differ bitwise, if they do.
-pub fn first_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> Option<String> {
-    if a.len() != b.len() {
-        return Some(format!("{} outputs against {}", a.len(), b.len()));
-    }
-    for (index, (x, y)) in a.iter().zip(b).enumerate() {
-        if x.len() != y.len() {
-            return Some(format!(
-                "output {index}: {} elements against {}",
-                x.len(),
-                y.len()
-            ));
-        }
-        if let Some(at) = (0..x.len()).find(|&i| x[i].to_bits() != y[i].to_bits()) {
-            return Some(format!(
-                "output {index}, element {at}: {} against {}",
-                x[at], y[at]
-            ));
-        }
-    }
-    None
-}
-
 /// The state of an opened emulated device: its loaded families.
 pub struct EmuState {
     modules: Mutex<HashMap<&'static str, Arc<EmuModule>>>,
