@@ -9,7 +9,9 @@ use crate::models::{
     build, complexity, complexity::parameter_counts, place_moe, training_loss, Complexity,
     ModelConfig, ModelName, MoePlacement, SegNet,
 };
-use crate::moe::{BalanceLoss, GateConfig, GateKind, Granularity, PatchConvMoeConfig};
+use crate::moe::{
+    BalanceLoss, GateConfig, GateKind, Granularity, PatchConvMoeConfig, SoftConvMoeConfig,
+};
 use crate::nn::state_dict::{load_state_dict, LoadOptions};
 use crate::nn::{named_tensors, set_training, Role};
 use crate::tensor::{DType, Tensor};
@@ -59,6 +61,12 @@ pub struct ModelArgs {
     /// Weight of the balancing loss.
     #[arg(long, default_value_t = 1.0)]
     pub alpha: f32,
+    /// Routing of the MoE layers: sparse (PatchConvMoE, top-k) or soft (SoftConvMoE).
+    #[arg(long, default_value = "sparse", value_parser = ["sparse", "soft"])]
+    pub routing: String,
+    /// Slots per expert of soft routing.
+    #[arg(long, default_value_t = 1)]
+    pub slots_per_expert: usize,
 }
 
 impl ModelArgs {
@@ -80,6 +88,12 @@ impl ModelArgs {
             alpha: self.alpha,
             ..PatchConvMoeConfig::default()
         };
+        let soft = (self.routing == "soft").then_some(SoftConvMoeConfig {
+            num_experts: self.experts,
+            slots_per_expert: self.slots_per_expert,
+            granularity,
+            ..SoftConvMoeConfig::default()
+        });
         Ok(self
             .moe
             .iter()
@@ -89,6 +103,7 @@ impl ModelArgs {
                     other => other.to_string(),
                 },
                 config,
+                soft,
             })
             .collect())
     }

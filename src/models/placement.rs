@@ -3,7 +3,10 @@
 
 use super::{ModelName, SegNet};
 use crate::error::{Error, Result};
-use crate::moe::{replace_conv_with_moe, Granularity, PatchConvMoeConfig};
+use crate::moe::{
+    replace_conv_with_moe, replace_conv_with_soft_moe, Granularity, PatchConvMoeConfig,
+    SoftConvMoeConfig,
+};
 use crate::nn::state_dict::{load_state_dict, LoadOptions, LoadReport};
 use crate::nn::Module;
 use std::fmt::Write;
@@ -16,6 +19,8 @@ pub struct MoePlacement {
     pub path: String,
     /// Experts, k, grid, gate, loss, alpha, ….
     pub config: PatchConvMoeConfig,
+    /// Soft routing instead (a SoftConvMoE with these settings; `config` is then unused).
+    pub soft: Option<SoftConvMoeConfig>,
 }
 
 impl MoePlacement {
@@ -24,19 +29,36 @@ impl MoePlacement {
         MoePlacement {
             path: name.default_moe_path().to_string(),
             config: PatchConvMoeConfig::default(),
+            soft: None,
         }
     }
 
     /// `path, E=8 k=2 g=3 2conv_gap`: the form the manifests' headers use.
+    /// `path, E=8 k=2 g=3 2conv_gap` (soft: `path, soft E=8 p=1 g=3`): the form the
+    /// manifests' headers use.
     pub fn describe(&self) -> String {
         let c = &self.config;
-        let mut out = format!("{}, E={} k={}", self.path, c.num_experts, c.k);
-        let _ = match c.granularity {
+        let (mut out, granularity) = match &self.soft {
+            Some(s) => (
+                format!(
+                    "{}, soft E={} p={}",
+                    self.path, s.num_experts, s.slots_per_expert
+                ),
+                s.granularity,
+            ),
+            None => (
+                format!("{}, E={} k={}", self.path, c.num_experts, c.k),
+                c.granularity,
+            ),
+        };
+        let _ = match granularity {
             Granularity::Grid(g) => write!(out, " g={g}"),
             Granularity::PatchSize([h, w]) => write!(out, " patch={h}x{w}"),
             Granularity::Image => write!(out, " image"),
         };
-        let _ = write!(out, " {}", c.gate.kind);
+        if self.soft.is_none() {
+            let _ = write!(out, " {}", c.gate.kind);
+        }
         out
     }
 }
@@ -46,7 +68,10 @@ impl MoePlacement {
 pub fn place_moe(net: &mut dyn SegNet, placements: &[MoePlacement]) -> Result<()> {
     let root: &mut dyn Module = net;
     for placement in placements {
-        replace_conv_with_moe(root, &placement.path, placement.config)?;
+        match placement.soft {
+            Some(soft) => replace_conv_with_soft_moe(root, &placement.path, soft)?,
+            None => replace_conv_with_moe(root, &placement.path, placement.config)?,
+        }
     }
     Ok(())
 }

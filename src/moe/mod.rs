@@ -7,6 +7,7 @@
 //! - [`selection`]: noisy top-k selection scores and the per-expert capacity.
 //! - [`patch_conv_moe`]: the PatchConvMoE layer (also image-level ConvMoE), its replacement of
 //!   a conv by path and the network-wide balancing loss.
+//! - [`soft_conv_moe`]: SoftConvMoE, soft routing (moe.md §5) of the same patch tokens.
 //! - [`stats`]: routing statistics over an evaluation set (usage, NRE, TEC, co-activation,
 //!   expert×class).
 //!
@@ -17,6 +18,7 @@ pub mod balance;
 pub mod gate;
 pub mod patch_conv_moe;
 pub mod selection;
+pub mod soft_conv_moe;
 pub mod stats;
 
 pub use balance::{entropy, BalanceInputs, BalanceLoss};
@@ -26,4 +28,5 @@ pub use patch_conv_moe::{
     Granularity, PatchConvMoE, PatchConvMoeConfig, RoutingRecord,
 };
 pub use selection::{capacity, noisy_selection};
+pub use soft_conv_moe::{replace_conv_with_soft_moe, SoftConvMoE, SoftConvMoeConfig, SoftRouting};
 pub use stats::{RoutingReport, RoutingStats};

@@ -201,29 +201,36 @@ impl PatchConvMoE {
     }
 
     fn expert_conv(&self, e: usize) -> Result<&Conv2d> {
-        self.experts
-            .items
-            .get(e)
-            .and_then(|m| m.as_any().downcast_ref::<Conv2d>())
-            .ok_or_else(|| {
-                Error::invalid(
-                    "PatchConvMoE",
-                    format!("no expert {e} (of {})", self.experts.items.len()),
-                )
-            })
+        conv_expert(&self.experts, "PatchConvMoE", e)
     }
 
     fn grid(&self, input: &Tensor) -> Result<PatchGrid> {
-        input.expect_rank("PatchConvMoE", "input", 4)?;
-        let d = input.dims();
-        let halo = size_preserving_halo(self.kernel, self.conv_params)?;
-        match self.config.granularity {
-            Granularity::Grid(g) => PatchGrid::from_grid(d[0], d[1], d[2], d[3], g, halo),
-            Granularity::Image => PatchGrid::from_grid(d[0], d[1], d[2], d[3], 1, halo),
-            Granularity::PatchSize(p) => {
-                PatchGrid::from_patch_size(d[0], d[1], d[2], d[3], p, halo)
-            }
-        }
+        token_grid(
+            "PatchConvMoE",
+            input,
+            self.config.granularity,
+            self.kernel,
+            self.conv_params,
+        )
+    }
+}
+
+/// The token grid of `input` for a layer replacing a conv of `kernel` and `params` (moe.md
+/// §1.1–1.2): the granularity's patches with the conv's halo.
+pub(crate) fn token_grid(
+    layer: &'static str,
+    input: &Tensor,
+    granularity: Granularity,
+    kernel: [usize; 2],
+    params: Conv2dParams,
+) -> Result<PatchGrid> {
+    input.expect_rank(layer, "input", 4)?;
+    let d = input.dims();
+    let halo = size_preserving_halo(kernel, params)?;
+    match granularity {
+        Granularity::Grid(g) => PatchGrid::from_grid(d[0], d[1], d[2], d[3], g, halo),
+        Granularity::Image => PatchGrid::from_grid(d[0], d[1], d[2], d[3], 1, halo),
+        Granularity::PatchSize(p) => PatchGrid::from_patch_size(d[0], d[1], d[2], d[3], p, halo),
     }
 }
 
@@ -342,7 +349,7 @@ impl Module for PatchConvMoE {
 
 /// The halo `dilation·(kernel − 1)/2` per axis, checking the conv is stride 1 and keeps the
 /// map size (odd kernel, symmetric padding equal to the halo).
-fn size_preserving_halo(kernel: [usize; 2], params: Conv2dParams) -> Result<[usize; 2]> {
+pub(crate) fn size_preserving_halo(kernel: [usize; 2], params: Conv2dParams) -> Result<[usize; 2]> {
     let mut halo = [0; 2];
     for axis in 0..2 {
         let reach = params.dilation[axis] * (kernel[axis].saturating_sub(1));
@@ -367,7 +374,7 @@ fn size_preserving_halo(kernel: [usize; 2], params: Conv2dParams) -> Result<[usi
 }
 
 /// One expert: the replaced conv's geometry with fresh (kaiming-normal) or copied weights.
-fn expert_copy(conv: &Conv2d, how: ExpertInit) -> Result<Conv2d> {
+pub(crate) fn expert_copy(conv: &Conv2d, how: ExpertInit) -> Result<Conv2d> {
     let shape = conv.weight.shape().clone();
     let weight = match how {
         ExpertInit::KaimingNormal => init::kaiming_normal(shape, init::FanMode::FanIn)?,
@@ -391,6 +398,39 @@ fn expert_copy(conv: &Conv2d, how: ExpertInit) -> Result<Conv2d> {
     })
 }
 
+/// Expert `e` of a layer's expert convs.
+pub(crate) fn conv_expert<'a>(
+    experts: &'a ModuleList,
+    layer: &'static str,
+    e: usize,
+) -> Result<&'a Conv2d> {
+    experts
+        .items
+        .get(e)
+        .and_then(|m| m.as_any().downcast_ref::<Conv2d>())
+        .ok_or_else(|| Error::invalid(layer, format!("no expert {e} (of {})", experts.items.len())))
+}
+
+/// Replaces the conv at `path` of `root` by the layer `build` makes of it; a path that is not
+/// a `Conv2d`, or one `build` refuses, is an error naming it.
+pub(crate) fn replace_conv_by(
+    root: &mut dyn Module,
+    path: &str,
+    layer: &'static str,
+    build: impl FnOnce(&Conv2d) -> Result<Box<dyn Module>>,
+) -> Result<()> {
+    let found = get_module(root, path)?;
+    let conv = found.as_any().downcast_ref::<Conv2d>().ok_or_else(|| {
+        Error::invalid(
+            layer,
+            format!("`{path}` is a {}, not a Conv2d", found.type_name()),
+        )
+    })?;
+    let replacement = build(conv).map_err(|e| Error::invalid(layer, format!("`{path}`: {e}")))?;
+    replace_module(root, path, replacement)?;
+    Ok(())
+}
+
 /// Replaces the conv at `path` of `root` by a PatchConvMoE (moe.md §3); a path that is not a
 /// stride-1, size-preserving `Conv2d` is an error naming it.
 pub fn replace_conv_with_moe(
@@ -398,17 +438,9 @@ pub fn replace_conv_with_moe(
     path: &str,
     config: PatchConvMoeConfig,
 ) -> Result<()> {
-    let found = get_module(root, path)?;
-    let conv = found.as_any().downcast_ref::<Conv2d>().ok_or_else(|| {
-        Error::invalid(
-            "PatchConvMoE",
-            format!("`{path}` is a {}, not a Conv2d", found.type_name()),
-        )
-    })?;
-    let moe = PatchConvMoE::from_conv(conv, config)
-        .map_err(|e| Error::invalid("PatchConvMoE", format!("`{path}`: {e}")))?;
-    replace_module(root, path, Box::new(moe))?;
-    Ok(())
+    replace_conv_by(root, path, "PatchConvMoE", |conv| {
+        Ok(Box::new(PatchConvMoE::from_conv(conv, config)?))
+    })
 }
 
 /// The sum of the weighted balancing losses of every PatchConvMoE in `root` from their last

@@ -1,6 +1,7 @@
 //! Counting multiply-accumulates (MACs) of a forward pass, the way the network summaries count
-//! them: convolutions, transposed convolutions, linear layers and the routed expert
-//! convolutions of PatchConvMoE; nothing else (activations, norms, pools, resizes are free).
+//! them: convolutions, transposed convolutions, linear layers, matrix products (the routing
+//! products of soft MoE layers) and the routed expert convolutions of PatchConvMoE and
+//! SoftConvMoE; nothing else (activations, norms, pools, resizes are free).
 //!
 //! [`count_macs`] runs a closure in a *dry run*: the counted ops add their MACs and return zeros
 //! of the right shape instead of computing, so even a 512×1024 forward of a large network takes

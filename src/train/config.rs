@@ -107,8 +107,15 @@ pub struct ModelSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MoeSection {
-    /// Replace the convs at `paths` by PatchConvMoE layers.
+    /// Replace the convs at `paths` by PatchConvMoE (or SoftConvMoE) layers.
     pub enabled: bool,
+    /// `sparse` (PatchConvMoE: a gate sends each patch to its top-k experts) or `soft`
+    /// (SoftConvMoE, moe.md §5: experts run on slots mixed from the patches).
+    pub routing: String,
+    /// Slots per expert p of soft routing (the cost is set by the n·p slots).
+    pub slots_per_expert: usize,
+    /// Soft routing: L2-normalise the router's token descriptors and φ, with a learnable scale.
+    pub soft_normalize: bool,
     /// Parameter paths of the convs to replace (`[]`: the network's default placement).
     pub paths: Vec<String>,
     /// Experts E.
@@ -262,6 +269,9 @@ impl Default for MoeSection {
     fn default() -> Self {
         MoeSection {
             enabled: false,
+            routing: "sparse".into(),
+            slots_per_expert: 1,
+            soft_normalize: true,
             paths: Vec::new(),
             num_experts: 8,
             k: 2,

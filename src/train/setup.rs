@@ -10,8 +10,8 @@ use crate::data::{
 use crate::error::{Error, Result};
 use crate::models::{build, ModelConfig, ModelName, SegNet};
 use crate::moe::{
-    replace_conv_with_moe, BalanceLoss, ExpertInit, GateConfig, GateKind, Granularity,
-    PatchConvMoE, PatchConvMoeConfig,
+    replace_conv_with_moe, replace_conv_with_soft_moe, BalanceLoss, ExpertInit, GateConfig,
+    GateKind, Granularity, PatchConvMoE, PatchConvMoeConfig, SoftConvMoeConfig,
 };
 use crate::nn::{visit_modules, Module};
 use crate::optim::{Adam, AdamOptions, LrSchedule, Optimizer, Sgd, SgdOptions};
@@ -29,8 +29,8 @@ pub fn resolve_device(request: &str) -> Result<(Device, Option<String>)> {
     Device::select(request)
 }
 
-/// The PatchConvMoE hyper-parameters of `[model.moe]`.
-pub fn moe_config(moe: &MoeSection) -> Result<PatchConvMoeConfig> {
+/// The token granularity of `[model.moe]`.
+fn moe_granularity(moe: &MoeSection) -> Result<Granularity> {
     let granularity = match moe.granularity.as_str() {
         "grid" => Granularity::Grid(moe.grid),
         "patch" => Granularity::PatchSize(moe.patch_size),
@@ -51,19 +51,39 @@ pub fn moe_config(moe: &MoeSection) -> Result<PatchConvMoeConfig> {
              positive",
         ));
     }
-    let kind: GateKind = moe.gate.parse()?;
-    let init = match moe.init.as_str() {
-        "kaiming" => ExpertInit::KaimingNormal,
-        "copy" => ExpertInit::Copy {
+    Ok(granularity)
+}
+
+/// The expert initialisation of `[model.moe]`.
+fn expert_init(moe: &MoeSection) -> Result<ExpertInit> {
+    match moe.init.as_str() {
+        "kaiming" => Ok(ExpertInit::KaimingNormal),
+        "copy" => Ok(ExpertInit::Copy {
             noise_std: moe.init_noise,
-        },
-        other => {
-            return Err(Error::invalid(
-                "config",
-                format!("model.moe.init = `{other}`: expected kaiming or copy"),
-            ))
-        }
-    };
+        }),
+        other => Err(Error::invalid(
+            "config",
+            format!("model.moe.init = `{other}`: expected kaiming or copy"),
+        )),
+    }
+}
+
+/// The SoftConvMoE hyper-parameters of `[model.moe]` (`routing = "soft"`).
+pub fn soft_moe_config(moe: &MoeSection) -> Result<SoftConvMoeConfig> {
+    Ok(SoftConvMoeConfig {
+        num_experts: moe.num_experts,
+        slots_per_expert: moe.slots_per_expert,
+        granularity: moe_granularity(moe)?,
+        normalize: moe.soft_normalize,
+        init: expert_init(moe)?,
+    })
+}
+
+/// The PatchConvMoE hyper-parameters of `[model.moe]`.
+pub fn moe_config(moe: &MoeSection) -> Result<PatchConvMoeConfig> {
+    let granularity = moe_granularity(moe)?;
+    let kind: GateKind = moe.gate.parse()?;
+    let init = expert_init(moe)?;
     let gate = GateConfig {
         kind,
         kernel: (moe.gate_kernel > 0).then_some(moe.gate_kernel),
@@ -115,9 +135,24 @@ pub fn build_model(model: &ModelSection) -> Result<Box<dyn SegNet>> {
     )?;
     let paths = moe_paths(model)?;
     if !paths.is_empty() {
-        let config = moe_config(&model.moe)?;
+        let soft = match model.moe.routing.as_str() {
+            "sparse" => None,
+            "soft" => Some(soft_moe_config(&model.moe)?),
+            other => {
+                return Err(Error::invalid(
+                    "config",
+                    format!("model.moe.routing = `{other}`: expected sparse or soft"),
+                ))
+            }
+        };
+        let sparse = moe_config(&model.moe)?;
         for path in &paths {
-            replace_conv_with_moe(&mut *net as &mut dyn Module, path, config).map_err(|e| {
+            let root = &mut *net as &mut dyn Module;
+            match soft {
+                Some(config) => replace_conv_with_soft_moe(root, path, config),
+                None => replace_conv_with_moe(root, path, sparse),
+            }
+            .map_err(|e| {
                 Error::invalid(
                     "config",
                     format!("model.moe.paths: `{path}` in {name}: {e}"),
