@@ -61,7 +61,7 @@ pub enum BenchShape {
 
 impl BenchShape {
     /// `(channels, [height, width], default batch)`.
-    fn dims(self) -> (usize, [usize; 2], usize) {
+    pub(super) fn dims(self) -> (usize, [usize; 2], usize) {
         match self {
             BenchShape::Enet => (16, [256, 512], 2),
             BenchShape::Deeplab => (256, [128, 256], 1),
@@ -69,7 +69,7 @@ impl BenchShape {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             BenchShape::Enet => "enet",
             BenchShape::Deeplab => "deeplab",
@@ -102,11 +102,20 @@ pub struct RoutingArgs {
     /// Seed of the weights and inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Routing: sparse (PatchConvMoE, top-k) or soft (SoftConvMoE; see `bench_soft`).
+    #[arg(long, default_value = "sparse", value_parser = ["sparse", "soft"])]
+    pub routing: String,
+    /// Slots per expert of soft routing.
+    #[arg(long, default_value_t = 1)]
+    pub slots_per_expert: usize,
 }
 
 /// Runs `moeseg bench …`.
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.command {
+        BenchCommand::Routing(routing) if routing.routing == "soft" => {
+            super::bench_soft::run_soft(routing)
+        }
         BenchCommand::Routing(routing) => run_routing(routing),
         BenchCommand::Nets(nets) => super::bench_nets::run_nets(nets),
         BenchCommand::Train(train) => super::bench_train::run(train),

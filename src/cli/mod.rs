@@ -5,6 +5,7 @@
 mod bench;
 mod bench_nets;
 mod bench_ops;
+mod bench_soft;
 mod bench_train;
 mod demo;
 mod eval;

@@ -1,0 +1,126 @@
+//! `moeseg bench routing --routing soft`: wall times of soft routing on the CPU backend, next to
+//! the dense layer it replaces, in the summary-line format `scripts/bench_soft_moe_torch.py`
+//! prints for PyTorch eager at the same shapes:
+//!
+//! - `--shape enet|deeplab|small`: SoftConvMoE in place of a 3×3 conv (pad 1, bias) of C → C
+//!   channels at the default placements' feature maps, n = `--experts`, p =
+//!   `--slots-per-expert`, a g×g grid;
+//!
+//! Forward is eval mode without a graph; forward + backward is `Σ(y·g)` with a fixed random `g`,
+//! gradients for the input and every parameter, cleared after each run. Every time is the median
+//! of `--repeats` runs after one warm-up run.
+
+use super::bench::{time_runs, RoutingArgs, Timing};
+use crate::autograd::no_grad;
+use crate::error::{Error, Result};
+use crate::moe::{Granularity, SoftConvMoE, SoftConvMoeConfig};
+use crate::nn::{named_parameters, set_training, Conv2d, Module};
+use crate::tensor::{Rng, Tensor};
+
+/// Forward (eval, no graph) and forward + backward (train, `Σ(y·g)`) times of `module` on `x`.
+pub(super) fn time_module(
+    module: &dyn Module,
+    x: &Tensor,
+    upstream: &Tensor,
+    repeats: usize,
+) -> Result<(Timing, Timing)> {
+    set_training(module, false);
+    let input = x.detach();
+    let forward = time_runs(repeats, || no_grad(|| module.forward(&input)).map(drop))?;
+    set_training(module, true);
+    let leaf = x.detach().with_requires_grad(true);
+    let params = named_parameters(module);
+    let train = time_runs(repeats, || {
+        module
+            .forward(&leaf)?
+            .mul(upstream)?
+            .sum_all()?
+            .backward()?;
+        leaf.clear_grad();
+        params.iter().for_each(|(_, p)| p.clear_grad());
+        Ok(())
+    })?;
+    Ok((forward, train))
+}
+
+/// Runs the soft-routing bench.
+pub(super) fn run_soft(args: &RoutingArgs) -> Result<()> {
+    let (channels, [height, width], default_batch) = args.shape.dims();
+    let batch = args.batch.unwrap_or(default_batch);
+    if batch == 0 || args.repeats == 0 || args.grid == 0 || args.slots_per_expert == 0 {
+        return Err(Error::invalid(
+            "bench routing",
+            format!(
+                "--batch, --repeats, --grid and --slots-per-expert must be positive (got {batch}, \
+                 {}, {}, {})",
+                args.repeats, args.grid, args.slots_per_expert
+            ),
+        ));
+    }
+    crate::tensor::manual_seed(args.seed);
+    let mut rng = Rng::new(args.seed);
+    let conv = Conv2d::new(channels, channels, 3, 1, 1, 1, 1, true)?;
+    let config = SoftConvMoeConfig {
+        num_experts: args.experts,
+        slots_per_expert: args.slots_per_expert,
+        granularity: Granularity::Grid(args.grid),
+        ..SoftConvMoeConfig::default()
+    };
+    let layer = SoftConvMoE::from_conv(&conv, config)?;
+    let shape = [batch, channels, height, width];
+    let x = Tensor::randn(shape, 0.0, 1.0, &mut rng)?;
+    let upstream = Tensor::randn(shape, 0.0, 1.0, &mut rng)?;
+    let slots = layer.slots();
+    println!(
+        "moeseg bench routing --routing soft: shape {} = [{batch}, {channels}, {height}, {width}], \
+         3×3 conv; SoftConvMoE n = {}, p = {}, S = {slots} slots per image, grid {g}×{g} ({} \
+         patches per image); CPU backend ({}), {} threads; median of {} runs",
+        args.shape.name(),
+        args.experts,
+        args.slots_per_expert,
+        args.grid * args.grid,
+        crate::backend::cpu::kernels_description(),
+        rayon::current_num_threads(),
+        args.repeats,
+        g = args.grid,
+    );
+    let (dense_fwd, dense_train) = time_module(&conv, &x, &upstream, args.repeats)?;
+    let (layer_fwd, layer_train) = time_module(&layer, &x, &upstream, args.repeats)?;
+    let patches = (args.grid * args.grid) as f64;
+    for (name, t, note) in [
+        ("dense conv fwd", dense_fwd, String::new()),
+        (
+            "SoftConvMoE fwd",
+            layer_fwd,
+            format!(
+                "{:.2}× dense, {:.2}× (S/m) × dense",
+                layer_fwd.median / dense_fwd.median,
+                layer_fwd.median / (slots as f64 / patches * dense_fwd.median)
+            ),
+        ),
+        ("dense conv fwd+bwd", dense_train, String::new()),
+        (
+            "SoftConvMoE fwd+bwd",
+            layer_train,
+            format!("{:.2}× dense", layer_train.median / dense_train.median),
+        ),
+    ] {
+        println!(
+            "  {name:<24} {:9.3} ms (best {:9.3})  {note}",
+            t.median, t.best
+        );
+    }
+    println!(
+        "routing=soft shape={} batch={batch} threads={} experts={} slots_per_expert={} \
+         layer_fwd_ms={:.3} layer_fwd_bwd_ms={:.3} dense_fwd_ms={:.3} dense_fwd_bwd_ms={:.3}",
+        args.shape.name(),
+        rayon::current_num_threads(),
+        args.experts,
+        args.slots_per_expert,
+        layer_fwd.median,
+        layer_train.median,
+        dense_fwd.median,
+        dense_train.median,
+    );
+    Ok(())
+}
