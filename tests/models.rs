@@ -26,6 +26,8 @@ fn args(model: ModelName, moe: bool) -> ModelArgs {
         gate_kernel: None,
         loss: BalanceLoss::Entropy,
         alpha: 1.0,
+        routing: "sparse".to_string(),
+        slots_per_expert: 1,
     }
 }
 
