@@ -402,10 +402,28 @@ fn max_abs(values: &[f32]) -> f32 {
 /// device and the updated weights stay there.
 #[test]
 fn one_training_step_matches_the_cpu() {
-    let Some(device) = device_or_skip("one_training_step_matches_the_cpu") else {
+    training_step_matches_the_cpu("one_training_step_matches_the_cpu", &[]);
+}
+
+/// As [`one_training_step_matches_the_cpu`], with the MoE layer routing softly (SoftConvMoE:
+/// router products, the two softmaxes, slot mixing, routed expert convs, combine).
+#[test]
+fn one_training_step_with_soft_routing_matches_the_cpu() {
+    training_step_matches_the_cpu(
+        "one_training_step_with_soft_routing_matches_the_cpu",
+        &[
+            "model.moe.routing=soft".to_string(),
+            "model.moe.slots_per_expert=2".to_string(),
+        ],
+    );
+}
+
+fn training_step_matches_the_cpu(test: &str, overrides: &[String]) {
+    let Some(device) = device_or_skip(test) else {
         return;
     };
-    let config = tiny_config(&[]);
+    let config = tiny_config(overrides);
+    assert!(config.model.moe.enabled, "the tiny preset has an MoE layer");
     let build = |device: &Device| -> Box<dyn SegNet> {
         manual_seed(config.train.seed);
         let model = setup::build_model(&config.model).unwrap();
