@@ -21,6 +21,7 @@
 
 use criterion::{criterion_group, Criterion};
 use moeseg::moe::{PatchConvMoE, PatchConvMoeConfig};
+use moeseg::nn::ConvOptions;
 use moeseg::nn::{named_parameters, set_training, Conv2d, Module};
 use moeseg::ops::conv::Conv2dParams;
 use moeseg::ops::patch_grid::PatchGrid;
@@ -180,7 +181,7 @@ fn layer_workloads() -> Vec<Workload> {
     let [batch, channels, height, width] = LAYER_MAP;
     moeseg::tensor::manual_seed(2);
     let mut rng = Rng::new(2);
-    let conv = Conv2d::new(channels, channels, 3, 1, 1, 1, 1, true).expect("conv");
+    let conv = Conv2d::new(channels, channels, 3, ConvOptions::new().padding(1)).expect("conv");
     let layer =
         PatchConvMoE::from_conv(&conv, PatchConvMoeConfig::default()).expect("PatchConvMoE");
     let x = Tensor::randn(LAYER_MAP, 0.0, 1.0, &mut rng)

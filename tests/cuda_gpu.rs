@@ -12,6 +12,7 @@
 
 use moeseg::backend::{cuda, CpuBackend};
 use moeseg::models::{training_loss, SegNet};
+use moeseg::nn::ConvOptions;
 use moeseg::nn::{
     module_device, named_parameters, named_tensors, set_training, to_device, Module, Role,
 };
@@ -134,7 +135,7 @@ fn a_module_moves_to_the_device_in_place() {
     };
     manual_seed(3);
     let net = moeseg::nn::Sequential::default()
-        .push(moeseg::nn::Conv2d::new(2, 3, 3, 1, 1, 1, 1, true).unwrap())
+        .push(moeseg::nn::Conv2d::new(2, 3, 3, ConvOptions::new().padding(1)).unwrap())
         .push(moeseg::nn::BatchNorm2d::new(3).unwrap());
     // Leaves with accumulated gradients (the gradients move with them) and batch statistics.
     let x = Tensor::ones([1, 2, 4, 4], &Device::Cpu).unwrap();

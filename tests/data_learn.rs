@@ -5,6 +5,7 @@
 //! (`MOESEG_LEARN_SECONDS` sets the budget, 120 by default).
 
 use moeseg::data::*;
+use moeseg::nn::ConvOptions;
 use moeseg::nn::{
     named_parameters, set_training, ActivationLayer, BatchNorm2d, Conv2d, Module, Sequential,
     Upsample,
@@ -17,9 +18,21 @@ use moeseg::Tensor;
 use std::sync::Arc;
 
 fn block(net: Sequential, cin: usize, cout: usize, stride: usize, dilation: usize) -> Sequential {
-    net.push(Conv2d::new(cin, cout, 3, stride, dilation, dilation, 1, false).unwrap())
-        .push(BatchNorm2d::new(cout).unwrap())
-        .push(ActivationLayer::relu())
+    net.push(
+        Conv2d::new(
+            cin,
+            cout,
+            3,
+            ConvOptions::new()
+                .stride(stride)
+                .padding(dilation)
+                .dilation(dilation)
+                .no_bias(),
+        )
+        .unwrap(),
+    )
+    .push(BatchNorm2d::new(cout).unwrap())
+    .push(ActivationLayer::relu())
 }
 
 #[test]
@@ -49,7 +62,7 @@ fn a_small_net_learns_the_synthetic_scenes() {
     net = block(net, 32, 32, 1, 4);
     net = block(net, 32, 32, 1, 1);
     let net = net
-        .push(Conv2d::new(32, NUM_CLASSES, 1, 1, 0, 1, 1, true).unwrap())
+        .push(Conv2d::new(32, NUM_CLASSES, 1, ConvOptions::new()).unwrap())
         .push(Upsample {
             resize: Resize::Scale([4.0, 4.0]),
             mode: InterpolateMode::Bilinear {

@@ -1,6 +1,7 @@
 //! MAC counting (`ops::macs::count_macs`) on hand-computed cases, independent of the networks.
 
 use moeseg::moe::{PatchConvMoE, PatchConvMoeConfig};
+use moeseg::nn::ConvOptions;
 use moeseg::nn::{Conv2d, ConvTranspose2d, Linear, Module};
 use moeseg::ops::conv::ConvTranspose2dParams;
 use moeseg::ops::macs::{count_macs, is_counting};
@@ -10,12 +11,12 @@ use moeseg::{Device, Tensor};
 fn conv_transposed_conv_and_linear_count_by_hand() {
     let x = Tensor::zeros([2, 3, 8, 10], &Device::Cpu).unwrap();
     // 3×3, 3→4, padding 1, stride 2: out 4×5; MACs = 2·4·(4·5)·(3·9) = 4320.
-    let conv = Conv2d::new(3, 4, 3, 2, 1, 1, 1, true).unwrap();
+    let conv = Conv2d::new(3, 4, 3, ConvOptions::new().stride(2).padding(1)).unwrap();
     let (y, macs) = count_macs(|| conv.forward(&x)).unwrap();
     assert_eq!(y.dims(), &[2, 4, 4, 5]);
     assert_eq!(macs, 4320);
     // Grouped 3×3 6→6, groups 3, on 1×6×5×5 with padding 1: 25 · 6 · 2 · 9 = 2700.
-    let grouped = Conv2d::new(6, 6, 3, 1, 1, 1, 3, false).unwrap();
+    let grouped = Conv2d::new(6, 6, 3, ConvOptions::new().padding(1).groups(3).no_bias()).unwrap();
     let (_, macs) =
         count_macs(|| grouped.forward(&Tensor::zeros([1, 6, 5, 5], &Device::Cpu)?)).unwrap();
     assert_eq!(macs, 2700);
@@ -41,7 +42,7 @@ fn patch_conv_moe_counts_gate_on_halo_tokens_and_k_experts() {
     // 3×3 conv 4→4 on 1×4×10×10, E=8 k=2, 3×3 grid: patches 4×4 (padded map 12×12), halo
     // tokens 6×6, 9 tokens. Gate 2conv_gap (1×1, 8 hidden): (4·8 + 8·8)·36·9 = 31104.
     // Experts: 2 · 9 · 16 pixels · 4 · 36 = 41472. Total 72576.
-    let conv = Conv2d::new(4, 4, 3, 1, 1, 1, 1, false).unwrap();
+    let conv = Conv2d::new(4, 4, 3, ConvOptions::new().padding(1).no_bias()).unwrap();
     let moe = PatchConvMoE::from_conv(&conv, PatchConvMoeConfig::default()).unwrap();
     moeseg::nn::set_training(&moe, false);
     let x = Tensor::zeros([1, 4, 10, 10], &Device::Cpu).unwrap();
@@ -55,7 +56,7 @@ fn patch_conv_moe_counts_gate_on_halo_tokens_and_k_experts() {
 
 #[test]
 fn outside_a_count_ops_compute() {
-    let conv = Conv2d::new(1, 1, 1, 1, 0, 1, 1, false).unwrap();
+    let conv = Conv2d::new(1, 1, 1, ConvOptions::new().no_bias()).unwrap();
     let x = Tensor::ones([1, 1, 2, 2], &Device::Cpu).unwrap();
     let w = conv.weight.try_to_vec().unwrap()[0];
     let y = conv.forward(&x).unwrap().try_to_vec().unwrap();

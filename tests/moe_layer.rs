@@ -6,6 +6,7 @@ use moeseg::moe::{
     balance_loss, replace_conv_with_moe, BalanceLoss, GateConfig, GateKind, Granularity,
     PatchConvMoE, PatchConvMoeConfig,
 };
+use moeseg::nn::ConvOptions;
 use moeseg::nn::{
     get_module, named_parameters, named_tensors, set_training, ActivationLayer, Conv2d, Module,
     Sequential,
@@ -330,7 +331,7 @@ fn projected_loss(layer: &PatchConvMoE, x: &Tensor, projection: &Tensor) -> f64 
 #[test]
 fn finite_differences_agree_through_gate_and_experts() {
     moeseg::tensor::manual_seed(21);
-    let conv = Conv2d::new(2, 3, 3, 1, 1, 1, 1, true).unwrap();
+    let conv = Conv2d::new(2, 3, 3, ConvOptions::new().padding(1)).unwrap();
     let config = PatchConvMoeConfig {
         num_experts: 3,
         k: 2,
@@ -398,9 +399,9 @@ fn finite_differences_agree_through_gate_and_experts() {
 fn replacement_by_path_fixed_expert_and_reduction() {
     moeseg::tensor::manual_seed(5);
     let mut net = Sequential::default()
-        .push(Conv2d::new(3, 4, 3, 2, 1, 1, 1, true).unwrap())
+        .push(Conv2d::new(3, 4, 3, ConvOptions::new().stride(2).padding(1)).unwrap())
         .push(ActivationLayer::relu())
-        .push(Conv2d::new(4, 4, 3, 1, 1, 1, 1, true).unwrap());
+        .push(Conv2d::new(4, 4, 3, ConvOptions::new().padding(1)).unwrap());
     let config = PatchConvMoeConfig {
         num_experts: 4,
         k: 2,
@@ -477,7 +478,8 @@ fn labels_reach_the_patch_grid_and_routing_stats_are_collected() {
     assert_eq!(hist.to_host(), expected);
 
     moeseg::tensor::manual_seed(8);
-    let mut net = Sequential::default().push(Conv2d::new(3, 4, 3, 1, 1, 1, 1, true).unwrap());
+    let mut net =
+        Sequential::default().push(Conv2d::new(3, 4, 3, ConvOptions::new().padding(1)).unwrap());
     let config = PatchConvMoeConfig {
         num_experts: 4,
         k: 2,
@@ -503,7 +505,7 @@ fn labels_reach_the_patch_grid_and_routing_stats_are_collected() {
 #[test]
 fn noisy_top_k_changes_choices_in_training_only() {
     moeseg::tensor::manual_seed(3);
-    let conv = Conv2d::new(4, 4, 3, 1, 1, 1, 1, true).unwrap();
+    let conv = Conv2d::new(4, 4, 3, ConvOptions::new().padding(1)).unwrap();
     let config = PatchConvMoeConfig {
         num_experts: 8,
         k: 2,
@@ -532,7 +534,7 @@ fn noisy_top_k_changes_choices_in_training_only() {
 fn copy_init_starts_every_expert_as_the_replaced_conv() {
     use moeseg::moe::ExpertInit;
     moeseg::tensor::manual_seed(4);
-    let conv = Conv2d::new(3, 5, 3, 1, 1, 1, 1, true).unwrap();
+    let conv = Conv2d::new(3, 5, 3, ConvOptions::new().padding(1)).unwrap();
     let config = PatchConvMoeConfig {
         num_experts: 4,
         k: 2,
@@ -572,11 +574,11 @@ fn several_moe_layers_in_one_network_train_together() {
     use moeseg::optim::{Optimizer, Sgd, SgdOptions};
     moeseg::tensor::manual_seed(12);
     let mut net = Sequential::default()
-        .push(Conv2d::new(3, 8, 3, 1, 1, 1, 1, true).unwrap())
+        .push(Conv2d::new(3, 8, 3, ConvOptions::new().padding(1)).unwrap())
         .push(ActivationLayer::relu())
-        .push(Conv2d::new(8, 8, 3, 1, 1, 1, 1, true).unwrap())
+        .push(Conv2d::new(8, 8, 3, ConvOptions::new().padding(1)).unwrap())
         .push(ActivationLayer::relu())
-        .push(Conv2d::new(8, 3, 1, 1, 0, 1, 1, true).unwrap());
+        .push(Conv2d::new(8, 3, 1, ConvOptions::new()).unwrap());
     for (path, granularity) in [("2", Granularity::Grid(2)), ("4", Granularity::Image)] {
         let config = PatchConvMoeConfig {
             num_experts: 4,

@@ -1,6 +1,7 @@
 //! Modules and layers: state-dict names and order, train / eval, replacement by path, layer
 //! behaviour, and an end-to-end conv net step checked against PyTorch.
 
+use moeseg::nn::ConvOptions;
 use moeseg::nn::{
     get_module, named_parameters, named_tensors, parameter_count, replace_module, set_training,
     ActivationLayer, BatchNorm2d, Conv2d, MaxPool2d, Module, Role, Sequential, Upsample,
@@ -26,11 +27,11 @@ impl ToHost for Tensor {
 /// The net of `scripts/fixtures/convnet.py`, with the same child indices.
 fn convnet() -> Sequential {
     Sequential::default()
-        .push(Conv2d::new(3, 8, 3, 1, 1, 1, 1, true).unwrap())
+        .push(Conv2d::new(3, 8, 3, ConvOptions::new().padding(1)).unwrap())
         .push(BatchNorm2d::new(8).unwrap())
         .push(ActivationLayer::relu())
         .push(MaxPool2d(MaxPool2dParams::new(2)))
-        .push(Conv2d::new(8, 8, 3, 1, 2, 2, 1, true).unwrap())
+        .push(Conv2d::new(8, 8, 3, ConvOptions::new().padding(2).dilation(2)).unwrap())
         .push(BatchNorm2d::new(8).unwrap())
         .push(ActivationLayer::relu())
         .push(Upsample {
@@ -39,7 +40,7 @@ fn convnet() -> Sequential {
                 align_corners: false,
             },
         })
-        .push(Conv2d::new(8, 5, 1, 1, 0, 1, 1, true).unwrap())
+        .push(Conv2d::new(8, 5, 1, ConvOptions::new()).unwrap())
 }
 
 #[test]
@@ -228,8 +229,11 @@ fn batch_norm_cumulative_average_when_momentum_is_none() {
 #[test]
 fn modules_are_found_and_replaced_by_path_with_clear_errors() {
     let mut net = Sequential::default()
-        .push(Conv2d::new(3, 4, 3, 1, 1, 1, 1, true).unwrap())
-        .push(Sequential::default().push(Conv2d::new(4, 4, 3, 1, 1, 1, 1, false).unwrap()));
+        .push(Conv2d::new(3, 4, 3, ConvOptions::new().padding(1)).unwrap())
+        .push(
+            Sequential::default()
+                .push(Conv2d::new(4, 4, 3, ConvOptions::new().padding(1).no_bias()).unwrap()),
+        );
     assert_eq!(get_module(&net, "1.0").unwrap().type_name(), "Conv2d");
     let err = get_module(&net, "1.3").unwrap_err().to_string();
     assert!(
@@ -245,7 +249,7 @@ fn modules_are_found_and_replaced_by_path_with_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("Conv2d") && err.contains("weight"), "{err}");
-    assert!(Conv2d::new(3, 4, 3, 1, 1, 1, 2, true).is_err());
+    assert!(Conv2d::new(3, 4, 3, ConvOptions::new().padding(1).groups(2)).is_err());
 }
 
 /// Trains `net` for the given steps on deterministic per-step batches.

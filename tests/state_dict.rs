@@ -6,6 +6,7 @@ use moeseg::io::safetensors::{self as st, SafetensorsFile};
 use moeseg::nn::state_dict::{
     load_state_dict, save_checkpoint, save_state_dict, state_dict, LoadOptions,
 };
+use moeseg::nn::ConvOptions;
 use moeseg::nn::{
     named_tensors, set_training, ActivationLayer, BatchNorm2d, Conv2d, ConvTranspose2d, Module,
     PReLU, Sequential,
@@ -30,7 +31,7 @@ impl ToHost for Tensor {
 
 /// The Rust twin of the fixture script's `net()`.
 fn net() -> Sequential {
-    let conv = |i, o, k, p| Conv2d::new(i, o, k, 1, p, 1, 1, true).unwrap();
+    let conv = |i, o, k, p| Conv2d::new(i, o, k, ConvOptions::new().padding(p)).unwrap();
     let up = ConvTranspose2d::new(4, 2, 2, ConvTranspose2dParams::new(2, 0, 0, 1, 1), true);
     Sequential::default()
         .push(conv(3, 8, 3, 1))
@@ -51,10 +52,10 @@ impl Segmenter {
     fn new() -> Self {
         Segmenter {
             backbone: Sequential::default()
-                .push(Conv2d::new(3, 8, 3, 1, 1, 1, 1, true).unwrap())
+                .push(Conv2d::new(3, 8, 3, ConvOptions::new().padding(1)).unwrap())
                 .push(BatchNorm2d::new(8).unwrap())
                 .push(ActivationLayer::relu()),
-            head: Conv2d::new(8, 5, 1, 1, 0, 1, 1, true).unwrap(),
+            head: Conv2d::new(8, 5, 1, ConvOptions::new()).unwrap(),
         }
     }
 }

@@ -16,6 +16,7 @@
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 use crate::moe::{Granularity, PatchConvMoE, PatchConvMoeConfig};
+use crate::nn::ConvOptions;
 use crate::nn::{named_parameters, set_training, Conv2d, Module};
 use crate::ops::patch_grid::PatchGrid;
 use crate::ops::routed_conv::RoutedConvParams;
@@ -194,7 +195,7 @@ fn run_routing(args: &RoutingArgs) -> Result<()> {
     let mut rng = Rng::new(args.seed);
 
     // The replaced conv (3×3, pad 1, bias) and its PatchConvMoE (2conv_gap, entropy loss).
-    let conv = Conv2d::new(channels, channels, 3, 1, 1, 1, 1, true)?;
+    let conv = Conv2d::new(channels, channels, 3, ConvOptions::new().padding(1))?;
     let config = PatchConvMoeConfig {
         num_experts: experts,
         k,

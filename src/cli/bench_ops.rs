@@ -209,7 +209,7 @@ fn random(shape: &[usize], rng: &mut Rng, device: &Device) -> Result<Storage> {
 fn device_copy(x: &Storage) -> Result<Storage> {
     match x {
         Storage::Cpu(data) => {
-            let mut out = crate::backend::cpu::pool::uninit(data.len());
+            let mut out = crate::backend::cpu::buffer_cache::uninit(data.len());
             out.par_chunks_mut(1 << 16)
                 .zip(data.par_chunks(1 << 16))
                 .for_each(|(d, s)| d.copy_from_slice(s));

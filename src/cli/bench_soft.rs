@@ -14,6 +14,7 @@ use super::bench::{time_runs, RoutingArgs, Timing};
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 use crate::moe::{Granularity, SoftConvMoE, SoftConvMoeConfig};
+use crate::nn::ConvOptions;
 use crate::nn::{named_parameters, set_training, Conv2d, Module};
 use crate::tensor::{Rng, Tensor};
 
@@ -59,7 +60,7 @@ pub(super) fn run_soft(args: &RoutingArgs) -> Result<()> {
     }
     crate::tensor::manual_seed(args.seed);
     let mut rng = Rng::new(args.seed);
-    let conv = Conv2d::new(channels, channels, 3, 1, 1, 1, 1, true)?;
+    let conv = Conv2d::new(channels, channels, 3, ConvOptions::new().padding(1))?;
     let config = SoftConvMoeConfig {
         num_experts: args.experts,
         slots_per_expert: args.slots_per_expert,

@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::moe::{
     balance_loss, collect_routing_stats, replace_conv_with_moe, Granularity, PatchConvMoeConfig,
 };
+use crate::nn::ConvOptions;
 use crate::nn::{
     named_parameters, parameter_count, set_training, ActivationLayer, BatchNorm2d, Conv2d,
     MaxPool2d, Module, Sequential, Upsample,
@@ -124,11 +125,16 @@ fn synthetic_batch(rng: &mut Rng, batch: usize, size: usize) -> Result<(Tensor, 
 /// conv3×3-BN-ReLU → max-pool → dilated conv3×3-BN-ReLU → bilinear ×2 → conv1×1.
 fn demo_net() -> Result<Sequential> {
     Ok(Sequential::default()
-        .push(Conv2d::new(3, 16, 3, 1, 1, 1, 1, true)?)
+        .push(Conv2d::new(3, 16, 3, ConvOptions::new().padding(1))?)
         .push(BatchNorm2d::new(16)?)
         .push(ActivationLayer::relu())
         .push(MaxPool2d(MaxPool2dParams::new(2)))
-        .push(Conv2d::new(16, 32, 3, 1, 2, 2, 1, true)?)
+        .push(Conv2d::new(
+            16,
+            32,
+            3,
+            ConvOptions::new().padding(2).dilation(2),
+        )?)
         .push(BatchNorm2d::new(32)?)
         .push(ActivationLayer::relu())
         .push(Upsample {
@@ -137,7 +143,7 @@ fn demo_net() -> Result<Sequential> {
                 align_corners: false,
             },
         })
-        .push(Conv2d::new(32, CLASSES, 1, 1, 0, 1, 1, true)?))
+        .push(Conv2d::new(32, CLASSES, 1, ConvOptions::new())?))
 }
 
 /// Per-class IoU from predictions and labels (label 255 ignored); classes absent from both

@@ -9,39 +9,24 @@
 //! ASPP output resized onto them, 304 → 256 → 256 → C) → bilinear resize to the input size.
 //! Every resize is bilinear with `align_corners=True`, so any input size works.
 
-use super::resnet::{
-    field_children, init_kaiming, resize_bilinear_aligned, spatial_size, ResNet, ResNetConfig,
-};
+use super::resnet::{field_children, resize_bilinear_aligned, spatial_size, ResNet, ResNetConfig};
 use super::{ModelConfig, SegNet};
 use crate::error::{Error, Result};
 use crate::nn::init::FanMode;
+use crate::nn::ConvOptions;
 use crate::nn::{
     ActivationLayer, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Module, Sequential,
 };
 use crate::tensor::Tensor;
 use std::any::Any;
 
-/// A bias-free conv with the heads' initialisation (`kaiming_normal_`, fan-in).
-fn head_conv(
-    in_channels: usize,
-    out_channels: usize,
-    kernel: usize,
-    dilation: usize,
-    bias: bool,
-) -> Result<Conv2d> {
-    let padding = dilation * (kernel - 1) / 2;
-    let conv = Conv2d::new(
-        in_channels,
-        out_channels,
-        kernel,
-        1,
-        padding,
-        dilation,
-        1,
-        bias,
-    )?;
-    init_kaiming(&conv, FanMode::FanIn)?;
-    Ok(conv)
+/// The options of the heads' convs: bias-free, size-preserving padding, re-initialised as the
+/// original does (`kaiming_normal_`, fan-in).
+fn head() -> ConvOptions {
+    ConvOptions::new()
+        .same()
+        .no_bias()
+        .kaiming_normal(FanMode::FanIn)
 }
 
 /// One ASPP branch (`_ASPPModule`): `relu(bn(atrous_conv(x)))`, the conv 1×1 or 3×3 with
@@ -62,7 +47,7 @@ impl AsppBranch {
         dilation: usize,
     ) -> Result<Self> {
         Ok(AsppBranch {
-            atrous_conv: head_conv(in_channels, out_channels, kernel, dilation, false)?,
+            atrous_conv: Conv2d::new(in_channels, out_channels, kernel, head().dilation(dilation))?,
             bn: BatchNorm2d::new(out_channels)?,
         })
     }
@@ -117,10 +102,10 @@ impl Aspp {
             aspp4: branch(dilations[2])?,
             global_avg_pool: Sequential::default()
                 .push(AdaptiveAvgPool2d([1, 1]))
-                .push(head_conv(in_channels, out_channels, 1, 1, false)?)
+                .push(Conv2d::new(in_channels, out_channels, 1, head())?)
                 .push(BatchNorm2d::new(out_channels)?)
                 .push(ActivationLayer::relu()),
-            conv1: head_conv(5 * out_channels, out_channels, 1, 1, false)?,
+            conv1: Conv2d::new(5 * out_channels, out_channels, 1, head())?,
             bn1: BatchNorm2d::new(out_channels)?,
             dropout: Dropout::new(0.5)?,
         })
@@ -188,23 +173,22 @@ impl Decoder {
         num_classes: usize,
     ) -> Result<Self> {
         let last_conv = Sequential::default()
-            .push(head_conv(
+            .push(Conv2d::new(
                 aspp_channels + low_projected,
                 width,
                 3,
-                1,
-                false,
+                head(),
             )?)
             .push(BatchNorm2d::new(width)?)
             .push(ActivationLayer::relu())
             .push(Dropout::new(0.5)?)
-            .push(head_conv(width, width, 3, 1, false)?)
+            .push(Conv2d::new(width, width, 3, head())?)
             .push(BatchNorm2d::new(width)?)
             .push(ActivationLayer::relu())
             .push(Dropout::new(0.1)?)
-            .push(head_conv(width, num_classes, 1, 1, true)?);
+            .push(Conv2d::new(width, num_classes, 1, head().bias(true))?);
         Ok(Decoder {
-            conv1: head_conv(low_channels, low_projected, 1, 1, false)?,
+            conv1: Conv2d::new(low_channels, low_projected, 1, head())?,
             bn1: BatchNorm2d::new(low_projected)?,
             last_conv,
         })

@@ -5,8 +5,8 @@
 
 use crate::error::{Error, Result};
 use crate::nn::{
-    ActivationLayer, BatchNorm2d, Conv2d, ConvTranspose2d, Dropout2d, MaxPool2d, MaxUnpool2d,
-    Module, PReLU, Sequential,
+    ActivationLayer, BatchNorm2d, Conv2d, ConvOptions, ConvTranspose2d, Dropout2d, MaxPool2d,
+    MaxUnpool2d, Module, PReLU, Sequential,
 };
 use crate::ops::conv::{Conv2dParams, ConvTranspose2dParams};
 use crate::ops::pool::{MaxPool2dParams, MaxUnpool2dParams};
@@ -45,23 +45,6 @@ pub enum RegularKind {
     Dilated(usize),
     /// 5×1 then 1×5, padding 2, each followed by BN and the activation.
     Asymmetric,
-}
-
-/// A bias-free convolution with explicit geometry.
-fn conv(cin: usize, cout: usize, kernel: [usize; 2], params: Conv2dParams) -> Result<Conv2d> {
-    Conv2d::with_params(cin, cout, kernel, params, false)
-}
-
-/// A bias-free `k×k` convolution with stride, symmetric padding and dilation.
-fn square_conv(
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    dil: usize,
-) -> Result<Conv2d> {
-    conv(cin, cout, [k, k], Conv2dParams::new(stride, pad, dil, 1))
 }
 
 /// The layers of `conv → BatchNorm2d (→ activation)`.
@@ -121,7 +104,12 @@ impl InitialBlock {
             ));
         }
         Ok(InitialBlock {
-            main_branch: square_conv(in_channels, out_channels - in_channels, 3, 2, 1, 1)?,
+            main_branch: Conv2d::new(
+                in_channels,
+                out_channels - in_channels,
+                3,
+                ConvOptions::new().stride(2).padding(1).no_bias(),
+            )?,
             ext_branch: MaxPool2d(MaxPool2dParams::new(3).stride(2).padding(1)),
             batch_norm: BatchNorm2d::new(out_channels)?,
             out_activation: activation.layer()?,
@@ -228,25 +216,44 @@ impl RegularBottleneck {
         let inner = internal_channels("RegularBottleneck", channels)?;
         let act = Some(activation);
         let ext_conv2 = match kind {
-            RegularKind::Regular => conv_bn(square_conv(inner, inner, 3, 1, 1, 1)?, act)?,
-            RegularKind::Dilated(d) => conv_bn(square_conv(inner, inner, 3, 1, d, d)?, act)?,
+            RegularKind::Regular => conv_bn(
+                Conv2d::new(inner, inner, 3, ConvOptions::new().padding(1).no_bias())?,
+                act,
+            )?,
+            RegularKind::Dilated(d) => conv_bn(
+                Conv2d::new(
+                    inner,
+                    inner,
+                    3,
+                    ConvOptions::new().padding(d).dilation(d).no_bias(),
+                )?,
+                act,
+            )?,
             RegularKind::Asymmetric => {
                 let geometry = |padding| Conv2dParams {
                     padding,
                     ..Conv2dParams::default()
                 };
                 // Padding is [top, bottom, left, right].
-                let tall = conv(inner, inner, [5, 1], geometry([2, 2, 0, 0]))?;
-                let wide = conv(inner, inner, [1, 5], geometry([0, 0, 2, 2]))?;
+                let tall =
+                    Conv2d::with_params(inner, inner, [5, 1], geometry([2, 2, 0, 0]), false)?;
+                let wide =
+                    Conv2d::with_params(inner, inner, [1, 5], geometry([0, 0, 2, 2]), false)?;
                 let mut layers = conv_bn_layers(tall, act)?;
                 layers.extend(conv_bn_layers(wide, act)?);
                 Sequential::new(layers)
             }
         };
         Ok(RegularBottleneck {
-            ext_conv1: conv_bn(square_conv(channels, inner, 1, 1, 0, 1)?, act)?,
+            ext_conv1: conv_bn(
+                Conv2d::new(channels, inner, 1, ConvOptions::new().no_bias())?,
+                act,
+            )?,
             ext_conv2,
-            ext_conv3: conv_bn(square_conv(inner, channels, 1, 1, 0, 1)?, act)?,
+            ext_conv3: conv_bn(
+                Conv2d::new(inner, channels, 1, ConvOptions::new().no_bias())?,
+                act,
+            )?,
             ext_regul: Dropout2d::new(dropout)?,
             out_activation: activation.layer()?,
         })
@@ -308,9 +315,23 @@ impl DownsamplingBottleneck {
         let act = Some(activation);
         Ok(DownsamplingBottleneck {
             main_max1: MaxPool2d(MaxPool2dParams::new(2)),
-            ext_conv1: conv_bn(square_conv(in_channels, inner, 2, 2, 0, 1)?, act)?,
-            ext_conv2: conv_bn(square_conv(inner, inner, 3, 1, 1, 1)?, act)?,
-            ext_conv3: conv_bn(square_conv(inner, out_channels, 1, 1, 0, 1)?, act)?,
+            ext_conv1: conv_bn(
+                Conv2d::new(
+                    in_channels,
+                    inner,
+                    2,
+                    ConvOptions::new().stride(2).no_bias(),
+                )?,
+                act,
+            )?,
+            ext_conv2: conv_bn(
+                Conv2d::new(inner, inner, 3, ConvOptions::new().padding(1).no_bias())?,
+                act,
+            )?,
+            ext_conv3: conv_bn(
+                Conv2d::new(inner, out_channels, 1, ConvOptions::new().no_bias())?,
+                act,
+            )?,
             ext_regul: Dropout2d::new(dropout)?,
             out_activation: activation.layer()?,
         })
@@ -394,15 +415,24 @@ impl UpsamplingBottleneck {
         let act = Some(activation);
         let tconv = ConvTranspose2dParams::new(2, 0, 0, 1, 1);
         Ok(UpsamplingBottleneck {
-            main_conv1: conv_bn(square_conv(in_channels, out_channels, 1, 1, 0, 1)?, None)?,
+            main_conv1: conv_bn(
+                Conv2d::new(in_channels, out_channels, 1, ConvOptions::new().no_bias())?,
+                None,
+            )?,
             main_unpool1: MaxUnpool2d(MaxUnpool2dParams::new(2)),
-            ext_conv1: conv_bn(square_conv(in_channels, inner, 1, 1, 0, 1)?, act)?,
+            ext_conv1: conv_bn(
+                Conv2d::new(in_channels, inner, 1, ConvOptions::new().no_bias())?,
+                act,
+            )?,
             ext_tconv1: ConvTranspose2d::new(inner, inner, 2, tconv, false)?,
             ext_tconv1_bnorm: BatchNorm2d::new(inner)?,
             ext_tconv1_activation: activation.layer()?,
             // Like `main_conv1`, the expansion ends at its BN: the activation comes after the
             // addition only (davidtvs/PyTorch-ENet `UpsamplingBottleneck.ext_conv2`).
-            ext_conv2: conv_bn(square_conv(inner, out_channels, 1, 1, 0, 1)?, None)?,
+            ext_conv2: conv_bn(
+                Conv2d::new(inner, out_channels, 1, ConvOptions::new().no_bias())?,
+                None,
+            )?,
             ext_regul: Dropout2d::new(dropout)?,
             out_activation: activation.layer()?,
         })

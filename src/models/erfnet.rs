@@ -11,6 +11,7 @@
 use super::mobilenetv3::Block;
 use super::{ModelConfig, SegNet};
 use crate::error::{Error, Result};
+use crate::nn::ConvOptions;
 use crate::nn::{BatchNorm2d, Conv2d, ConvTranspose2d, Dropout2d, MaxPool2d, Module, Sequential};
 use crate::ops::conv::{Conv2dParams, ConvTranspose2dParams};
 use crate::ops::pool::MaxPool2dParams;
@@ -31,7 +32,12 @@ pub fn downsampler_block(in_channels: usize, out_channels: usize) -> Result<Bloc
             format!("out channels {out_channels} must exceed in channels {in_channels}"),
         ));
     }
-    let conv = Conv2d::new(in_channels, out_channels - in_channels, 3, 2, 1, 1, 1, true)?;
+    let conv = Conv2d::new(
+        in_channels,
+        out_channels - in_channels,
+        3,
+        ConvOptions::new().stride(2).padding(1),
+    )?;
     let block = Block::new("DownsamplerBlock", |b, x| {
         x.expect_rank("DownsamplerBlock", "input", 4)?;
         let [height, width] = [x.dims()[2], x.dims()[3]];
@@ -136,7 +142,7 @@ pub fn encoder(num_classes: usize) -> Result<Block> {
         .with("layers", Sequential::new(layers))
         .with(
             "output_conv",
-            Conv2d::new(128, num_classes, 1, 1, 0, 1, 1, true)?,
+            Conv2d::new(128, num_classes, 1, ConvOptions::new())?,
         ))
 }
 

@@ -10,6 +10,7 @@
 use super::mobilenetv3::{conv_bn_act, large_block_configs, mobilenet_v3_large_features, Block};
 use super::{ModelConfig, SegNet};
 use crate::error::{Error, Result};
+use crate::nn::ConvOptions;
 use crate::nn::{ActivationLayer, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Module, Sequential};
 use crate::ops::activation::Activation;
 use crate::ops::interpolate::{InterpolateMode, Resize};
@@ -55,7 +56,12 @@ impl LrasppHead {
         inter_channels: usize,
     ) -> Result<Self> {
         let cbr = conv_bn_act(
-            Conv2d::new(high_channels, inter_channels, 1, 1, 0, 1, 1, false)?,
+            Conv2d::new(
+                high_channels,
+                inter_channels,
+                1,
+                ConvOptions::new().no_bias(),
+            )?,
             BatchNorm2d::new(inter_channels)?,
             Some(Activation::Relu),
         );
@@ -65,11 +71,7 @@ impl LrasppHead {
                 high_channels,
                 inter_channels,
                 1,
-                1,
-                0,
-                1,
-                1,
-                false,
+                ConvOptions::new().no_bias(),
             )?)
             .push(ActivationLayer::sigmoid());
         let parts = Block::new("LRASPPHead", |_, x| {
@@ -87,11 +89,11 @@ impl LrasppHead {
                 .with("scale", scale)
                 .with(
                     "low_classifier",
-                    Conv2d::new(low_channels, num_classes, 1, 1, 0, 1, 1, true)?,
+                    Conv2d::new(low_channels, num_classes, 1, ConvOptions::new())?,
                 )
                 .with(
                     "high_classifier",
-                    Conv2d::new(inter_channels, num_classes, 1, 1, 0, 1, 1, true)?,
+                    Conv2d::new(inter_channels, num_classes, 1, ConvOptions::new())?,
                 ),
         })
     }

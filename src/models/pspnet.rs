@@ -15,6 +15,7 @@
 use super::resnet::{field_children, resize_bilinear_aligned, spatial_size, ResNet, ResNetConfig};
 use super::{AuxOutput, ModelConfig, SegNet, SegOutput};
 use crate::error::{Error, Result};
+use crate::nn::ConvOptions;
 use crate::nn::{
     ActivationLayer, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout2d, Module, ModuleList,
     Sequential, TrainingFlag,
@@ -128,7 +129,12 @@ impl Ppm {
                 Ok(Box::new(
                     Sequential::default()
                         .push(AdaptiveAvgPool2d([bin, bin]))
-                        .push(Conv2d::new(in_channels, reduction, 1, 1, 0, 1, 1, false)?)
+                        .push(Conv2d::new(
+                            in_channels,
+                            reduction,
+                            1,
+                            ConvOptions::new().no_bias(),
+                        )?)
                         .push(BatchNorm2d::new(reduction)?)
                         .push(ActivationLayer::relu()),
                 ))
@@ -170,16 +176,17 @@ pub fn psp_head(in_channels: usize, mid_channels: usize, num_classes: usize) -> 
             in_channels,
             mid_channels,
             3,
-            1,
-            1,
-            1,
-            1,
-            false,
+            ConvOptions::new().padding(1).no_bias(),
         )?)
         .push(BatchNorm2d::new(mid_channels)?)
         .push(ActivationLayer::relu())
         .push(Dropout2d::new(0.1)?)
-        .push(Conv2d::new(mid_channels, num_classes, 1, 1, 0, 1, 1, true)?))
+        .push(Conv2d::new(
+            mid_channels,
+            num_classes,
+            1,
+            ConvOptions::new(),
+        )?))
 }
 
 /// PSPNet (state-dict keys `backbone.*`, `ppm.*`, `cls.*`, `aux.*`).

@@ -16,7 +16,8 @@
 //! downsample conv is never dilated.
 
 use crate::error::{Error, Result};
-use crate::nn::init::{kaiming_normal, FanMode};
+use crate::nn::init::FanMode;
+use crate::nn::ConvOptions;
 use crate::nn::{BatchNorm2d, Conv2d, MaxPool2d, Module, Sequential};
 use crate::ops::interpolate::{InterpolateMode, Resize};
 use crate::ops::pool::MaxPool2dParams;
@@ -44,34 +45,13 @@ macro_rules! field_children {
 }
 pub(crate) use field_children;
 
-/// Replaces a conv's weight by `kaiming_normal_(mode, relu)` samples (the initialisation the
-/// original implementations apply to their convs).
-pub(crate) fn init_kaiming(conv: &Conv2d, mode: FanMode) -> Result<()> {
-    conv.weight
-        .replace_data(&kaiming_normal(conv.weight.shape().clone(), mode)?)
-}
-
-/// A bias-free conv initialised as the ResNet originals do (kaiming-normal, fan-out).
-fn backbone_conv(
-    in_channels: usize,
-    out_channels: usize,
-    kernel: usize,
-    stride: usize,
-    dilation: usize,
-) -> Result<Conv2d> {
-    let padding = dilation * (kernel - 1) / 2;
-    let conv = Conv2d::new(
-        in_channels,
-        out_channels,
-        kernel,
-        stride,
-        padding,
-        dilation,
-        1,
-        false,
-    )?;
-    init_kaiming(&conv, FanMode::FanOut)?;
-    Ok(conv)
+/// The options of the backbone's convs: bias-free, size-preserving padding, re-initialised as
+/// the ResNet originals do (kaiming-normal, fan-out).
+fn backbone() -> ConvOptions {
+    ConvOptions::new()
+        .same()
+        .no_bias()
+        .kaiming_normal(FanMode::FanOut)
 }
 
 /// `F.interpolate(x, size, mode='bilinear', align_corners=True)`, the resize every
@@ -134,18 +114,28 @@ impl Bottleneck {
         let downsample = if stride != 1 || in_channels != out_channels {
             Some(
                 Sequential::default()
-                    .push(backbone_conv(in_channels, out_channels, 1, stride, 1)?)
+                    .push(Conv2d::new(
+                        in_channels,
+                        out_channels,
+                        1,
+                        backbone().stride(stride),
+                    )?)
                     .push(BatchNorm2d::new(out_channels)?),
             )
         } else {
             None
         };
         Ok(Bottleneck {
-            conv1: backbone_conv(in_channels, width, 1, 1, 1)?,
+            conv1: Conv2d::new(in_channels, width, 1, backbone())?,
             bn1: BatchNorm2d::new(width)?,
-            conv2: backbone_conv(width, width, 3, stride, dilation)?,
+            conv2: Conv2d::new(
+                width,
+                width,
+                3,
+                backbone().stride(stride).dilation(dilation),
+            )?,
             bn2: BatchNorm2d::new(width)?,
-            conv3: backbone_conv(width, out_channels, 1, 1, 1)?,
+            conv3: Conv2d::new(width, out_channels, 1, backbone())?,
             bn3: BatchNorm2d::new(out_channels)?,
             downsample,
         })
@@ -364,7 +354,7 @@ impl ResNet {
             .try_into()
             .map_err(|_| Error::invalid("ResNet", "expected four stages"))?;
         Ok(ResNet {
-            conv1: backbone_conv(3, config.stem_channels, 7, 2, 1)?,
+            conv1: Conv2d::new(3, config.stem_channels, 7, backbone().stride(2))?,
             bn1: BatchNorm2d::new(config.stem_channels)?,
             maxpool: MaxPool2d(MaxPool2dParams::new(3).stride(2).padding(1)),
             layer1,

@@ -9,6 +9,7 @@
 use super::mobilenetv3::{conv_bn_act, Block};
 use super::{ModelConfig, SegNet};
 use crate::error::{Error, Result};
+use crate::nn::ConvOptions;
 use crate::nn::{BatchNorm2d, Conv2d, ConvTranspose2d, MaxPool2d, Module, Sequential};
 use crate::ops::activation::Activation;
 use crate::ops::conv::ConvTranspose2dParams;
@@ -19,7 +20,7 @@ use std::any::Any;
 /// `DoubleConv(in, out)`: part `double_conv` = Sequential(3×3 conv (no bias), BN, ReLU, 3×3 conv
 /// (no bias), BN, ReLU).
 pub fn double_conv(in_channels: usize, out_channels: usize) -> Result<Block> {
-    let conv = |i: usize, o: usize| Conv2d::new(i, o, 3, 1, 1, 1, 1, false);
+    let conv = |i: usize, o: usize| Conv2d::new(i, o, 3, ConvOptions::new().padding(1).no_bias());
     let relu = Some(Activation::Relu);
     let mut layers = conv_bn_act(
         conv(in_channels, out_channels)?,
@@ -156,7 +157,7 @@ impl Unet {
                 Up::new(128, 64)?,
             ],
             outc: Block::sequential("OutConv")
-                .with("conv", Conv2d::new(64, num_classes, 1, 1, 0, 1, 1, true)?),
+                .with("conv", Conv2d::new(64, num_classes, 1, ConvOptions::new())?),
         })
     }
 }

@@ -17,6 +17,7 @@
 //! of the batch (and all their pixels), which is plain `BatchNorm2d` on `[T, 8, h, w]`.
 
 use crate::error::{Error, Result};
+use crate::nn::ConvOptions;
 use crate::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Linear, Module, Sequential};
 use crate::tensor::Tensor;
 use std::any::Any;
@@ -185,7 +186,9 @@ impl Gate {
         }
         let kg = config.conv_kernel()?;
         let hidden = GATE_HIDDEN_CHANNELS;
-        let conv = |cin: usize, cout: usize, k: usize| Conv2d::new(cin, cout, k, 1, 0, 1, 1, false);
+        let conv = |cin: usize, cout: usize, k: usize| {
+            Conv2d::new(cin, cout, k, ConvOptions::new().no_bias())
+        };
         let gap = AdaptiveAvgPool2d([1, 1]);
         let network = match config.kind {
             GateKind::GapLinear => Sequential::default()

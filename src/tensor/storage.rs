@@ -1,6 +1,6 @@
 //! Device storage behind a tensor: one small enum, cheap to clone (the buffer is shared).
 
-use crate::backend::cpu::pool;
+use crate::backend::cpu::buffer_cache;
 use crate::backend::cuda::{backend_for, CudaBuffer};
 use crate::backend::Device;
 use crate::error::{Error, Result};
@@ -29,7 +29,7 @@ impl std::ops::Deref for CpuBuffer {
 
 impl Drop for CpuBuffer {
     fn drop(&mut self) {
-        pool::recycle(std::mem::take(&mut self.0));
+        buffer_cache::recycle(std::mem::take(&mut self.0));
     }
 }
 

@@ -2,8 +2,8 @@
 //! matrix products. Each op family implements its trait for [`CpuBackend`] in
 //! `ops/<family>/cpu_kernel.rs`; this module holds what they share.
 
+pub mod buffer_cache;
 pub mod gemm;
-pub mod pool;
 
 use crate::backend::Backend;
 use crate::error::Result;
@@ -20,13 +20,13 @@ impl Backend for CpuBackend {
     }
 
     fn full(&self, len: usize, value: f32) -> Result<Storage> {
-        let mut data = pool::uninit(len);
+        let mut data = buffer_cache::uninit(len);
         data.fill(value);
         Ok(Storage::cpu(data))
     }
 }
 
-/// Whether the hand-written AVX-512F kernels run (e.g. [`crate::ops::conv::direct`]): the CPU
+/// Whether the hand-written AVX-512F kernels run (e.g. [`crate::ops::conv::cpu::direct`]): the CPU
 /// has AVX-512F, `MOESEG_CPU_KERNELS` is not `portable`, and the calling thread is not inside
 /// [`with_portable_kernels`]. Where it is false every product runs on the portable im2col + GEMM
 /// paths. The choice is made on the thread that launches an op, before its parallel part.
@@ -84,7 +84,7 @@ pub const PAR_CHUNK: usize = 1 << 14;
 
 /// `out[i] = f(x[i])`, in parallel chunks.
 pub fn map_unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = pool::uninit(x.len());
+    let mut out = buffer_cache::uninit(x.len());
     out.par_chunks_mut(PAR_CHUNK)
         .zip(x.par_chunks(PAR_CHUNK))
         .for_each(|(o, x)| {
@@ -98,7 +98,7 @@ pub fn map_unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
 /// `out[i] = f(a[i], b[i])` for equally long slices, in parallel chunks.
 pub fn map_binary(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     debug_assert_eq!(a.len(), b.len());
-    let mut out = pool::uninit(a.len());
+    let mut out = buffer_cache::uninit(a.len());
     out.par_chunks_mut(PAR_CHUNK)
         .zip(a.par_chunks(PAR_CHUNK).zip(b.par_chunks(PAR_CHUNK)))
         .for_each(|(o, (a, b))| {
@@ -117,7 +117,7 @@ pub fn map_ternary(
     f: impl Fn(f32, f32, f32) -> f32 + Sync,
 ) -> Vec<f32> {
     debug_assert!(a.len() == b.len() && b.len() == c.len());
-    let mut out = pool::uninit(a.len());
+    let mut out = buffer_cache::uninit(a.len());
     out.par_chunks_mut(PAR_CHUNK)
         .zip(a.par_chunks(PAR_CHUNK))
         .zip(b.par_chunks(PAR_CHUNK).zip(c.par_chunks(PAR_CHUNK)))

@@ -35,27 +35,130 @@ pub struct Conv2d {
     pub params: Conv2dParams,
 }
 
+/// Padding of a [`ConvOptions`] conv.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPadding {
+    /// The same number of zeros on every side.
+    Symmetric(usize),
+    /// `dilation·(kernel − 1)/2` on every side: the map size is kept at stride 1 (odd kernels).
+    Same,
+}
+
+/// `nn.Conv2d`'s keyword arguments for a square kernel, with PyTorch's defaults (stride 1, no
+/// padding, dilation 1, one group, a bias, PyTorch's initialisation), set by chaining:
+/// `Conv2d::new(64, 64, 3, ConvOptions::new().same().no_bias())`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConvOptions {
+    /// Step between output positions.
+    pub stride: usize,
+    /// Zeros around the input.
+    pub padding: ConvPadding,
+    /// Spacing between kernel taps.
+    pub dilation: usize,
+    /// Channel groups.
+    pub groups: usize,
+    /// Whether the conv has a bias.
+    pub bias: bool,
+    /// `kaiming_normal_(mode, relu)` after PyTorch's initialisation (the original ResNets' and
+    /// the DeepLab heads' re-initialisation), or `None` to keep PyTorch's.
+    pub kaiming_normal: Option<init::FanMode>,
+}
+
+impl Default for ConvOptions {
+    fn default() -> Self {
+        ConvOptions {
+            stride: 1,
+            padding: ConvPadding::Symmetric(0),
+            dilation: 1,
+            groups: 1,
+            bias: true,
+            kaiming_normal: None,
+        }
+    }
+}
+
+impl ConvOptions {
+    /// PyTorch's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stride `stride` on both axes.
+    pub fn stride(self, stride: usize) -> Self {
+        ConvOptions { stride, ..self }
+    }
+
+    /// `padding` zeros on every side.
+    pub fn padding(self, padding: usize) -> Self {
+        ConvOptions {
+            padding: ConvPadding::Symmetric(padding),
+            ..self
+        }
+    }
+
+    /// Size-preserving padding, `dilation·(kernel − 1)/2`.
+    pub fn same(self) -> Self {
+        ConvOptions {
+            padding: ConvPadding::Same,
+            ..self
+        }
+    }
+
+    /// Dilation `dilation` on both axes.
+    pub fn dilation(self, dilation: usize) -> Self {
+        ConvOptions { dilation, ..self }
+    }
+
+    /// `groups` channel groups.
+    pub fn groups(self, groups: usize) -> Self {
+        ConvOptions { groups, ..self }
+    }
+
+    /// A bias or not.
+    pub fn bias(self, bias: bool) -> Self {
+        ConvOptions { bias, ..self }
+    }
+
+    /// No bias.
+    pub fn no_bias(self) -> Self {
+        self.bias(false)
+    }
+
+    /// Re-initialise the weight with `kaiming_normal_(mode, relu)`.
+    pub fn kaiming_normal(self, mode: init::FanMode) -> Self {
+        ConvOptions {
+            kaiming_normal: Some(mode),
+            ..self
+        }
+    }
+}
+
 impl Conv2d {
-    /// A square-kernel conv with symmetric padding (`nn.Conv2d(in, out, k, stride, padding,
-    /// dilation, groups, bias)`).
-    #[allow(clippy::too_many_arguments)]
+    /// A square-kernel conv (`nn.Conv2d(in, out, kernel, **options)`).
     pub fn new(
         in_channels: usize,
         out_channels: usize,
         kernel: usize,
-        stride: usize,
-        padding: usize,
-        dilation: usize,
-        groups: usize,
-        bias: bool,
+        options: ConvOptions,
     ) -> Result<Self> {
-        Self::with_params(
+        let padding = match options.padding {
+            ConvPadding::Symmetric(p) => p,
+            ConvPadding::Same => options.dilation * kernel.saturating_sub(1) / 2,
+        };
+        let params = Conv2dParams::new(options.stride, padding, options.dilation, options.groups);
+        let conv = Self::with_params(
             in_channels,
             out_channels,
             [kernel, kernel],
-            Conv2dParams::new(stride, padding, dilation, groups),
-            bias,
-        )
+            params,
+            options.bias,
+        )?;
+        if let Some(mode) = options.kaiming_normal {
+            let shape = conv.weight.shape().clone();
+            conv.weight
+                .replace_data(&init::kaiming_normal(shape, mode)?)?;
+        }
+        Ok(conv)
     }
 
     /// A conv with a rectangular kernel and full control of the geometry.

@@ -10,7 +10,7 @@ mod sequential;
 mod upsample;
 
 pub use activation::{ActivationLayer, PReLU};
-pub use conv::{Conv2d, ConvTranspose2d};
+pub use conv::{Conv2d, ConvOptions, ConvPadding, ConvTranspose2d};
 pub use dropout::{set_dropout_probability, Dropout, Dropout2d};
 pub use linear::Linear;
 pub use norm::{BatchCount, BatchNorm2d};

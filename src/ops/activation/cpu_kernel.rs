@@ -107,7 +107,7 @@ impl ActivationBackend for CpuBackend {
         layout: ChannelLayout,
     ) -> Result<Storage> {
         let (x, w) = (x.as_cpu("prelu")?, weight.as_cpu("prelu")?);
-        let mut out = crate::backend::cpu::pool::zeroed(x.len());
+        let mut out = crate::backend::cpu::buffer_cache::zeroed(x.len());
         out.par_chunks_mut(PAR_CHUNK)
             .enumerate()
             .for_each(|(chunk, out)| {
@@ -135,7 +135,7 @@ impl ActivationBackend for CpuBackend {
             weight.as_cpu("prelu_backward")?,
             grad_out.as_cpu("prelu_backward")?,
         );
-        let mut grad_x = crate::backend::cpu::pool::zeroed(x.len());
+        let mut grad_x = crate::backend::cpu::buffer_cache::zeroed(x.len());
         // One pass: each chunk writes its grad_x and returns its per-channel weight partials.
         let grad_w = grad_x
             .par_chunks_mut(PAR_CHUNK)

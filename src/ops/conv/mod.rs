@@ -7,12 +7,8 @@
 //! its input gradient is `conv2d` and its weight gradient is `conv2d_weight_backward` with the
 //! roles of input and output gradient swapped.
 
-mod cpu_kernel;
+pub(crate) mod cpu;
 mod cuda_kernel;
-mod depthwise;
-pub(crate) mod direct;
-pub(crate) mod gemm_paths;
-pub(crate) mod im2col;
 #[cfg(test)]
 mod tests;
 

@@ -1,8 +1,9 @@
 //! Kernel-level checks against a naive direct convolution, with tiny column budgets so the
 //! tiled paths cut images into many partial-row tiles.
 
-use super::gemm_paths::{self, COL_TILE_ELEMS};
-use super::{depthwise, direct, Conv2dGeometry, Conv2dParams};
+use super::cpu::gemm_paths::{self, COL_TILE_ELEMS};
+use super::cpu::{depthwise, direct};
+use super::{Conv2dGeometry, Conv2dParams};
 use crate::tensor::Rng;
 
 /// `(out, ∂x, ∂w)` by the definition, one multiply-add per (output, input channel, tap),

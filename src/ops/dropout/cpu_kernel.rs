@@ -21,7 +21,7 @@ fn splitmix64(seed: u64, index: u64) -> u64 {
 impl DropoutBackend for CpuBackend {
     fn dropout_mask(&self, len: usize, p: f32, seed: u64) -> Result<Storage> {
         let keep_scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
-        let mut mask = crate::backend::cpu::pool::zeroed(len);
+        let mut mask = crate::backend::cpu::buffer_cache::zeroed(len);
         mask.par_chunks_mut(PAR_CHUNK)
             .enumerate()
             .for_each(|(chunk, values)| {

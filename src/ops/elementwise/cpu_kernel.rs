@@ -140,7 +140,7 @@ impl ElementwiseBackend for CpuBackend {
             ls.last().copied().unwrap_or(0),
             rs.last().copied().unwrap_or(0),
         );
-        let mut out = crate::backend::cpu::pool::zeroed(out_shape.numel());
+        let mut out = crate::backend::cpu::buffer_cache::zeroed(out_shape.numel());
         for_each_broadcast_row(&mut out, out_shape, &ls, &rs, |o, lo, ro| {
             for (j, o) in o.iter_mut().enumerate() {
                 *o = f(a[lo + j * l_inner], b[ro + j * r_inner]);
@@ -153,7 +153,7 @@ impl ElementwiseBackend for CpuBackend {
         let x = x.as_cpu("broadcast_to")?;
         let strides = shape.broadcast_strides(target);
         let inner = strides.last().copied().unwrap_or(0);
-        let mut out = crate::backend::cpu::pool::zeroed(target.numel());
+        let mut out = crate::backend::cpu::buffer_cache::zeroed(target.numel());
         for_each_broadcast_row(&mut out, target, &strides, &strides, |o, offset, _| {
             for (j, o) in o.iter_mut().enumerate() {
                 *o = x[offset + j * inner];

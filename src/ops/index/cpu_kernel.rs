@@ -44,7 +44,7 @@ impl IndexBackend for CpuBackend {
     ) -> Result<Storage> {
         let g = grad_out.as_cpu("index_select_backward")?;
         let indices = indices.as_cpu("index_select_backward")?;
-        let mut out = crate::backend::cpu::pool::zeroed(p.outer * p.size * p.inner);
+        let mut out = crate::backend::cpu::buffer_cache::zeroed(p.outer * p.size * p.inner);
         accumulate_along_axis(&mut out, g, p, |row, _| indices[row % p.count] as usize);
         Ok(Storage::cpu(out))
     }
@@ -53,8 +53,8 @@ impl IndexBackend for CpuBackend {
         let x = x.as_cpu("topk")?;
         let lanes = p.outer * p.inner;
         // Results lane by lane (`[outer, inner, k]`), one lane per task.
-        let mut values = crate::backend::cpu::pool::zeroed(lanes * p.k);
-        let mut indices = crate::backend::cpu::pool::zeroed(lanes * p.k);
+        let mut values = crate::backend::cpu::buffer_cache::zeroed(lanes * p.k);
+        let mut indices = crate::backend::cpu::buffer_cache::zeroed(lanes * p.k);
         if p.k > 0 {
             type LaneOrder = fn(&(f32, usize), &(f32, usize)) -> Ordering;
             let order: LaneOrder = if p.largest {
@@ -111,7 +111,7 @@ fn select_along_axis(
     p: AxisIndexParams,
     source: impl Fn(usize, usize) -> usize + Sync,
 ) -> Vec<f32> {
-    let mut out = crate::backend::cpu::pool::zeroed(p.outer * p.count * p.inner);
+    let mut out = crate::backend::cpu::buffer_cache::zeroed(p.outer * p.count * p.inner);
     if out.is_empty() {
         return out;
     }
@@ -185,9 +185,9 @@ mod tests {
         };
         let values: Vec<f32> = (0..p.outer * p.count * p.inner).map(|v| v as f32).collect();
         let target = |row: usize, i: usize| (row * 7 + i) % 3;
-        let mut out = crate::backend::cpu::pool::zeroed(p.outer * p.size * p.inner);
+        let mut out = crate::backend::cpu::buffer_cache::zeroed(p.outer * p.size * p.inner);
         accumulate_along_axis(&mut out, &values, p, target);
-        let mut expected = crate::backend::cpu::pool::zeroed(out.len());
+        let mut expected = crate::backend::cpu::buffer_cache::zeroed(out.len());
         for o in 0..p.outer {
             for j in 0..p.count {
                 for i in 0..p.inner {

@@ -115,7 +115,7 @@ fn resample<const T: usize>(
 ) -> Vec<f32> {
     let [in_h, in_w] = geometry.input;
     let [out_h, out_w] = geometry.output;
-    let mut out = crate::backend::cpu::pool::zeroed(geometry.planes * out_h * out_w);
+    let mut out = crate::backend::cpu::buffer_cache::zeroed(geometry.planes * out_h * out_w);
     out.par_chunks_mut(out_w)
         .enumerate()
         .with_min_len((PAR_CHUNK / (out_w * T * T)).max(1))
@@ -143,7 +143,7 @@ fn resample_backward<const T: usize>(
 ) -> Vec<f32> {
     let [in_h, in_w] = geometry.input;
     let [out_h, out_w] = geometry.output;
-    let mut grad_in = crate::backend::cpu::pool::zeroed(geometry.planes * in_h * in_w);
+    let mut grad_in = crate::backend::cpu::buffer_cache::zeroed(geometry.planes * in_h * in_w);
     grad_in
         .par_chunks_mut(in_h * in_w)
         .zip(grad_out.par_chunks(out_h * out_w))

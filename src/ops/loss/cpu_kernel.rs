@@ -103,7 +103,7 @@ impl LossBackend for CpuBackend {
                 }
             })
             .collect();
-        let mut out = crate::backend::cpu::pool::zeroed(x.len());
+        let mut out = crate::backend::cpu::buffer_cache::zeroed(x.len());
         for_each_row(&mut out, classes, spatial, |row, b, out_row| {
             let c = row % classes;
             let src = &x[row * spatial..(row + 1) * spatial];

@@ -149,7 +149,7 @@ fn batched_gemm(
     a: BatchedOperand,
     b: BatchedOperand,
 ) -> Vec<f32> {
-    let mut c = crate::backend::cpu::pool::zeroed(batch * m * n);
+    let mut c = crate::backend::cpu::buffer_cache::zeroed(batch * m * n);
     if c.is_empty() || k == 0 {
         return c;
     }

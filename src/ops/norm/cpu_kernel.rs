@@ -37,7 +37,7 @@ fn inverse_std(var: &[f32], eps: f32) -> Vec<f32> {
 
 /// `y = x · scale[c] + shift[c]` over the `[N, C, S]` layout.
 fn scale_shift(x: &[f32], scale: &[f32], shift: &[f32], layout: ChannelLayout) -> Vec<f32> {
-    let mut out = crate::backend::cpu::pool::zeroed(x.len());
+    let mut out = crate::backend::cpu::buffer_cache::zeroed(x.len());
     for_each_row(
         &mut out,
         layout.channels,
@@ -147,7 +147,7 @@ impl NormBackend for CpuBackend {
                 (a, 0.0, 0.0)
             };
         }
-        let mut grad_x = crate::backend::cpu::pool::zeroed(x.len());
+        let mut grad_x = crate::backend::cpu::buffer_cache::zeroed(x.len());
         for_each_row(
             &mut grad_x,
             layout.channels,

@@ -3,7 +3,7 @@
 //! enables the `fma` target feature).
 
 use super::{AdamHyper, AdamMoments, OptimizerBackend, SgdHyper};
-use crate::backend::cpu::{pool, CpuBackend, PAR_CHUNK};
+use crate::backend::cpu::{buffer_cache, CpuBackend, PAR_CHUNK};
 use crate::error::{Error, Result};
 use crate::tensor::Storage;
 use rayon::prelude::*;
@@ -15,7 +15,7 @@ fn fused_map<const I: usize, const O: usize>(
     f: impl Fn([f32; I]) -> [f32; O] + Sync,
 ) -> [Vec<f32>; O] {
     let len = inputs.first().map_or(0, |x| x.len());
-    let mut outputs: [Vec<f32>; O] = std::array::from_fn(|_| pool::uninit(len));
+    let mut outputs: [Vec<f32>; O] = std::array::from_fn(|_| buffer_cache::uninit(len));
     let mut chunk_iters = outputs.each_mut().map(|o| o.chunks_mut(PAR_CHUNK));
     let blocks: Vec<[&mut [f32]; O]> = (0..len.div_ceil(PAR_CHUNK))
         .map(|_| {

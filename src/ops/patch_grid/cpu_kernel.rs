@@ -9,7 +9,7 @@
 //!   the rows are plain copies.
 
 use super::{PatchGrid, PatchGridBackend};
-use crate::backend::cpu::{pool, CpuBackend, PAR_CHUNK};
+use crate::backend::cpu::{buffer_cache, CpuBackend, PAR_CHUNK};
 use crate::error::Result;
 use crate::tensor::Storage;
 use rayon::prelude::*;
@@ -73,7 +73,7 @@ fn gather_tokens(map: &[f32], grid: &PatchGrid) -> Vec<f32> {
     let plane = grid.height * grid.width;
     let spans = column_spans(grid);
     let token_plane = token_h * token_w;
-    let mut tokens = pool::uninit(grid.tokens() * channels * token_plane);
+    let mut tokens = buffer_cache::uninit(grid.tokens() * channels * token_plane);
     // One task per token plane `(t, ch)`: its rows in order, indices computed once per plane.
     tokens
         .par_chunks_mut(token_plane.max(1))
@@ -112,9 +112,9 @@ fn scatter_tokens(tokens: &[f32], grid: &PatchGrid) -> Vec<f32> {
     let len = grid.batch * channels * plane;
     // Without halo every map pixel is written exactly once.
     let mut map = if overlapping {
-        pool::zeroed(len)
+        buffer_cache::zeroed(len)
     } else {
-        pool::uninit(len)
+        buffer_cache::uninit(len)
     };
     map.par_chunks_mut(plane)
         .enumerate()

@@ -116,8 +116,8 @@ fn windowed_max(
     let [in_h, in_w] = geometry.input;
     let [out_h, out_w] = geometry.output;
     let [step_h, step_w] = geometry.dilation;
-    let mut values = crate::backend::cpu::pool::zeroed(geometry.planes * out_h * out_w);
-    let mut indices = crate::backend::cpu::pool::zeroed(values.len());
+    let mut values = crate::backend::cpu::buffer_cache::zeroed(geometry.planes * out_h * out_w);
+    let mut indices = crate::backend::cpu::buffer_cache::zeroed(values.len());
     let reads = geometry.kernel[0] * geometry.kernel[1];
     values
         .par_chunks_mut(out_w)
@@ -157,7 +157,7 @@ fn windowed_mean(
 ) -> Vec<f32> {
     let [in_h, in_w] = sizes.input;
     let [out_h, out_w] = sizes.output;
-    let mut out = crate::backend::cpu::pool::zeroed(sizes.planes * out_h * out_w);
+    let mut out = crate::backend::cpu::buffer_cache::zeroed(sizes.planes * out_h * out_w);
     let reads = rows.first().map_or(1, |r| r.len()) * cols.first().map_or(1, |c| c.len());
     out.par_chunks_mut(out_w)
         .enumerate()
@@ -192,7 +192,7 @@ fn windowed_mean_backward(
 ) -> Vec<f32> {
     let [in_h, in_w] = sizes.input;
     let [out_h, out_w] = sizes.output;
-    let mut grad_in = crate::backend::cpu::pool::zeroed(sizes.planes * in_h * in_w);
+    let mut grad_in = crate::backend::cpu::buffer_cache::zeroed(sizes.planes * in_h * in_w);
     grad_in
         .par_chunks_mut(in_h * in_w)
         .zip(grad_out.par_chunks(out_h * out_w))
@@ -237,7 +237,7 @@ fn scatter_by_index(
     combine: impl Fn(&mut f32, f32) + Sync,
 ) -> Result<Vec<f32>> {
     let planes = src.len() / src_plane.max(1);
-    let mut dst = crate::backend::cpu::pool::zeroed(planes * dst_plane);
+    let mut dst = crate::backend::cpu::buffer_cache::zeroed(planes * dst_plane);
     dst.par_chunks_mut(dst_plane.max(1))
         .zip(src.par_chunks(src_plane.max(1)))
         .zip(indices.par_chunks(src_plane.max(1)))
@@ -258,7 +258,7 @@ fn gather_by_index(
     src_plane: usize,
     out_plane: usize,
 ) -> Result<Vec<f32>> {
-    let mut out = crate::backend::cpu::pool::zeroed(indices.len());
+    let mut out = crate::backend::cpu::buffer_cache::zeroed(indices.len());
     out.par_chunks_mut(out_plane.max(1))
         .zip(src.par_chunks(src_plane.max(1)))
         .zip(indices.par_chunks(out_plane.max(1)))

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 impl ReduceBackend for CpuBackend {
     fn sum_axis(&self, x: &Storage, outer: usize, size: usize, inner: usize) -> Result<Storage> {
         let x = x.as_cpu("sum")?;
-        let mut out = crate::backend::cpu::pool::zeroed(outer * inner);
+        let mut out = crate::backend::cpu::buffer_cache::zeroed(outer * inner);
         if inner == 1 {
             // Contiguous rows: one dot-free horizontal sum each, in f64 for long rows.
             out.par_iter_mut()
@@ -92,7 +92,7 @@ impl ReduceBackend for CpuBackend {
             grad_out.as_cpu("max_backward")?,
             indices.as_cpu("max_backward")?,
         );
-        let mut out = crate::backend::cpu::pool::zeroed(outer * size * inner);
+        let mut out = crate::backend::cpu::buffer_cache::zeroed(outer * size * inner);
         out.par_chunks_mut((size * inner).max(1))
             .enumerate()
             .for_each(|(o, plane)| {

@@ -23,7 +23,7 @@
 //! s[t, j]⟩`; the other gradients have their own kernels and never materialise per-expert copies
 //! of the tokens.
 
-mod cpu_kernel;
+mod cpu;
 mod cuda_kernel;
 mod plan;
 

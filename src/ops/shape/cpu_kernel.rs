@@ -20,7 +20,7 @@ impl ShapeBackend for CpuBackend {
             .map(|p| p.as_cpu("cat"))
             .collect::<Result<_>>()?;
         let total: usize = widths.iter().sum();
-        let mut out = crate::backend::cpu::pool::zeroed(outer * total);
+        let mut out = crate::backend::cpu::buffer_cache::zeroed(outer * total);
         if total > 0 {
             out.par_chunks_mut(total)
                 .with_min_len(rows_per_task(total))
@@ -118,7 +118,7 @@ fn shifted_row_offset(
 /// `out[m] = x[m + offset]`: the box of `out_dims` at `offset` inside `x` of `in_dims`.
 fn crop(x: &[f32], in_dims: &[usize], out_dims: &[usize], offset: &[usize]) -> Vec<f32> {
     let numel: usize = out_dims.iter().product();
-    let mut out = crate::backend::cpu::pool::zeroed(numel);
+    let mut out = crate::backend::cpu::buffer_cache::zeroed(numel);
     let Some(&width) = out_dims.last() else {
         out.copy_from_slice(x);
         return out;

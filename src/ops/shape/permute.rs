@@ -22,7 +22,7 @@ pub(super) fn permute(x: &[f32], dims: &[usize], axes: &[usize]) -> Vec<f32> {
     // Dimensions and input strides in output order.
     let out_dims: Vec<usize> = axes.iter().map(|&a| dims[a]).collect();
     let read_strides: Vec<usize> = axes.iter().map(|&a| in_strides[a]).collect();
-    let mut out = crate::backend::cpu::pool::zeroed(x.len());
+    let mut out = crate::backend::cpu::buffer_cache::zeroed(x.len());
     if axes[rank - 1] == rank - 1 {
         copy_rows(x, &mut out, &out_dims, &read_strides);
     } else {

@@ -75,7 +75,7 @@ pub(crate) fn max_and_exp_sum(
                 *m = m.max(v);
             }
         }
-        let mut sum = crate::backend::cpu::pool::zeroed(width);
+        let mut sum = crate::backend::cpu::buffer_cache::zeroed(width);
         for s in 0..size {
             let start = offset(o, s, first, size, inner);
             for ((acc, &m), &v) in sum.iter_mut().zip(&max).zip(&x[start..start + width]) {
@@ -96,7 +96,7 @@ fn column_sums(
     term: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Result<Vec<f32>> {
     per_column_blocks(outer, size, inner, |o, first, width| {
-        let mut sum = crate::backend::cpu::pool::zeroed(width);
+        let mut sum = crate::backend::cpu::buffer_cache::zeroed(width);
         for s in 0..size {
             let start = offset(o, s, first, size, inner);
             let rows = a[start..start + width].iter().zip(&b[start..start + width]);
@@ -119,7 +119,7 @@ impl SoftmaxBackend for CpuBackend {
     ) -> Result<Storage> {
         let x = x.as_cpu("softmax")?;
         let stats = max_and_exp_sum(x, outer, size, inner)?;
-        let mut out = crate::backend::cpu::pool::zeroed(x.len());
+        let mut out = crate::backend::cpu::buffer_cache::zeroed(x.len());
         for_each_row(&mut out, size, inner, |row, o, out_row| {
             let src = &x[row * inner..(row + 1) * inner];
             let column_stats = &stats[o * inner..(o + 1) * inner];
@@ -153,7 +153,7 @@ impl SoftmaxBackend for CpuBackend {
         } else {
             column_sums(y, g, outer, size, inner, |y, g| y * g)?
         };
-        let mut out = crate::backend::cpu::pool::zeroed(y.len());
+        let mut out = crate::backend::cpu::buffer_cache::zeroed(y.len());
         for_each_row(&mut out, size, inner, |row, o, out_row| {
             let range = row * inner..(row + 1) * inner;
             let column_sums = &sums[o * inner..(o + 1) * inner];

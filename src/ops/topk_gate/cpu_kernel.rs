@@ -3,7 +3,7 @@
 //! each token's room depends on the tokens before it.
 
 use super::{TopkGateBackend, TopkGateParams, TopkGateStorages};
-use crate::backend::cpu::{pool, CpuBackend, PAR_CHUNK};
+use crate::backend::cpu::{buffer_cache, CpuBackend, PAR_CHUNK};
 use crate::error::{Error, Result};
 use crate::tensor::Storage;
 use rayon::prelude::*;
@@ -28,7 +28,7 @@ impl TopkGateBackend for CpuBackend {
         }
         let rows_per_task = (PAR_CHUNK / experts).max(1);
 
-        let mut probs = pool::uninit(tokens * experts);
+        let mut probs = buffer_cache::uninit(tokens * experts);
         probs
             .par_chunks_mut(experts)
             .zip(logits.par_chunks(experts))
@@ -36,7 +36,7 @@ impl TopkGateBackend for CpuBackend {
             .for_each(|(p, x)| softmax_row(x, p));
 
         let scores: &[f32] = selection.unwrap_or(&probs);
-        let mut indices = pool::uninit(tokens * k);
+        let mut indices = buffer_cache::uninit(tokens * k);
         if params.capacity == 0 {
             indices
                 .par_chunks_mut(k)
@@ -47,7 +47,7 @@ impl TopkGateBackend for CpuBackend {
             choose_with_capacity(scores, &mut indices, experts, params);
         }
 
-        let mut weights = pool::uninit(tokens * k);
+        let mut weights = buffer_cache::uninit(tokens * k);
         weights
             .par_chunks_mut(k)
             .zip(indices.par_chunks(k))
@@ -97,7 +97,7 @@ impl TopkGateBackend for CpuBackend {
             indices.as_cpu(op)?,
         );
         let k = params.k;
-        let mut out = pool::zeroed(tokens * experts);
+        let mut out = buffer_cache::zeroed(tokens * experts);
         if k == 0 || experts == 0 {
             return Ok(Storage::cpu(out));
         }

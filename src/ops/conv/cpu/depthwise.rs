@@ -3,11 +3,11 @@
 //! im2col + GEMM would spend more time copying than multiplying here.
 
 use super::im2col::{for_each_tap_row, strided_dot, strided_update};
-use super::Conv2dGeometry;
+use crate::ops::conv::Conv2dGeometry;
 use rayon::prelude::*;
 
 /// `out[n, c] = bias[c] + Σ_tap w[c, tap] · x[n, c, shifted by tap]`, in parallel over planes.
-pub(super) fn forward(
+pub(in crate::ops::conv) fn forward(
     geometry: &Conv2dGeometry,
     x: &[f32],
     weight: &[f32],
@@ -21,7 +21,7 @@ pub(super) fn forward(
         geometry.params.stride[1],
     ];
     // Every plane is filled with its bias first, so the buffer needs no zeroing.
-    let mut out = crate::backend::cpu::pool::uninit(geometry.output_len());
+    let mut out = crate::backend::cpu::buffer_cache::uninit(geometry.output_len());
     out.par_chunks_mut(out_pixels.max(1))
         .enumerate()
         .for_each(|(plane_index, out_plane)| {
@@ -41,7 +41,7 @@ pub(super) fn forward(
 
 /// `∂L/∂x[n, c] = Σ_tap w[c, tap] · ∂L/∂out[n, c]` scattered back through each tap; planes are
 /// independent, so threads never write the same element.
-pub(super) fn input_backward(
+pub(in crate::ops::conv) fn input_backward(
     geometry: &Conv2dGeometry,
     grad_out: &[f32],
     weight: &[f32],
@@ -53,7 +53,7 @@ pub(super) fn input_backward(
         geometry.in_size[1],
         geometry.params.stride[1],
     ];
-    let mut grad_x = crate::backend::cpu::pool::zeroed(geometry.input_len());
+    let mut grad_x = crate::backend::cpu::buffer_cache::zeroed(geometry.input_len());
     grad_x
         .par_chunks_mut(in_pixels.max(1))
         .enumerate()
@@ -73,7 +73,11 @@ pub(super) fn input_backward(
 
 /// `∂L/∂w[c, tap] = Σ_n Σ_p ∂L/∂out[n, c, p] · x[n, c, p shifted by tap]`, in parallel over
 /// channels with the images summed in order (deterministic).
-pub(super) fn weight_backward(geometry: &Conv2dGeometry, grad_out: &[f32], x: &[f32]) -> Vec<f32> {
+pub(in crate::ops::conv) fn weight_backward(
+    geometry: &Conv2dGeometry,
+    grad_out: &[f32],
+    x: &[f32],
+) -> Vec<f32> {
     let (channels, taps) = (geometry.out_channels, geometry.taps());
     let (in_pixels, out_pixels) = (geometry.in_pixels(), geometry.out_pixels());
     let [out_width, in_width, stride_w] = [
@@ -81,12 +85,12 @@ pub(super) fn weight_backward(geometry: &Conv2dGeometry, grad_out: &[f32], x: &[
         geometry.in_size[1],
         geometry.params.stride[1],
     ];
-    let mut grad_w = crate::backend::cpu::pool::zeroed(geometry.weight_len());
+    let mut grad_w = crate::backend::cpu::buffer_cache::zeroed(geometry.weight_len());
     grad_w
         .par_chunks_mut(taps)
         .enumerate()
         .for_each(|(channel, grad_taps)| {
-            let mut per_image = crate::backend::cpu::pool::zeroed(taps);
+            let mut per_image = crate::backend::cpu::buffer_cache::zeroed(taps);
             for image in 0..geometry.batch {
                 let plane_index = image * channels + channel;
                 let g_plane = &grad_out[plane_index * out_pixels..][..out_pixels];

@@ -7,8 +7,8 @@
 //! col2im, weight gradient `∂W_g += ∂out · colᵀ`.
 
 use super::im2col::{col2im_channel, im2col_channel};
-use super::{Conv2dGeometry, Conv2dParams};
 use crate::backend::cpu::gemm::{gemm, gemm_parallel, Operand};
+use crate::ops::conv::{Conv2dGeometry, Conv2dParams};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -105,7 +105,7 @@ fn im2col(geometry: &Conv2dGeometry, x_group: &[f32], range: Range<usize>, col: 
 /// Forward of a general convolution: each task (image, group, tile) builds its im2col tile,
 /// multiplies by `W_g` into a scratch block and writes the block (plus bias) into its own
 /// pieces of the output rows.
-pub(super) fn forward(
+pub(in crate::ops::conv) fn forward(
     geometry: &Conv2dGeometry,
     x: &[f32],
     weight: &[f32],
@@ -119,7 +119,7 @@ pub(super) fn forward(
         geometry.out_channels_per_group(),
     );
     let (in_pixels, out_pixels) = (geometry.in_pixels(), geometry.out_pixels());
-    let mut out = crate::backend::cpu::pool::uninit(geometry.output_len());
+    let mut out = crate::backend::cpu::buffer_cache::uninit(geometry.output_len());
 
     // Safe disjoint views: for every (image·group, tile), its slice of each output row.
     let mut tasks: Vec<(usize, usize, Vec<&mut [f32]>)> = Vec::new();
@@ -167,7 +167,7 @@ pub(super) fn forward(
 /// Input gradient of a general convolution: per (image, group), tile by tile in order,
 /// `col = W_gᵀ · ∂out[:, tile]` (parallel GEMM) then col2im in parallel over input channels.
 /// Each (image, group) owns its slice of `∂x`, so the scatter-adds never race.
-pub(super) fn input_backward(
+pub(in crate::ops::conv) fn input_backward(
     geometry: &Conv2dGeometry,
     grad_out: &[f32],
     weight: &[f32],
@@ -180,7 +180,7 @@ pub(super) fn input_backward(
         geometry.out_channels_per_group(),
     );
     let (in_pixels, out_pixels) = (geometry.in_pixels(), geometry.out_pixels());
-    let mut grad_x = crate::backend::cpu::pool::zeroed(geometry.input_len());
+    let mut grad_x = crate::backend::cpu::buffer_cache::zeroed(geometry.input_len());
     grad_x
         .par_chunks_mut((in_group * in_pixels).max(1))
         .enumerate()
@@ -218,7 +218,7 @@ pub(super) fn input_backward(
 /// `∂x = ∂out ⋆ W'` with `W'[c, o, tap] = W[o, c, taps − 1 − tap]` per group (kernel flipped,
 /// channel roles swapped) and padding `dilation·(k − 1) − padding` on the leading sides, the
 /// rest on the trailing ones. `None` when that padding would be negative.
-pub(super) fn stride1_input_backward(
+pub(in crate::ops::conv) fn stride1_input_backward(
     geometry: &Conv2dGeometry,
     grad_out: &[f32],
     weight: &[f32],
@@ -262,14 +262,14 @@ pub(super) fn stride1_input_backward(
     } else {
         forward(&adjoint, grad_out, &flipped, None, col_budget)
     };
-    crate::backend::cpu::pool::recycle(flipped);
+    crate::backend::cpu::buffer_cache::recycle(flipped);
     Some(grad_x)
 }
 
 /// The weight of the adjoint convolution of a stride-1 conv: `W'[g·Cin/g + c, o, tap] =
 /// W[g·Cout/g + o, c, taps − 1 − tap]` (kernel flipped, channel roles swapped within each group).
 pub(crate) fn flipped_weight(geometry: &Conv2dGeometry, weight: &[f32]) -> Vec<f32> {
-    let mut flipped = crate::backend::cpu::pool::uninit(weight.len());
+    let mut flipped = crate::backend::cpu::buffer_cache::uninit(weight.len());
     flipped_weight_into(geometry, weight, &mut flipped);
     flipped
 }
@@ -295,7 +295,7 @@ pub(crate) fn flipped_weight_into(geometry: &Conv2dGeometry, weight: &[f32], fli
 /// Weight gradient of a general convolution: the (image, tile) items are cut into a fixed
 /// number of chunks; each chunk accumulates `∂out[:, tile] · colᵀ` into its own partial
 /// gradient in order, and the partials are summed in order (deterministic).
-pub(super) fn weight_backward(
+pub(in crate::ops::conv) fn weight_backward(
     geometry: &Conv2dGeometry,
     grad_out: &[f32],
     x: &[f32],
@@ -318,7 +318,7 @@ pub(super) fn weight_backward(
     let partials: Vec<Vec<f32>> = (0..items.div_ceil(per_chunk))
         .into_par_iter()
         .map(|chunk| {
-            let mut partial = crate::backend::cpu::pool::zeroed(weight_len);
+            let mut partial = crate::backend::cpu::buffer_cache::zeroed(weight_len);
             let mut buffers = Scratch::default();
             for item in chunk * per_chunk..((chunk + 1) * per_chunk).min(items) {
                 let (image, tile) = (item / plan.tiles, item % plan.tiles);
@@ -370,7 +370,7 @@ fn sum_in_order(mut partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
 
 /// Forward of a pointwise convolution: `out[n, g] = W_g · x[n, g] (+ bias)` per (image,
 /// group), the bias pre-filled and accumulated with `beta = 1`.
-pub(super) fn pointwise_forward(
+pub(in crate::ops::conv) fn pointwise_forward(
     geometry: &Conv2dGeometry,
     x: &[f32],
     weight: &[f32],
@@ -381,7 +381,7 @@ pub(super) fn pointwise_forward(
         geometry.in_channels_per_group(),
         geometry.out_channels_per_group(),
     );
-    let mut out = crate::backend::cpu::pool::uninit(geometry.output_len());
+    let mut out = crate::backend::cpu::buffer_cache::uninit(geometry.output_len());
     out.par_chunks_mut((out_group * pixels).max(1))
         .enumerate()
         .for_each(|(image_group, out_group_rows)| {
@@ -408,7 +408,7 @@ pub(super) fn pointwise_forward(
 }
 
 /// Input gradient of a pointwise convolution: `∂x[n, g] = W_gᵀ · ∂out[n, g]`.
-pub(super) fn pointwise_input_backward(
+pub(in crate::ops::conv) fn pointwise_input_backward(
     geometry: &Conv2dGeometry,
     grad_out: &[f32],
     weight: &[f32],
@@ -418,7 +418,7 @@ pub(super) fn pointwise_input_backward(
         geometry.in_channels_per_group(),
         geometry.out_channels_per_group(),
     );
-    let mut grad_x = crate::backend::cpu::pool::zeroed(geometry.input_len());
+    let mut grad_x = crate::backend::cpu::buffer_cache::zeroed(geometry.input_len());
     grad_x
         .par_chunks_mut((in_group * pixels).max(1))
         .enumerate()
@@ -441,7 +441,7 @@ pub(super) fn pointwise_input_backward(
 
 /// Weight gradient of a pointwise convolution: `∂W_g = Σ_n ∂out[n, g] · x[n, g]ᵀ`, images
 /// accumulated in order, groups in parallel.
-pub(super) fn pointwise_weight_backward(
+pub(in crate::ops::conv) fn pointwise_weight_backward(
     geometry: &Conv2dGeometry,
     grad_out: &[f32],
     x: &[f32],
@@ -451,7 +451,7 @@ pub(super) fn pointwise_weight_backward(
         geometry.in_channels_per_group(),
         geometry.out_channels_per_group(),
     );
-    let mut grad_w = crate::backend::cpu::pool::zeroed(geometry.weight_len());
+    let mut grad_w = crate::backend::cpu::buffer_cache::zeroed(geometry.weight_len());
     grad_w
         .par_chunks_mut((out_group * in_group).max(1))
         .enumerate()

@@ -3,9 +3,10 @@
 //! as a flipped-kernel forward convolution, other strides through col2im).
 
 use super::gemm_paths::{self, COL_TILE_ELEMS};
-use super::{depthwise, direct, Conv2dGeometry, ConvBackend};
+use super::{depthwise, direct};
 use crate::backend::cpu::CpuBackend;
 use crate::error::Result;
+use crate::ops::conv::{Conv2dGeometry, ConvBackend};
 use crate::tensor::Storage;
 
 impl ConvBackend for CpuBackend {

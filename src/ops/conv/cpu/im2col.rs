@@ -2,7 +2,7 @@
 //! along an output row ([`for_each_tap_row`]), and im2col / col2im over a range of flattened
 //! output positions built on it.
 
-use super::Conv2dGeometry;
+use crate::ops::conv::Conv2dGeometry;
 use std::ops::Range;
 
 /// Kernel tap `tap = ki·kw + kj` on output row `oh`: output columns `ow_start..ow_end` read
@@ -97,7 +97,7 @@ pub(crate) fn for_each_tap_row(
 /// `f(&mut dst[i·dst_step], src[i·src_step])` for `i < n`; the unit-step case is a plain zip
 /// the compiler vectorises.
 #[inline(always)]
-pub(super) fn strided_update(
+pub(in crate::ops::conv) fn strided_update(
     dst: &mut [f32],
     dst_step: usize,
     src: &[f32],
@@ -123,7 +123,7 @@ pub(super) fn strided_update(
 
 /// `Σ_i a[i] · b[i·b_step]` for `i < n`.
 #[inline(always)]
-pub(super) fn strided_dot(a: &[f32], b: &[f32], b_step: usize, n: usize) -> f32 {
+pub(in crate::ops::conv) fn strided_dot(a: &[f32], b: &[f32], b_step: usize, n: usize) -> f32 {
     if b_step == 1 {
         a[..n].iter().zip(&b[..n]).map(|(&x, &y)| x * y).sum()
     } else {
@@ -137,7 +137,7 @@ pub(super) fn strided_dot(a: &[f32], b: &[f32], b_step: usize, n: usize) -> f32 
 
 /// Fills the im2col rows of one input channel (`taps` rows of `positions.len()` columns):
 /// `col[tap, p − start] = plane[input pixel of tap at output position p]`, 0 in the padding.
-pub(super) fn im2col_channel(
+pub(in crate::ops::conv) fn im2col_channel(
     geometry: &Conv2dGeometry,
     plane: &[f32],
     positions: Range<usize>,
@@ -162,7 +162,7 @@ pub(super) fn im2col_channel(
 
 /// The adjoint of [`im2col_channel`]: adds each column entry back onto the input pixel it
 /// was read from.
-pub(super) fn col2im_channel(
+pub(in crate::ops::conv) fn col2im_channel(
     geometry: &Conv2dGeometry,
     col: &[f32],
     positions: Range<usize>,

@@ -1,0 +1,218 @@
+//! The AVX-512F forward register tiles of the direct convolution (see [`super::BlockTask`]).
+
+use super::{lane_mask, BlockTask, CHANNEL_CHUNK, MAX_TAPS, MR};
+use crate::ops::conv::Conv2dGeometry;
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+/// What the register tiles of one forward task share.
+struct TileContext {
+    x: *const f32,
+    weights: *const f32,
+    plane: usize,
+    in_size: [usize; 2],
+    taps: usize,
+    kernel: [usize; 2],
+    dilation: [usize; 2],
+    pad: [usize; 2],
+    bias: [f32; MR],
+    out: *mut f32,
+    out_size: [usize; 2],
+    channels: usize,
+    /// Rows laid end to end (see [`block`]): input reads are bounded by the plane, not
+    /// the row.
+    flat: bool,
+}
+
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn block(g: &Conv2dGeometry, task: &BlockTask, out: *mut f32) {
+    let (in_group, out_group) = (g.in_channels_per_group(), g.out_channels_per_group());
+    let depth = g.col_rows();
+    let first_channel = task.group * out_group + task.block * MR;
+    let channels = MR.min(out_group - task.block * MR);
+    let blocks = out_group.div_ceil(MR);
+    let [in_h, in_w] = g.in_size;
+    let mut bias = [0.0f32; MR];
+    if let Some(b) = task.bias {
+        bias[..channels].copy_from_slice(&b[first_channel..first_channel + channels]);
+    }
+    let [pad_top, _, pad_left, _] = g.params.padding;
+    let ctx = TileContext {
+        x: task.x[task.group * in_group * in_h * in_w..].as_ptr(),
+        weights: task.packed[(task.group * blocks + task.block) * MR * depth..].as_ptr(),
+        plane: in_h * in_w,
+        in_size: g.in_size,
+        taps: g.taps(),
+        kernel: g.kernel,
+        dilation: g.params.dilation,
+        pad: [pad_top, pad_left],
+        bias,
+        out: out.add(first_channel * g.out_pixels()),
+        out_size: g.out_size,
+        channels,
+        flat: false,
+    };
+    let out_w = g.out_size[1];
+    if g.params.padding == [0; 4] {
+        return flat_block(g, task, ctx, out);
+    }
+    // Input channels in chunks, so one chunk's input rows and weights stay in L1 while the
+    // tiles sweep the band.
+    for first in (0..in_group).step_by(CHANNEL_CHUNK) {
+        let chunk = first..(first + CHANNEL_CHUNK).min(in_group);
+        for oh in task.rows.clone() {
+            row_tiles(&ctx, oh, out_w, &chunk);
+        }
+    }
+}
+
+/// Output row `oh`'s `width` columns in tiles of three vectors, and two or one for the
+/// row's tail (less wasted work on narrow rows).
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn row_tiles(ctx: &TileContext, oh: usize, width: usize, chunk: &Range<usize>) {
+    let mut ow0 = 0;
+    while ow0 < width {
+        match width - ow0 {
+            left if left > 32 => tile::<3>(ctx, oh, ow0, chunk.clone()),
+            left if left > 16 => tile::<2>(ctx, oh, ow0, chunk.clone()),
+            _ => tile::<1>(ctx, oh, ow0, chunk.clone()),
+        }
+        ow0 += 48;
+    }
+}
+
+thread_local! {
+    /// The output rows of a flat task, laid end to end.
+    static FLAT_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A VALID convolution's task with its rows laid end to end: output `(oh, ow)` of the band
+/// is position `(oh − r0)·in_w + ow` of one long row, whose tap `(kh, kw)` reads the input
+/// at the same position plus `kh·dh·in_w + kw·dw` — the input rows are contiguous in their
+/// plane. Positions with `ow ≥ out_w` are computed too and dropped, so a narrow map wastes
+/// `in_w − out_w` columns per row instead of the rest of a row's last vector. The long row
+/// is accumulated in a per-thread buffer and copied out row by row.
+#[target_feature(enable = "avx512f")]
+unsafe fn flat_block(g: &Conv2dGeometry, task: &BlockTask, ctx: TileContext, out: *mut f32) {
+    let [in_h, in_w] = g.in_size;
+    let [_, out_w] = g.out_size;
+    let (r0, rows) = (task.rows.start, task.rows.len());
+    if rows == 0 {
+        return;
+    }
+    let len = (rows - 1) * in_w + out_w;
+    let mut buffer = FLAT_ROWS.with(|b| b.take());
+    if buffer.len() < MR * len {
+        buffer.resize(MR * len, 0.0);
+    }
+    let mut ctx = ctx;
+    ctx.x = ctx.x.add(r0 * in_w);
+    ctx.in_size = [in_h - r0, in_w];
+    ctx.out = buffer.as_mut_ptr();
+    ctx.out_size = [1, len];
+    ctx.flat = true;
+    for first in (0..g.in_channels_per_group()).step_by(CHANNEL_CHUNK) {
+        let chunk = first..(first + CHANNEL_CHUNK).min(g.in_channels_per_group());
+        row_tiles(&ctx, 0, len, &chunk);
+    }
+    let first_channel = task.group * g.out_channels_per_group() + task.block * MR;
+    for i in 0..ctx.channels {
+        let dst = out.add((first_channel + i) * g.out_pixels() + r0 * out_w);
+        for r in 0..rows {
+            std::ptr::copy_nonoverlapping(
+                buffer.as_ptr().add(i * len + r * in_w),
+                dst.add(r * out_w),
+                out_w,
+            );
+        }
+    }
+    FLAT_ROWS.with(|b| b.replace(buffer));
+}
+
+/// The `MR × 16·NV` output tile at row `oh`, columns from `ow0`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile<const NV: usize>(
+    ctx: &TileContext,
+    oh: usize,
+    ow0: usize,
+    input_channels: Range<usize>,
+) {
+    let [in_h, in_w] = ctx.in_size;
+    let [out_h, out_w] = ctx.out_size;
+    let [kh_n, kw_n] = ctx.kernel;
+    let [dh, dw] = ctx.dilation;
+    let [pad_top, pad_left] = ctx.pad;
+    let store: [__mmask16; NV] = std::array::from_fn(|v| lane_mask((ow0 + 16 * v) as isize, out_w));
+    // The taps that fall on input rows, with their offsets and column masks.
+    let mut offsets = [0isize; MAX_TAPS];
+    let mut steps = [0usize; MAX_TAPS];
+    let mut masks = [[0 as __mmask16; NV]; MAX_TAPS];
+    let mut live = 0;
+    for kh in 0..kh_n {
+        let ih = (oh + kh * dh) as isize - pad_top as isize;
+        if ih < 0 || ih >= in_h as isize {
+            continue;
+        }
+        for kw in 0..kw_n {
+            let c0 = (ow0 + kw * dw) as isize - pad_left as isize;
+            offsets[live] = ih * in_w as isize + c0;
+            steps[live] = (kh * kw_n + kw) * MR;
+            // Flat rows (see `flat_block`) may read on to the end of the plane.
+            let limit = if ctx.flat {
+                (in_h - ih as usize) * in_w
+            } else {
+                in_w
+            };
+            masks[live] =
+                std::array::from_fn(|v| lane_mask(c0 + 16 * v as isize, limit) & store[v]);
+            live += 1;
+        }
+    }
+    // The first chunk of input channels starts from the bias, later ones from the partial
+    // sums already stored (an exact f32 round trip: the sums are as if never interrupted).
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    for (i, row) in acc.iter_mut().enumerate() {
+        *row = if input_channels.start == 0 {
+            [_mm512_set1_ps(ctx.bias[i]); NV]
+        } else if i < ctx.channels {
+            let dst = ctx.out.add(i * out_h * out_w + oh * out_w + ow0);
+            std::array::from_fn(|v| _mm512_maskz_loadu_ps(store[v], dst.wrapping_add(16 * v)))
+        } else {
+            [_mm512_setzero_ps(); NV]
+        };
+    }
+    // Taps outer, channels inner: a tap's offset and masks stay in registers while the
+    // chunk's channels stream past.
+    for j in 0..live {
+        let mask = masks[j];
+        // Masked-out lanes are never read, so the pointer may sit outside the row
+        // (wrapping arithmetic, no dereference of those lanes).
+        let mut src = ctx
+            .x
+            .wrapping_add(input_channels.start * ctx.plane)
+            .wrapping_offset(offsets[j]);
+        let mut w = ctx
+            .weights
+            .add(input_channels.start * ctx.taps * MR + steps[j]);
+        for _ in input_channels.clone() {
+            let b: [__m512; NV] =
+                std::array::from_fn(|v| _mm512_maskz_loadu_ps(mask[v], src.wrapping_add(16 * v)));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let a = _mm512_set1_ps(*w.add(i));
+                for v in 0..NV {
+                    row[v] = _mm512_fmadd_ps(a, b[v], row[v]);
+                }
+            }
+            src = src.wrapping_add(ctx.plane);
+            w = w.add(ctx.taps * MR);
+        }
+    }
+    for (i, row) in acc.iter().enumerate().take(ctx.channels) {
+        let dst = ctx.out.add(i * out_h * out_w + oh * out_w + ow0);
+        for v in 0..NV {
+            _mm512_mask_storeu_ps(dst.wrapping_add(16 * v), store[v], row[v]);
+        }
+    }
+}

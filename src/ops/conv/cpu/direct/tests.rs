@@ -1,0 +1,190 @@
+//! The direct kernels against naive f64 convolutions.
+
+use super::*;
+use crate::ops::conv::Conv2dParams;
+
+/// Naive convolution in f64 of one image.
+fn naive(g: &Conv2dGeometry, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f64> {
+    let [in_h, in_w] = g.in_size;
+    let [out_h, out_w] = g.out_size;
+    let [kh_n, kw_n] = g.kernel;
+    let [dh, dw] = g.params.dilation;
+    let [pt, _, pl, _] = g.params.padding;
+    let (ig, og) = (g.in_channels_per_group(), g.out_channels_per_group());
+    let mut out = vec![0.0f64; g.out_channels * out_h * out_w];
+    for co in 0..g.out_channels {
+        let group = co / og;
+        for oh in 0..out_h {
+            for ow in 0..out_w {
+                let mut acc = b[co] as f64;
+                for ci in 0..ig {
+                    for kh in 0..kh_n {
+                        for kw in 0..kw_n {
+                            let ih = (oh + kh * dh) as isize - pt as isize;
+                            let iw = (ow + kw * dw) as isize - pl as isize;
+                            if ih < 0 || iw < 0 || ih >= in_h as isize || iw >= in_w as isize {
+                                continue;
+                            }
+                            let xv =
+                                x[((group * ig + ci) * in_h + ih as usize) * in_w + iw as usize];
+                            let wv = w[((co * ig + ci) * kh_n + kh) * kw_n + kw];
+                            acc += xv as f64 * wv as f64;
+                        }
+                    }
+                }
+                out[(co * out_h + oh) * out_w + ow] = acc;
+            }
+        }
+    }
+    out
+}
+
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// The direct kernel against the f64 naive convolution: padding on all sides, dilation,
+/// groups, widths that end mid-vector, a channel count that is not a multiple of MR.
+#[test]
+fn direct_matches_naive_f64() {
+    if !usable_on_this_cpu() {
+        eprintln!("skipped: no AVX-512F");
+        return;
+    }
+    let cases = [
+        // (cin, cout, in [h, w], kernel, padding [t, b, l, r], dilation, groups)
+        (16, 16, [9, 40], [3, 3], [1, 1, 1, 1], [1, 1], 1),
+        (32, 16, [34, 34], [3, 3], [0, 0, 0, 0], [1, 1], 1),
+        (5, 11, [7, 53], [3, 3], [2, 2, 2, 2], [2, 2], 1),
+        (8, 12, [6, 19], [3, 1], [2, 2, 0, 0], [2, 1], 1),
+        (8, 8, [5, 37], [1, 3], [0, 0, 4, 4], [1, 2], 2),
+        (16, 16, [4, 20], [3, 3], [2, 2, 2, 2], [1, 1], 1),
+        // More input channels than one chunk, the last chunk partial.
+        (70, 9, [5, 50], [3, 3], [1, 1, 1, 1], [1, 1], 1),
+        // VALID convolutions run with their rows laid end to end: dilation, groups, odd
+        // widths, asymmetric kernels, and rows longer than one band of the test pack.
+        (8, 12, [13, 41], [3, 3], [0, 0, 0, 0], [2, 2], 2),
+        (6, 9, [9, 23], [1, 3], [0, 0, 0, 0], [1, 3], 1),
+        (16, 8, [40, 17], [3, 1], [0, 0, 0, 0], [1, 1], 1),
+        (12, 16, [7, 19], [1, 1], [0, 0, 0, 0], [1, 1], 1),
+    ];
+    for (i, &(cin, cout, in_size, kernel, padding, dilation, groups)) in cases.iter().enumerate() {
+        let out_size = [
+            in_size[0] + padding[0] + padding[1] - dilation[0] * (kernel[0] - 1),
+            in_size[1] + padding[2] + padding[3] - dilation[1] * (kernel[1] - 1),
+        ];
+        let g = Conv2dGeometry {
+            batch: 1,
+            in_channels: cin,
+            in_size,
+            out_channels: cout,
+            kernel,
+            out_size,
+            params: Conv2dParams {
+                stride: [1, 1],
+                padding,
+                dilation,
+                groups,
+            },
+        };
+        assert!(usable(&g), "case {i} should take the direct kernel");
+        let x = values(g.input_len(), 1 + i as u64);
+        let w = values(g.weight_len(), 100 + i as u64);
+        let b = values(cout, 200 + i as u64);
+        let packed = pack_weight(&g, &w);
+        let mut out = vec![f32::NAN; g.output_len()];
+        for group in 0..groups {
+            for block in 0..blocks_per_group(&g) {
+                for rows in row_bands(out_size[0], 3) {
+                    let task = BlockTask {
+                        group,
+                        block,
+                        rows,
+                        x: &x,
+                        packed: &packed,
+                        bias: Some(&b),
+                    };
+                    // SAFETY: `usable` holds; tasks are disjoint and run one at a time.
+                    unsafe { task.run(&g, out.as_mut_ptr()) };
+                }
+            }
+        }
+        let expected = naive(&g, &x, &w, &b);
+        let depth = g.col_rows() as f64;
+        for (j, (&got, &want)) in out.iter().zip(&expected).enumerate() {
+            // f32 accumulation of `depth` terms of magnitude ≤ 1.
+            let tol = 4.0 * depth * f32::EPSILON as f64;
+            assert!(
+                (got as f64 - want).abs() <= tol,
+                "case {i}: element {j} is {got}, expected {want}"
+            );
+        }
+        // Weight gradient for ∂y = dy over two images, against f64 sums.
+        let g2 = Conv2dGeometry { batch: 2, ..g };
+        let x2 = values(g2.input_len(), 300 + i as u64);
+        let dy = values(g2.output_len(), 400 + i as u64);
+        let got = weight_backward(&g2, &dy, &x2);
+        let expected = naive_weight_grad(&g2, &dy, &x2);
+        let positions = (2 * out_size[0] * out_size[1]) as f64;
+        for (j, (&got, &want)) in got.iter().zip(&expected).enumerate() {
+            let tol = 4.0 * positions.sqrt() * positions.log2() * f32::EPSILON as f64;
+            assert!(
+                (got as f64 - want).abs() <= tol,
+                "case {i}: weight gradient {j} is {got}, expected {want}"
+            );
+        }
+    }
+}
+
+/// `∂W[co, ci, kh, kw] = Σ_images,positions ∂y[co, p] · x[ci, p + tap]` in f64.
+fn naive_weight_grad(g: &Conv2dGeometry, dy: &[f32], x: &[f32]) -> Vec<f64> {
+    let [in_h, in_w] = g.in_size;
+    let [out_h, out_w] = g.out_size;
+    let [kh_n, kw_n] = g.kernel;
+    let [dh, dw] = g.params.dilation;
+    let [pt, _, pl, _] = g.params.padding;
+    let (ig, og) = (g.in_channels_per_group(), g.out_channels_per_group());
+    let mut grad = vec![0.0f64; g.weight_len()];
+    for image in 0..g.batch {
+        for co in 0..g.out_channels {
+            let group = co / og;
+            for ci in 0..ig {
+                for kh in 0..kh_n {
+                    for kw in 0..kw_n {
+                        let mut acc = 0.0f64;
+                        for oh in 0..out_h {
+                            for ow in 0..out_w {
+                                let ih = (oh + kh * dh) as isize - pt as isize;
+                                let iw = (ow + kw * dw) as isize - pl as isize;
+                                if ih < 0 || iw < 0 || ih >= in_h as isize || iw >= in_w as isize {
+                                    continue;
+                                }
+                                let xv = x[(((image * g.in_channels) + group * ig + ci) * in_h
+                                    + ih as usize)
+                                    * in_w
+                                    + iw as usize];
+                                let d =
+                                    dy[((image * g.out_channels + co) * out_h + oh) * out_w + ow];
+                                acc += xv as f64 * d as f64;
+                            }
+                        }
+                        grad[((co * ig + ci) * kh_n + kh) * kw_n + kw] += acc;
+                    }
+                }
+            }
+        }
+    }
+    grad
+}
+
+fn usable_on_this_cpu() -> bool {
+    crate::backend::cpu::avx512_kernels()
+}
