@@ -175,3 +175,76 @@ fn gelu_by_hand_and_by_finite_differences() {
     gradcheck("gelu", &[x.clone()], |t| t[0].gelu(), opts).unwrap();
     gradcheck("gelu_tanh", &[x], |t| t[0].gelu_tanh(), opts).unwrap();
 }
+
+/// `[dispatch; combine]` stacked on a new axis 0, the layout of the fixture's `out`.
+fn stacked_routes(logits: &Tensor) -> moeseg::Result<Tensor> {
+    let (dispatch, combine) = logits.soft_route()?;
+    Tensor::cat(&[&dispatch.unsqueeze(0)?, &combine.unsqueeze(0)?], 0)
+}
+
+#[test]
+fn soft_route_matches_pytorch() {
+    let fx = fixtures();
+    for case in ["soft_route", "soft_route_large"] {
+        fx.check_case(case, &["input"], |t| stacked_routes(&t[0]), 1e-5, 1e-6)
+            .unwrap();
+    }
+}
+
+#[test]
+fn soft_route_is_the_two_softmaxes() {
+    let x = randn(&[3, 11, 7], 11).mul_scalar(4.0).unwrap();
+    let (dispatch, combine) = x.soft_route().unwrap();
+    assert_eq!(dispatch.dims(), [3, 11, 7]);
+    assert_eq!(combine.dims(), [3, 11, 7]);
+    assert_close("dispatch", &dispatch, &x.softmax(1).unwrap(), 1e-6, 1e-7).unwrap();
+    assert_close("combine", &combine, &x.softmax(2).unwrap(), 1e-6, 1e-7).unwrap();
+    let wrong = randn(&[4, 5], 12).soft_route().unwrap_err().to_string();
+    assert!(
+        wrong.contains("[batch, tokens, slots]") && wrong.contains("[4, 5]"),
+        "{wrong}"
+    );
+}
+
+#[test]
+fn soft_route_gradients_agree_with_finite_differences() {
+    let opts = GradcheckOptions {
+        eps: 1e-2,
+        rtol: 1e-2,
+        atol: 1e-3,
+    };
+    let x = randn(&[2, 5, 4], 13).mul_scalar(2.0).unwrap();
+    gradcheck(
+        "soft_route both",
+        &[x.clone()],
+        |t| stacked_routes(&t[0]),
+        opts,
+    )
+    .unwrap();
+    // Only one output in the loss: the other half of the gradient is zero.
+    gradcheck(
+        "soft_route dispatch",
+        &[x.clone()],
+        |t| Ok(t[0].soft_route()?.0),
+        opts,
+    )
+    .unwrap();
+    gradcheck(
+        "soft_route combine",
+        &[x.clone()],
+        |t| Ok(t[0].soft_route()?.1),
+        opts,
+    )
+    .unwrap();
+    // Both outputs used downstream (as Soft-MoE does): the gradients add.
+    gradcheck(
+        "soft_route product",
+        &[x],
+        |t| {
+            let (dispatch, combine) = t[0].soft_route()?;
+            dispatch.mul(&combine)
+        },
+        opts,
+    )
+    .unwrap();
+}
