@@ -248,3 +248,97 @@ fn soft_route_gradients_agree_with_finite_differences() {
     )
     .unwrap();
 }
+
+#[test]
+fn matmul_t_matches_pytorch_and_finite_differences() {
+    let fx = fixtures();
+    for case in ["matmul_t_batched", "matmul_t_2d"] {
+        fx.check_case(
+            case,
+            &["input", "rhs"],
+            |t| t[0].matmul_t(&t[1]),
+            1e-5,
+            1e-6,
+        )
+        .unwrap();
+    }
+    let opts = GradcheckOptions::default();
+    let (a, b) = (randn(&[2, 3, 4], 14), randn(&[2, 5, 4], 15));
+    gradcheck(
+        "matmul_t batched",
+        &[a.clone(), b],
+        |t| t[0].matmul_t(&t[1]),
+        opts,
+    )
+    .unwrap();
+    let shared = randn(&[5, 4], 16);
+    gradcheck(
+        "matmul_t shared",
+        &[a.clone(), shared.clone()],
+        |t| t[0].matmul_t(&t[1]),
+        opts,
+    )
+    .unwrap();
+    // The shared rhs equals matmul with its explicit transpose.
+    let by_transpose = a.matmul(&shared.transpose(0, 1).unwrap()).unwrap();
+    assert_close(
+        "matmul_t shared",
+        &a.matmul_t(&shared).unwrap(),
+        &by_transpose,
+        1e-6,
+        1e-6,
+    )
+    .unwrap();
+    let wrong = a.matmul_t(&randn(&[3, 5, 4], 17)).unwrap_err().to_string();
+    assert!(
+        wrong.contains("[2, 3, 4]") && wrong.contains("[3, 5, 4]"),
+        "{wrong}"
+    );
+    let wrong = a.matmul_t(&randn(&[5, 3], 17)).unwrap_err().to_string();
+    assert!(wrong.contains("matmul_t"), "{wrong}");
+}
+
+#[test]
+fn l2_normalize_matches_pytorch() {
+    let fx = fixtures();
+    // `l2_normalize_last` has an all-zero vector: divided by eps, gradient g / eps (1e12·g).
+    fx.check_case(
+        "l2_normalize_last",
+        &["input"],
+        |t| t[0].l2_normalize(-1, 1e-12),
+        1e-5,
+        1e-6,
+    )
+    .unwrap();
+    fx.check_case(
+        "l2_normalize_axis1",
+        &["input"],
+        |t| t[0].l2_normalize(1, 1e-12),
+        1e-5,
+        1e-6,
+    )
+    .unwrap();
+    // Below eps the divisor is eps: [3e-3, 4e-3] has norm 5e-3 < 1e-2.
+    let small = Tensor::from_vec(vec![3e-3, 4e-3], [1, 2]).unwrap();
+    let expected = Tensor::from_vec(vec![0.3, 0.4], [1, 2]).unwrap();
+    assert_close(
+        "below eps",
+        &small.l2_normalize(1, 1e-2).unwrap(),
+        &expected,
+        1e-6,
+        1e-7,
+    )
+    .unwrap();
+    let opts = GradcheckOptions {
+        eps: 1e-3,
+        rtol: 1e-2,
+        atol: 1e-3,
+    };
+    gradcheck(
+        "l2_normalize",
+        &[randn(&[3, 4], 18)],
+        |t| t[0].l2_normalize(-1, 1e-12),
+        opts,
+    )
+    .unwrap();
+}

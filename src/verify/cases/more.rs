@@ -423,7 +423,8 @@ pub fn interpolate(cases: &mut Vec<Case>) {
     }
 }
 
-/// Batched matmul (shared / per-item rhs, transposed rhs as in `linear`) and both gradients.
+/// Batched matmul (shared / per-item rhs, transposed rhs as in `linear` and `matmul_t`) and both
+/// gradients.
 pub fn matmul(cases: &mut Vec<Case>) {
     for (batch, m, k, n, rhs_shared, rhs_transposed) in [
         (1, 37, 19, 45, false, false),
@@ -431,6 +432,7 @@ pub fn matmul(cases: &mut Vec<Case>) {
         (4, 9, 33, 21, true, true),
         (2, 130, 7, 3, true, false),
         (5, 1, 64, 1, false, true),
+        (3, 17, 33, 12, false, true),
     ] {
         let d = MatmulDims {
             batch,
