@@ -163,19 +163,13 @@ impl SoftConvMoE {
         let phi = self.phi.reshape_to([channels, self.slots()])?;
         let (descriptors, phi) = match &self.scale {
             Some(scale) => (
-                l2_normalize(&descriptors, 2)?,
-                l2_normalize(&phi, 0)?.mul(scale)?,
+                descriptors.l2_normalize(2, 1e-12)?,
+                phi.l2_normalize(0, 1e-12)?.mul(scale)?,
             ),
             None => (descriptors, phi),
         };
         descriptors.matmul(&phi)
     }
-}
-
-/// `x / max(‖x‖₂, 1e-12)` along `axis` (`F.normalize`).
-fn l2_normalize(x: &Tensor, axis: isize) -> Result<Tensor> {
-    let norm = x.square()?.sum(&[axis], true)?.sqrt()?;
-    x.div(&norm.clamp(1e-12, f32::INFINITY)?)
 }
 
 impl Module for SoftConvMoE {
@@ -209,11 +203,8 @@ impl Module for SoftConvMoE {
                 forced
             }
             None => {
-                let logits = self.logits(&tokens, batch, per_image)?;
-                SoftRouting {
-                    dispatch: logits.softmax(1)?,
-                    combine: logits.softmax(2)?,
-                }
+                let (dispatch, combine) = self.logits(&tokens, batch, per_image)?.soft_route()?;
+                SoftRouting { dispatch, combine }
             }
         };
         let [_, channels, th, tw] = grid.token_shape();
