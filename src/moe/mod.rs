@@ -7,6 +7,8 @@
 //! - [`selection`]: noisy top-k selection scores and the per-expert capacity.
 //! - [`patch_conv_moe`]: the PatchConvMoE layer (also image-level ConvMoE), its replacement of
 //!   a conv by path and the network-wide balancing loss.
+//! - [`soft_moe`]: the Soft-MoE layer over tokens (soft routing, §5), its batched expert path
+//!   and its routing diagnostics.
 //! - [`stats`]: routing statistics over an evaluation set (usage, NRE, TEC, co-activation,
 //!   expert×class).
 //!
@@ -17,6 +19,7 @@ pub mod balance;
 pub mod gate;
 pub mod patch_conv_moe;
 pub mod selection;
+pub mod soft_moe;
 pub mod stats;
 
 pub use balance::{entropy, BalanceInputs, BalanceLoss};
@@ -26,4 +29,5 @@ pub use patch_conv_moe::{
     Granularity, PatchConvMoE, PatchConvMoeConfig, RoutingRecord,
 };
 pub use selection::{capacity, noisy_selection};
+pub use soft_moe::{SlotSource, SoftMoE, SoftMoeConfig, SoftRoutingDiagnostics};
 pub use stats::{RoutingReport, RoutingStats};
