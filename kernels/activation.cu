@@ -1,9 +1,9 @@
-// Activation family: relu, leaky relu, sigmoid, tanh, hardswish, hardsigmoid and PReLU, forward
-// and backward side by side. CUDA twin of src/ops/activation/cpu_kernel.rs (PyTorch's choices
+// Activation family: relu, leaky relu, sigmoid, tanh, hardswish, hardsigmoid, gelu (erf and tanh
+// forms) and PReLU, forward and backward side by side. CUDA twin of src/ops/activation/cpu_kernel.rs (PyTorch's choices
 // at the kinks).
 
 // Op codes (mirror: activation_code in cuda_kernel.rs).
-enum { A_RELU, A_LEAKY_RELU, A_SIGMOID, A_TANH, A_HARDSWISH, A_HARDSIGMOID };
+enum { A_RELU, A_LEAKY_RELU, A_SIGMOID, A_TANH, A_HARDSWISH, A_HARDSIGMOID, A_GELU, A_GELU_TANH };
 
 // One activation launch (mirror: ActivationParams, 16 bytes).
 struct ActivationParams {
@@ -24,6 +24,23 @@ static_assert(sizeof(ChannelParams) == 16, "ChannelParams must match its #[repr(
 
 __device__ __forceinline__ float relu6(float x) { return fminf(fmaxf(x, 0.0f), 6.0f); }
 
+// gelu(x) = x·c(x); returns c(x) and stores c'(x) in *slope, so gelu'(x) = c + x·c'.
+//   erf form:  c = (1 + erf(x/√2))/2 = erfc(−x/√2)/2 = Φ(x),  c' = φ(x) = e^(−x²/2)/√(2π)
+//              (erfc: no cancellation in the negative tail)
+//   tanh form: c = (1 + tanh u)/2 = 1/(1 + e^(−2u)), u = √(2/π)(x + 0.044715x³),
+//              c' = (1 − tanh²u)·u'/2 = 2c(1 − c)·u'  (the logistic form: no cancellation)
+__device__ __forceinline__ float gelu_cdf(u32 op, float x, float* slope) {
+    if (op == A_GELU_TANH) {
+        const float k = 0.7978845608028654f, cubic = 0.044715f;
+        const float u = k * (x + cubic * x * x * x), a = expf(-2.0f * fabsf(u));
+        const float large = 1.0f / (1.0f + a), small = a * large;  // c and 1 − c, in some order
+        *slope = 2.0f * large * small * k * (1.0f + 3.0f * cubic * x * x);
+        return u >= 0.0f ? large : small;
+    }
+    *slope = expf(-0.5f * x * x) * 0.3989422804014327f;
+    return 0.5f * erfcf(-x * 0.7071067811865476f);
+}
+
 // y = op(x), one thread per element.
 extern "C" __global__ void activation_forward(ActivationParams p, const float* __restrict__ x,
                                               float* __restrict__ y) {
@@ -36,6 +53,12 @@ extern "C" __global__ void activation_forward(ActivationParams p, const float* _
             case A_SIGMOID: r = 1.0f / (1.0f + expf(-v)); break;
             case A_TANH: r = tanhf(v); break;
             case A_HARDSWISH: r = v * relu6(v + 3.0f) / 6.0f; break;
+            case A_GELU:
+            case A_GELU_TANH: {
+                float slope;
+                r = v * gelu_cdf(p.op, v, &slope);
+                break;
+            }
             default: r = relu6(v + 3.0f) / 6.0f; break;
         }
         y[i] = r;
@@ -55,6 +78,13 @@ extern "C" __global__ void activation_backward(ActivationParams p, const float* 
             case A_SIGMOID: r = g * s * (1.0f - s); break;
             case A_TANH: r = g * (1.0f - s * s); break;
             case A_HARDSWISH: r = s <= -3.0f ? 0.0f : (s < 3.0f ? g * (s / 3.0f + 0.5f) : g); break;
+            case A_GELU:
+            case A_GELU_TANH: {
+                float slope;
+                const float cdf = gelu_cdf(p.op, s, &slope);
+                r = g * (cdf + s * slope);
+                break;
+            }
             default: r = (s > -3.0f && s < 3.0f) ? g / 6.0f : 0.0f; break;
         }
         grad_x[i] = r;

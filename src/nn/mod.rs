@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub use layers::set_dropout_probability;
 pub use layers::{
     ActivationLayer, AdaptiveAvgPool2d, AvgPool2d, BatchCount, BatchNorm2d, Conv2d,
-    ConvTranspose2d, Dropout, Dropout2d, Linear, MaxPool2d, Mlp, MaxUnpool2d, ModuleList, PReLU,
-    Sequential, Upsample,
+    ConvTranspose2d, Dropout, Dropout2d, LayerNorm, Linear, MaxPool2d, MaxUnpool2d, Mlp,
+    ModuleList, PReLU, Sequential, Upsample,
 };
 
 /// What a named tensor of a module is.

@@ -310,6 +310,8 @@ fn activation(cases: &mut Vec<Case>) {
         Activation::Tanh,
         Activation::Hardswish,
         Activation::Hardsigmoid,
+        Activation::Gelu,
+        Activation::GeluTanh,
     ];
     for op in ops {
         // Spread over the hard-swish kinks at ±3.

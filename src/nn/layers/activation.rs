@@ -1,5 +1,5 @@
 //! Activation layers: `nn.ReLU`, `nn.LeakyReLU`, `nn.Sigmoid`, `nn.Tanh`, `nn.Hardswish`,
-//! `nn.Hardsigmoid` (one parameter-free type) and `nn.PReLU`.
+//! `nn.Hardsigmoid`, `nn.GELU` (one parameter-free type) and `nn.PReLU`.
 
 use crate::error::Result;
 use crate::nn::{Module, OwnTensor};
@@ -28,6 +28,11 @@ impl ActivationLayer {
         ActivationLayer(Activation::Hardsigmoid)
     }
 
+    /// `nn.GELU()` (exact erf form)
+    pub fn gelu() -> Self {
+        ActivationLayer(Activation::Gelu)
+    }
+
     /// `nn.Sigmoid()`
     pub fn sigmoid() -> Self {
         ActivationLayer(Activation::Sigmoid)
@@ -43,6 +48,7 @@ impl Module for ActivationLayer {
             Activation::Tanh => "Tanh",
             Activation::Hardswish => "Hardswish",
             Activation::Hardsigmoid => "Hardsigmoid",
+            Activation::Gelu | Activation::GeluTanh => "GELU",
         }
     }
 

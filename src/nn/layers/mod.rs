@@ -15,7 +15,7 @@ pub use conv::{Conv2d, ConvTranspose2d};
 pub use dropout::{set_dropout_probability, Dropout, Dropout2d};
 pub use linear::Linear;
 pub use mlp::Mlp;
-pub use norm::{BatchCount, BatchNorm2d};
+pub use norm::{BatchCount, BatchNorm2d, LayerNorm};
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d};
 pub use sequential::{ModuleList, Sequential};
 pub use upsample::Upsample;

@@ -1,4 +1,4 @@
-//! `nn.BatchNorm2d`.
+//! `nn.BatchNorm2d` and `nn.LayerNorm`.
 
 use crate::error::{Error, Result};
 use crate::nn::{Module, OwnTensor, TrainingFlag};
@@ -180,6 +180,76 @@ impl Module for BatchNorm2d {
 
     fn set_own_training(&self, training: bool) {
         self.training.set(training);
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// `nn.LayerNorm(dim, eps)` over the last axis: parameters `weight` (ones) and `bias` (zeros),
+/// both `[dim]`, when elementwise-affine (the default).
+pub struct LayerNorm {
+    /// `[dim]` scale, when affine.
+    pub weight: Option<Tensor>,
+    /// `[dim]` shift, when affine.
+    pub bias: Option<Tensor>,
+    /// Length of the normalised last axis.
+    pub dim: usize,
+    /// Added to the variance.
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    /// `nn.LayerNorm(dim, eps=eps)`: affine, weight 1 and bias 0.
+    pub fn new(dim: usize, eps: f32) -> Result<Self> {
+        Self::with_options(dim, eps, true)
+    }
+
+    /// `nn.LayerNorm(dim, eps, elementwise_affine)`.
+    pub fn with_options(dim: usize, eps: f32, elementwise_affine: bool) -> Result<Self> {
+        let cpu = Device::Cpu;
+        let param = |value: f32| -> Result<Tensor> {
+            Ok(Tensor::full([dim], value, &cpu)?.with_requires_grad(true))
+        };
+        let (weight, bias) = if elementwise_affine {
+            (Some(param(1.0)?), Some(param(0.0)?))
+        } else {
+            (None, None)
+        };
+        Ok(LayerNorm {
+            weight,
+            bias,
+            dim,
+            eps,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn type_name(&self) -> &'static str {
+        "LayerNorm"
+    }
+
+    fn forward(&self, input: &Tensor) -> Result<Tensor> {
+        if input.dims().last() != Some(&self.dim) {
+            return Err(Error::shape(
+                "LayerNorm",
+                format!(
+                    "input {} must end in the normalised size {}",
+                    input.shape(),
+                    self.dim
+                ),
+            ));
+        }
+        input.layer_norm(self.weight.as_ref(), self.bias.as_ref(), self.eps)
+    }
+
+    fn own_tensors(&self) -> Vec<OwnTensor> {
+        match (&self.weight, &self.bias) {
+            (Some(w), Some(b)) => OwnTensor::weight_and_bias(w, Some(b)),
+            _ => Vec::new(),
+        }
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -1,4 +1,5 @@
-//! CPU kernels of the activation family.
+//! CPU kernels of the activation family. gelu is evaluated in f64 with `libm::erf` (fdlibm's erf,
+//! error below 1 ulp of f64) and rounded once to f32.
 
 use super::{Activation, ActivationBackend, ChannelLayout};
 use crate::backend::cpu::{map_binary, map_unary, CpuBackend, PAR_CHUNK};
@@ -20,6 +21,33 @@ fn forward_fn(op: Activation) -> impl Fn(f32) -> f32 + Sync {
         Activation::Tanh => x.tanh(),
         Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
         Activation::Hardsigmoid => (x + 3.0).clamp(0.0, 6.0) / 6.0,
+        Activation::Gelu | Activation::GeluTanh => {
+            let (x, (cdf, _)) = (f64::from(x), gelu_cdf_and_slope(op, f64::from(x)));
+            (x * cdf) as f32
+        }
+    }
+}
+
+/// `√(2/π)`, the slope of the tanh approximation's argument.
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+/// The cubic coefficient of the tanh approximation.
+const GELU_TANH_CUBIC: f64 = 0.044_715;
+
+/// For gelu `x ↦ x · c(x)`: `(c(x), c'(x))`, so that `gelu'(x) = c(x) + x · c'(x)`.
+/// Exact: `c = Φ(x) = (1 + erf(x/√2)) / 2`, `c' = φ(x) = e^(−x²/2) / √(2π)`.
+/// Tanh: `c = (1 + tanh u) / 2`, `c' = (1 − tanh² u) · √(2/π) · (1 + 3 · 0.044715 x²) / 2`
+/// with `u = √(2/π) · (x + 0.044715 x³)`.
+fn gelu_cdf_and_slope(op: Activation, x: f64) -> (f64, f64) {
+    if op == Activation::GeluTanh {
+        let t = (SQRT_2_OVER_PI * (x + GELU_TANH_CUBIC * x * x * x)).tanh();
+        let slope = 0.5 * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_CUBIC * x * x);
+        (0.5 * (1.0 + t), slope)
+    } else {
+        let cdf = 0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2));
+        let density = (-0.5 * x * x).exp()
+            * (0.5 * std::f64::consts::FRAC_2_SQRT_PI)
+            * std::f64::consts::FRAC_1_SQRT_2;
+        (cdf, density)
     }
 }
 
@@ -57,6 +85,11 @@ fn backward_fn(op: Activation) -> impl Fn(f32, f32) -> f32 + Sync {
             } else {
                 0.0
             }
+        }
+        Activation::Gelu | Activation::GeluTanh => {
+            let x = f64::from(saved);
+            let (cdf, slope) = gelu_cdf_and_slope(op, x);
+            (f64::from(g) * (cdf + x * slope)) as f32
         }
     }
 }

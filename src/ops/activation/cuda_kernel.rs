@@ -61,6 +61,8 @@ fn params(op: Activation, n: usize) -> ActivationParams {
         Activation::Tanh => (3, 0.0),
         Activation::Hardswish => (4, 0.0),
         Activation::Hardsigmoid => (5, 0.0),
+        Activation::Gelu => (6, 0.0),
+        Activation::GeluTanh => (7, 0.0),
     };
     ActivationParams {
         n: n as u64,

@@ -1,4 +1,5 @@
-//! Activations: relu, leaky relu, prelu, sigmoid, tanh, hardswish, hardsigmoid.
+//! Activations: relu, leaky relu, prelu, sigmoid, tanh, hardswish, hardsigmoid, gelu (exact and
+//! tanh-approximated).
 //!
 //! The pointwise activations share one forward and one backward kernel selected by
 //! [`Activation`]; their gradients follow PyTorch's conventions at the kinks (relu'(0) = 0,
@@ -26,6 +27,10 @@ pub enum Activation {
     Hardswish,
     /// `relu6(x + 3) / 6`
     Hardsigmoid,
+    /// `x · Φ(x) = x/2 · (1 + erf(x/√2))`, torch's `nn.GELU()` (exact erf form)
+    Gelu,
+    /// `x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³)))`, torch's `nn.GELU(approximate='tanh')`
+    GeluTanh,
 }
 
 impl Activation {
@@ -43,6 +48,8 @@ impl Activation {
             Activation::Tanh => "tanh",
             Activation::Hardswish => "hardswish",
             Activation::Hardsigmoid => "hardsigmoid",
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_tanh",
         }
     }
 }
@@ -146,6 +153,16 @@ impl Tensor {
     /// `relu6(x + 3) / 6`, a piecewise-linear sigmoid.
     pub fn hardsigmoid(&self) -> Result<Tensor> {
         self.activation(Activation::Hardsigmoid)
+    }
+
+    /// `x · Φ(x)` with `Φ` the standard normal CDF (torch's `F.gelu`, exact erf form).
+    pub fn gelu(&self) -> Result<Tensor> {
+        self.activation(Activation::Gelu)
+    }
+
+    /// The tanh approximation of gelu (torch's `F.gelu(x, approximate='tanh')`).
+    pub fn gelu_tanh(&self) -> Result<Tensor> {
+        self.activation(Activation::GeluTanh)
     }
 
     /// Parametric relu: `x` for `x > 0`, else `w[c] · x` with `weight` of shape `[C]` matching

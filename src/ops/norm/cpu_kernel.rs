@@ -1,12 +1,13 @@
-//! CPU kernels of batch normalisation: per-channel sums run one channel per task (each a loop
-//! over the N contiguous rows of that channel, accumulated in f64); the elementwise passes run
-//! over contiguous rows.
+//! CPU kernels of the norm family. Batch norm: per-channel sums run one channel per task (each
+//! a loop over the N contiguous rows of that channel, accumulated in f64); the elementwise
+//! passes run over contiguous rows. Layer norm: one task per contiguous row (statistics in f64,
+//! two passes), and the weight/bias gradients as column sums over the rows.
 
-use super::{BatchNormGrads, NormBackend};
-use crate::backend::cpu::CpuBackend;
+use super::{BatchNormGrads, LayerNormForward, LayerNormGrads, NormBackend, RowLayout};
+use crate::backend::cpu::{CpuBackend, PAR_CHUNK};
 use crate::error::Result;
 use crate::ops::activation::ChannelLayout;
-use crate::ops::softmax::cpu_kernel::for_each_row;
+use crate::ops::softmax::cpu_kernel::{for_each_row, offset, per_column_blocks};
 use crate::tensor::Storage;
 use rayon::prelude::*;
 
@@ -166,4 +167,114 @@ impl NormBackend for CpuBackend {
             bias: Storage::cpu(grad_bias),
         })
     }
+
+    fn layer_norm_forward(
+        &self,
+        x: &Storage,
+        weight: Option<&Storage>,
+        bias: Option<&Storage>,
+        layout: RowLayout,
+        eps: f32,
+    ) -> Result<LayerNormForward> {
+        const OP: &str = "layer_norm";
+        let x = x.as_cpu(OP)?;
+        let weight = weight.map(|w| w.as_cpu(OP)).transpose()?;
+        let bias = bias.map(|b| b.as_cpu(OP)).transpose()?;
+        let dim = layout.dim;
+        let mut y = crate::backend::cpu::pool::zeroed(x.len());
+        let statistics: Vec<(f32, f32)> = y
+            .par_chunks_mut(dim)
+            .zip(x.par_chunks(dim))
+            .with_min_len((PAR_CHUNK / dim).max(1))
+            .map(|(y_row, x_row)| {
+                let (mean, rstd) = row_statistics(x_row, eps);
+                for (j, (y, &v)) in y_row.iter_mut().zip(x_row).enumerate() {
+                    let normalised = (v - mean) * rstd;
+                    *y = normalised * weight.map_or(1.0, |w| w[j]) + bias.map_or(0.0, |b| b[j]);
+                }
+                (mean, rstd)
+            })
+            .collect();
+        let (mean, rstd): (Vec<f32>, Vec<f32>) = statistics.into_iter().unzip();
+        Ok(LayerNormForward {
+            output: Storage::cpu(y),
+            mean: Storage::cpu(mean),
+            rstd: Storage::cpu(rstd),
+        })
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: &Storage,
+        grad_out: &Storage,
+        statistics: &LayerNormForward,
+        weight: Option<&Storage>,
+        layout: RowLayout,
+    ) -> Result<LayerNormGrads> {
+        const OP: &str = "layer_norm_backward";
+        let (x, g) = (x.as_cpu(OP)?, grad_out.as_cpu(OP)?);
+        let (mean, rstd) = (statistics.mean.as_cpu(OP)?, statistics.rstd.as_cpu(OP)?);
+        let weight = weight.map(|w| w.as_cpu(OP)).transpose()?;
+        let RowLayout { rows, dim } = layout;
+        let mut grad_x = crate::backend::cpu::pool::zeroed(x.len());
+        grad_x
+            .par_chunks_mut(dim)
+            .zip(x.par_chunks(dim).zip(g.par_chunks(dim)))
+            .enumerate()
+            .with_min_len((PAR_CHUNK / dim).max(1))
+            .for_each(|(row, (dx_row, (x_row, g_row)))| {
+                let (m, r) = (mean[row], rstd[row]);
+                let scaled = |j: usize, g: f32| g * weight.map_or(1.0, |w| w[j]);
+                // mean(ĝ) and mean(ĝ x̂) over the row, in f64.
+                let (mut sum, mut sum_normalised) = (0.0f64, 0.0f64);
+                for (j, (&v, &g)) in x_row.iter().zip(g_row).enumerate() {
+                    let gw = scaled(j, g);
+                    sum += f64::from(gw);
+                    sum_normalised += f64::from(gw * ((v - m) * r));
+                }
+                let (mean_g, mean_gx) = (
+                    (sum / dim as f64) as f32,
+                    (sum_normalised / dim as f64) as f32,
+                );
+                for (j, (dx, (&v, &g))) in
+                    dx_row.iter_mut().zip(x_row.iter().zip(g_row)).enumerate()
+                {
+                    let normalised = (v - m) * r;
+                    *dx = r * (scaled(j, g) - mean_g - normalised * mean_gx);
+                }
+            });
+        // Column sums over the rows: Σ g·x̂ and Σ g per element of the last axis.
+        let sums = per_column_blocks(1, rows, dim, |_, first, width| {
+            let mut sums = vec![(0.0f64, 0.0f64); width];
+            for row in 0..rows {
+                let start = offset(0, row, first, rows, dim);
+                let (m, r) = (mean[row], rstd[row]);
+                let values = x[start..start + width].iter().zip(&g[start..start + width]);
+                for ((grad_w, grad_b), (&v, &g)) in sums.iter_mut().zip(values) {
+                    *grad_w += f64::from(g * ((v - m) * r));
+                    *grad_b += f64::from(g);
+                }
+            }
+            Ok(sums)
+        })?;
+        let (grad_weight, grad_bias): (Vec<f32>, Vec<f32>) =
+            sums.into_iter().map(|(w, b)| (w as f32, b as f32)).unzip();
+        Ok(LayerNormGrads {
+            input: Storage::cpu(grad_x),
+            weight: Storage::cpu(grad_weight),
+            bias: Storage::cpu(grad_bias),
+        })
+    }
+}
+
+/// A row's mean and `1/√(σ² + eps)` (biased variance), two passes in f64.
+fn row_statistics(row: &[f32], eps: f32) -> (f32, f32) {
+    let count = row.len() as f64;
+    let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / count;
+    let var = row
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / count;
+    (mean as f32, (1.0 / (var + f64::from(eps)).sqrt()) as f32)
 }

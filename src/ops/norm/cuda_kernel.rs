@@ -1,6 +1,6 @@
 //! CUDA launchers of the norm family (kernels in `kernels/norm.cu`).
 
-use super::{BatchNormGrads, NormBackend};
+use super::{BatchNormGrads, LayerNormForward, LayerNormGrads, NormBackend, RowLayout};
 use crate::backend::cuda::runtime::{dim32, grid_for};
 use crate::backend::cuda::{CudaBackend, CudaBuffer};
 use crate::error::Result;
@@ -33,6 +33,47 @@ const _: () = assert!(
     std::mem::size_of::<NormParams>() == 32,
     "NormParams: size of the .cu struct"
 );
+
+/// One layer norm launch (mirror: `LayerNormParams` in norm.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LayerNormParams {
+    pub rows: u32,
+    pub dim: u32,
+    pub has_weight: u32,
+    pub has_bias: u32,
+    pub eps: f32,
+    pub pad: u32,
+}
+
+// SAFETY: plain `#[repr(C)]` data with the layout of the .cu struct.
+unsafe impl DeviceRepr for LayerNormParams {}
+const _: () = assert!(
+    std::mem::size_of::<LayerNormParams>() == 24,
+    "LayerNormParams: size of the .cu struct"
+);
+
+/// Upper bound on the blocks of a block-per-row (or per-column) launch; the kernels stride
+/// over the rest.
+const MAX_ROW_BLOCKS: usize = 1 << 20;
+
+fn layer_norm_params(op: &'static str, layout: RowLayout, eps: f32) -> Result<LayerNormParams> {
+    Ok(LayerNormParams {
+        rows: dim32(op, layout.rows)?,
+        dim: dim32(op, layout.dim)?,
+        eps,
+        ..Default::default()
+    })
+}
+
+/// One block of [`NORM_BLOCK`] threads per item (row or column), at most [`MAX_ROW_BLOCKS`].
+fn per_item(items: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (items.clamp(1, MAX_ROW_BLOCKS) as u32, 1, 1),
+        block_dim: (NORM_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
 
 fn params(op: &'static str, layout: ChannelLayout, eps: f32) -> Result<NormParams> {
     Ok(NormParams {
@@ -158,6 +199,84 @@ impl NormBackend for CudaBackend {
         )?;
         Ok(BatchNormGrads {
             input: grad_x,
+            weight: Storage::Cuda(grad_weight),
+            bias: Storage::Cuda(grad_bias),
+        })
+    }
+
+    fn layer_norm_forward(
+        &self,
+        x: &Storage,
+        weight: Option<&Storage>,
+        bias: Option<&Storage>,
+        layout: RowLayout,
+        eps: f32,
+    ) -> Result<LayerNormForward> {
+        const OP: &str = "layer_norm";
+        let x = self.buffer(OP, x)?;
+        let (w, has_weight) = self.optional(OP, weight, x)?;
+        let (b, has_bias) = self.optional(OP, bias, x)?;
+        let p = LayerNormParams {
+            has_weight,
+            has_bias,
+            ..layer_norm_params(OP, layout, eps)?
+        };
+        let y = self.alloc(x.len())?;
+        let (mean, rstd) = (self.alloc(layout.rows)?, self.alloc(layout.rows)?);
+        if layout.rows > 0 {
+            let buffers = [x, w, b, &y, &mean, &rstd];
+            self.launch(
+                FAMILY,
+                "layer_norm_forward",
+                per_item(layout.rows),
+                &p,
+                &buffers,
+            )?;
+        }
+        Ok(LayerNormForward {
+            output: Storage::Cuda(y),
+            mean: Storage::Cuda(mean),
+            rstd: Storage::Cuda(rstd),
+        })
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: &Storage,
+        grad_out: &Storage,
+        statistics: &LayerNormForward,
+        weight: Option<&Storage>,
+        layout: RowLayout,
+    ) -> Result<LayerNormGrads> {
+        const OP: &str = "layer_norm_backward";
+        let (x, g) = (self.buffer(OP, x)?, self.buffer(OP, grad_out)?);
+        let mean = self.buffer(OP, &statistics.mean)?;
+        let rstd = self.buffer(OP, &statistics.rstd)?;
+        let (w, has_weight) = self.optional(OP, weight, x)?;
+        let p = LayerNormParams {
+            has_weight,
+            ..layer_norm_params(OP, layout, 0.0)?
+        };
+        let grad_x = self.alloc(x.len())?;
+        let (grad_weight, grad_bias) = (self.alloc(layout.dim)?, self.alloc(layout.dim)?);
+        if layout.rows > 0 {
+            let buffers = [x, g, mean, rstd, w, &grad_x];
+            let config = per_item(layout.rows);
+            self.launch(FAMILY, "layer_norm_backward_input", config, &p, &buffers)?;
+        }
+        if layout.dim > 0 {
+            let buffers = [x, g, mean, rstd, &grad_weight, &grad_bias];
+            let config = per_item(layout.dim);
+            self.launch(
+                FAMILY,
+                "layer_norm_backward_parameters",
+                config,
+                &p,
+                &buffers,
+            )?;
+        }
+        Ok(LayerNormGrads {
+            input: Storage::Cuda(grad_x),
             weight: Storage::Cuda(grad_weight),
             bias: Storage::Cuda(grad_bias),
         })

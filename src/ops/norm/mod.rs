@@ -1,11 +1,15 @@
-//! Batch normalisation over the channel axis 1 of NCHW (or `[N, C]`) input, as
-//! `torch.nn.functional.batch_norm`.
+//! Normalisations: batch norm over the channel axis 1 of NCHW (or `[N, C]`) input, as
+//! `torch.nn.functional.batch_norm`, and layer norm over the last axis ([`layer_norm`]).
 //!
-//! `y = (x − μ_c) / √(σ²_c + eps) · w_c + b_c`. Training uses the batch statistics (biased
-//! variance) and updates the running statistics in place; evaluation uses the running ones.
+//! Batch norm: `y = (x − μ_c) / √(σ²_c + eps) · w_c + b_c`. Training uses the batch statistics
+//! (biased variance) and updates the running statistics in place; evaluation uses the running
+//! ones.
 
 mod cpu_kernel;
 mod cuda_kernel;
+pub mod layer_norm;
+
+pub use layer_norm::{LayerNormForward, LayerNormGrads, RowLayout};
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
@@ -93,6 +97,29 @@ pub trait NormBackend {
         eps: f32,
         training: bool,
     ) -> Result<BatchNormGrads>;
+
+    /// Layer norm of each row of `[rows, dim]`: `y = (x − μ) · r · w + b` with the row's mean
+    /// `μ`, biased variance `σ²` and `r = 1/√(σ² + eps)`; also returns `μ` and `r` per row
+    /// for the backward.
+    fn layer_norm_forward(
+        &self,
+        x: &Storage,
+        weight: Option<&Storage>,
+        bias: Option<&Storage>,
+        layout: RowLayout,
+        eps: f32,
+    ) -> Result<LayerNormForward>;
+
+    /// With `x̂ = (x − μ) · r` and `ĝ = g · w`: grad input `r · (ĝ − mean(ĝ) − x̂ · mean(ĝ x̂))`
+    /// (means over the row), grad weight `Σ_rows g · x̂`, grad bias `Σ_rows g`.
+    fn layer_norm_backward(
+        &self,
+        x: &Storage,
+        grad_out: &Storage,
+        statistics: &LayerNormForward,
+        weight: Option<&Storage>,
+        layout: RowLayout,
+    ) -> Result<LayerNormGrads>;
 }
 
 impl Tensor {

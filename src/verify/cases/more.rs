@@ -5,9 +5,11 @@ use crate::ops::activation::ChannelLayout;
 use crate::ops::conv::{Conv2dGeometry, Conv2dParams};
 use crate::ops::interpolate::{InterpolateGeometry, InterpolateMode};
 use crate::ops::matmul::MatmulDims;
+use crate::ops::norm::RowLayout;
 use crate::ops::pool::{AvgPool2dGeometry, PlaneResize, Pool2dGeometry};
 use crate::ops::routed_conv::{RoutedConvGeometry, RoutedConvParams};
 use crate::ops::topk_gate::TopkGateParams;
+use crate::tensor::Storage;
 use crate::verify::Tolerance;
 
 /// `(planes, input, output, scales)` of an interpolation case.
@@ -27,8 +29,64 @@ type ConvCase = (
     usize,
 );
 
+/// Layer norm forward and backward, affine or not: rows shorter and longer than a CUDA block
+/// (256), a single row, many rows of one element.
+fn layer_norm(cases: &mut Vec<Case>) {
+    for (rows, dim) in [(6, 33), (1, 300), (37, 1), (130, 64), (3, 513)] {
+        let layout = RowLayout { rows, dim };
+        let shape = format!("[{rows},{dim}]");
+        for affine in [true, false] {
+            let inputs = vec![
+                Input::Normal(rows * dim),
+                Input::Normal(dim),
+                Input::Normal(dim),
+                Input::Normal(rows * dim),
+            ];
+            let parameters = move |x: &[Storage]| {
+                if affine {
+                    (Some(x[1].clone()), Some(x[2].clone()))
+                } else {
+                    (None, None)
+                }
+            };
+            cases.push(
+                case(
+                    format!("layer_norm_forward affine {affine}"),
+                    &shape,
+                    inputs[..3].to_vec(),
+                    Tolerance::REDUCTION,
+                    move |b, x| {
+                        let (w, bias) = parameters(x);
+                        let f =
+                            b.layer_norm_forward(&x[0], w.as_ref(), bias.as_ref(), layout, 1e-5)?;
+                        Ok(vec![f.output, f.mean, f.rstd])
+                    },
+                )
+                .outputs(&["output", "mean", "rstd"]),
+            );
+            cases.push(
+                case(
+                    format!("layer_norm_backward affine {affine}"),
+                    &shape,
+                    inputs,
+                    Tolerance::REDUCTION,
+                    move |b, x| {
+                        let (w, bias) = parameters(x);
+                        let f =
+                            b.layer_norm_forward(&x[0], w.as_ref(), bias.as_ref(), layout, 1e-5)?;
+                        let grads = b.layer_norm_backward(&x[0], &x[3], &f, w.as_ref(), layout)?;
+                        Ok(vec![grads.input, grads.weight, grads.bias])
+                    },
+                )
+                .outputs(&["grad_input", "grad_weight", "grad_bias"]),
+            );
+        }
+    }
+}
+
 /// Batch norm: statistics, forward (affine or not), backward in training and eval.
 pub fn norm(cases: &mut Vec<Case>) {
+    layer_norm(cases);
     for (outer, channels, inner) in [(2, 5, 33), (1, 16, 49), (4, 3, 1), (3, 1, 7)] {
         let layout = ChannelLayout {
             outer,
