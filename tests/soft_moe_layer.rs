@@ -101,6 +101,18 @@ fn slots_from_raw_tokens_match_the_papers_router() {
 }
 
 #[test]
+fn mlp_experts_match_the_package() {
+    let moe = layer(3, 2, Expert::Mlp, true, SlotSource::Normalized, Activation::Gelu);
+    check_case("mlp", &moe);
+}
+
+#[test]
+fn mlp_experts_without_normalisation_match_the_package() {
+    let moe = layer(3, 1, Expert::Mlp, false, SlotSource::Normalized, Activation::Gelu);
+    check_case("mlp_nonorm", &moe);
+}
+
+#[test]
 fn the_slot_source_changes_the_output() {
     manual_seed(5);
     let moe = layer(4, 2, Expert::Linear, true, SlotSource::Normalized, Activation::Relu);
