@@ -5,7 +5,8 @@
 
 mod soft_moe_fixtures;
 
-use moeseg::moe::soft_moe::diagnostics;
+use moeseg::models::vit_blocks::Attention;
+use moeseg::moe::soft_moe::{diagnostics, experts};
 use moeseg::moe::{SlotSource, SoftMoE, SoftMoeConfig};
 use moeseg::nn::{named_parameters, Linear, Mlp, Module};
 use moeseg::ops::activation::Activation;
@@ -115,24 +116,23 @@ fn mlp_experts_without_normalisation_match_the_package() {
 #[test]
 fn the_slot_source_changes_the_output() {
     manual_seed(5);
-    let moe = layer(4, 2, Expert::Linear, true, SlotSource::Normalized, Activation::Relu);
-    let x = with_default_rng(|rng| Tensor::randn([2, 7, 8], 0.0, 3.0, rng)).unwrap();
-    let a = moe.forward(&x).unwrap().try_to_vec().unwrap();
-    let raw = SoftMoE::with_experts(
-        SoftMoeConfig {
-            slot_source: SlotSource::Raw,
-            ..moe.config()
-        },
-        Vec::new(),
-    );
-    assert!(raw.is_err(), "expert count is checked");
-    let fx_free = layer(4, 2, Expert::Linear, true, SlotSource::Raw, Activation::Relu);
-    for ((_, dst), (_, src)) in named_parameters(&fx_free).iter().zip(named_parameters(&moe)) {
+    let normalized = layer(4, 2, Expert::Linear, true, SlotSource::Normalized, Activation::Relu);
+    let raw = layer(4, 2, Expert::Linear, true, SlotSource::Raw, Activation::Relu);
+    for ((_, dst), (_, src)) in named_parameters(&raw).iter().zip(named_parameters(&normalized)) {
         dst.replace_data(&src).unwrap();
     }
-    let b = fx_free.forward(&x).unwrap().try_to_vec().unwrap();
-    let diff: f32 = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    // Tokens far from unit norm: mixing raw or normalised tokens differs.
+    let x = with_default_rng(|rng| Tensor::randn([2, 7, 8], 0.0, 3.0, rng)).unwrap();
+    let a = normalized.forward(&x).unwrap().try_to_vec().unwrap();
+    let b = raw.forward(&x).unwrap().try_to_vec().unwrap();
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
     assert!(diff > 1e-3, "raw and normalised slot sources agree ({diff})");
+}
+
+#[test]
+fn the_expert_count_is_checked() {
+    let err = SoftMoE::with_experts(SoftMoeConfig::new(8, 3, 1), Vec::new()).err();
+    assert!(err.is_some_and(|e| e.to_string().contains("0 experts given")));
 }
 
 #[test]
@@ -182,6 +182,30 @@ fn package_test_linear_experts_forward() {
                 let x = with_default_rng(|rng| Tensor::randn([1, m, dim], 0.0, 1.0, rng)).unwrap();
                 let out = moe.forward(&x).unwrap();
                 assert_eq!(out.dims(), &[1, m, 32]);
+                assert!(out.try_to_vec().unwrap().iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+}
+
+/// `test_soft_moe_layer_forward`, attention experts (timm's `Attention(dim)`: 8 heads, no qkv
+/// bias): shape `[1, n, dim]`, no NaN. Each expert attends over its own p slots.
+#[test]
+fn package_test_attention_experts_forward() {
+    manual_seed(12);
+    let mut token_counts = [3usize, 128, 1, 50, 77, 9, 128, 31].into_iter().cycle();
+    for num_experts in [1, 4] {
+        for slots in [1, 2] {
+            for dim in [16, 128] {
+                let moe = SoftMoE::new(SoftMoeConfig::new(dim, num_experts, slots), |_| {
+                    Ok(Box::new(Attention::new(dim, 8, false)?) as Box<dyn Module>)
+                })
+                .unwrap();
+                assert!(experts::StackedExperts::detect(&moe.experts).is_none());
+                let m = token_counts.next().unwrap();
+                let x = with_default_rng(|rng| Tensor::randn([1, m, dim], 0.0, 1.0, rng)).unwrap();
+                let out = moe.forward(&x).unwrap();
+                assert_eq!(out.dims(), &[1, m, dim]);
                 assert!(out.try_to_vec().unwrap().iter().all(|v| v.is_finite()));
             }
         }
