@@ -138,3 +138,64 @@ fn forward_and_train_step_equal_the_library() {
     .concat());
     assert!(!ok && stderr.contains("w.safetensors"), "{stderr}");
 }
+
+/// The segmentation ViT preset trains (a few steps on tiny synthetic images), and
+/// `routing-stats` reports the diagnostics of its two Soft-MoE layers.
+#[test]
+fn synthetic_vit_preset_trains_and_reports_soft_routing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_arg = run.to_str().unwrap();
+    let (ok, _, stderr) = moeseg(&[
+        "train",
+        "--preset",
+        "synthetic-vit/soft_moe",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--run-dir",
+        run_arg,
+        "--set",
+        "data.synthetic.train_len=4",
+        "--set",
+        "data.synthetic.val_len=2",
+        "--set",
+        "data.batch_size=2",
+        "--set",
+        "data.val_batch_size=2",
+        "--set",
+        "data.synthetic.height=32",
+        "--set",
+        "data.synthetic.width=64",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.eval_interval=1",
+    ]);
+    assert!(ok, "{stderr}");
+    let out = dir.path().join("stats");
+    let (ok, stdout, stderr) = moeseg(&[
+        "routing-stats",
+        "--run",
+        run_arg,
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("blocks.2.mlp: soft, 16 slots"), "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("routing_stats.json")).unwrap(),
+    )
+    .unwrap();
+    let soft = &json["soft_layers"];
+    for layer in ["blocks.2.mlp", "blocks.3.mlp"] {
+        let d = &soft[layer];
+        // 32x64 images (built for 64x128: positions resampled) in 8x8 patches: 4x8 tokens.
+        assert_eq!(d["tokens"], 32, "{d}");
+        assert_eq!(d["images"], 2, "{d}");
+        let min = d["dispatch_min_mean"].as_f64().unwrap();
+        let max = d["dispatch_max_mean"].as_f64().unwrap();
+        assert!(0.0 < min && min <= 1.0 / 32.0 && 1.0 / 32.0 <= max && max < 1.0, "{d}");
+    }
+    assert!(soft.get("blocks.1.mlp").is_none());
+}

@@ -309,3 +309,31 @@ fn the_layer_records_diagnostics_of_uniform_routing() {
         assert!((v - e).abs() < 1e-5, "{m:?}");
     }
 }
+
+/// Merging the diagnostics of two forwards: means weighted by images, overall extremes.
+#[test]
+fn diagnostics_merge_weights_by_images() {
+    use moeseg::moe::soft_moe::Similarity;
+    let one = |batch, value: f64, sim: Similarity| diagnostics::SoftRoutingDiagnostics {
+        batch,
+        tokens: 5,
+        slots: 4,
+        dispatch_min_mean: value,
+        dispatch_max_mean: value,
+        combine_min_mean: value,
+        combine_max_mean: value,
+        combine_similarity: sim,
+        dispatch_similarity: sim,
+        phi_similarity: sim,
+    };
+    let a_sim = Similarity { min: 0.2, max: 0.5, mean: 0.3 };
+    let b_sim = Similarity { min: 0.1, max: 0.4, mean: 0.6 };
+    let mut merged = one(1, 0.1, a_sim);
+    merged.merge(&one(3, 0.5, b_sim));
+    assert_eq!(merged.batch, 4);
+    assert!((merged.dispatch_min_mean - 0.4).abs() < 1e-12);
+    assert!((merged.combine_similarity.min - 0.1).abs() < 1e-12);
+    assert!((merged.combine_similarity.max - 0.5).abs() < 1e-12);
+    assert!((merged.combine_similarity.mean - 0.525).abs() < 1e-12);
+    assert_eq!(merged.phi_similarity, b_sim, "the latest router");
+}

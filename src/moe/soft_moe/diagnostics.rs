@@ -60,6 +60,58 @@ pub struct SoftRoutingDiagnostics {
     pub phi_similarity: Similarity,
 }
 
+impl SoftRoutingDiagnostics {
+    /// Folds the diagnostics of another forward into these (an evaluation over several
+    /// batches): the means are weighted by the number of images, similarity minima and maxima
+    /// are the overall extremes (their means weighted by images), `phi_similarity`, `tokens`
+    /// and `slots` are the latest forward's.
+    pub fn merge(&mut self, other: &SoftRoutingDiagnostics) {
+        let total = self.batch + other.batch;
+        if total == 0 {
+            return;
+        }
+        let (a, b) = (
+            self.batch as f64 / total as f64,
+            other.batch as f64 / total as f64,
+        );
+        let mean = |x: f64, y: f64| a * x + b * y;
+        let fold = |x: Similarity, y: Similarity| Similarity {
+            min: if self.batch == 0 { y.min } else { x.min.min(y.min) },
+            max: if self.batch == 0 { y.max } else { x.max.max(y.max) },
+            mean: mean(x.mean, y.mean),
+        };
+        *self = SoftRoutingDiagnostics {
+            batch: total,
+            tokens: other.tokens,
+            slots: other.slots,
+            dispatch_min_mean: mean(self.dispatch_min_mean, other.dispatch_min_mean),
+            dispatch_max_mean: mean(self.dispatch_max_mean, other.dispatch_max_mean),
+            combine_min_mean: mean(self.combine_min_mean, other.combine_min_mean),
+            combine_max_mean: mean(self.combine_max_mean, other.combine_max_mean),
+            combine_similarity: fold(self.combine_similarity, other.combine_similarity),
+            dispatch_similarity: fold(self.dispatch_similarity, other.dispatch_similarity),
+            phi_similarity: other.phi_similarity,
+        };
+    }
+
+    /// The diagnostics as JSON (the field names above; similarities as `{min, max, mean}`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let sim = |s: Similarity| serde_json::json!({"min": s.min, "max": s.max, "mean": s.mean});
+        serde_json::json!({
+            "images": self.batch,
+            "tokens": self.tokens,
+            "slots": self.slots,
+            "dispatch_min_mean": self.dispatch_min_mean,
+            "dispatch_max_mean": self.dispatch_max_mean,
+            "combine_min_mean": self.combine_min_mean,
+            "combine_max_mean": self.combine_max_mean,
+            "combine_similarity": sim(self.combine_similarity),
+            "dispatch_similarity": sim(self.dispatch_similarity),
+            "phi_similarity": sim(self.phi_similarity),
+        })
+    }
+}
+
 /// Diagnostics of `dispatch` and `combine` `[b, m, s]` and router `phi` `[d, n, p]`.
 pub fn compute(
     dispatch: &Tensor,

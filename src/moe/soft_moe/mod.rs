@@ -98,7 +98,8 @@ pub struct SoftMoE {
     config: SoftMoeConfig,
     generic_experts: AtomicBool,
     record_diagnostics: AtomicBool,
-    last_diagnostics: Mutex<Option<SoftRoutingDiagnostics>>,
+    /// The last recorded forward's diagnostics and the merge of all since recording began.
+    diagnostics: Mutex<Option<(SoftRoutingDiagnostics, SoftRoutingDiagnostics)>>,
 }
 
 impl SoftMoE {
@@ -154,7 +155,7 @@ impl SoftMoE {
             config,
             generic_experts: AtomicBool::new(false),
             record_diagnostics: AtomicBool::new(false),
-            last_diagnostics: Mutex::new(None),
+            diagnostics: Mutex::new(None),
         })
     }
 
@@ -169,22 +170,40 @@ impl SoftMoE {
     }
 
     /// Turns the routing diagnostics of every following forward on or off (off by default:
-    /// they copy the routing weights to the host).
+    /// they copy the routing weights to the host). Turning it on clears what was recorded.
     pub fn set_record_diagnostics(&self, record: bool) {
         self.record_diagnostics.store(record, Ordering::Relaxed);
-        if !record {
-            *self.lock_diagnostics() = None;
-        }
+        *self.lock_diagnostics() = None;
     }
 
     /// The diagnostics of the last forward run while recording was on.
     pub fn last_diagnostics(&self) -> Option<SoftRoutingDiagnostics> {
-        self.lock_diagnostics().clone()
+        self.lock_diagnostics().map(|(last, _)| last)
     }
 
-    fn lock_diagnostics(&self) -> std::sync::MutexGuard<'_, Option<SoftRoutingDiagnostics>> {
+    /// The diagnostics of every forward since recording was turned on, merged
+    /// ([`SoftRoutingDiagnostics::merge`]).
+    pub fn recorded_diagnostics(&self) -> Option<SoftRoutingDiagnostics> {
+        self.lock_diagnostics().map(|(_, all)| all)
+    }
+
+    fn record(&self, stats: SoftRoutingDiagnostics) {
+        let mut guard = self.lock_diagnostics();
+        let merged = match *guard {
+            Some((_, mut all)) => {
+                all.merge(&stats);
+                all
+            }
+            None => stats,
+        };
+        *guard = Some((stats, merged));
+    }
+
+    fn lock_diagnostics(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<(SoftRoutingDiagnostics, SoftRoutingDiagnostics)>> {
         // A panic while holding the lock leaves plain data behind: use it.
-        self.last_diagnostics
+        self.diagnostics
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -315,7 +334,7 @@ impl Module for SoftMoE {
                 &self.phi,
                 self.config.num_experts,
             )?;
-            *self.lock_diagnostics() = Some(stats);
+            self.record(stats);
         }
         routing.combine.matmul(&outputs)
     }
