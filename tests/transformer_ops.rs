@@ -160,7 +160,7 @@ fn gelu_by_hand_and_by_finite_differences() {
         .unwrap()
         .with_requires_grad(true);
     let y = x.gelu().unwrap();
-    let expected = Tensor::from_vec(vec![0.841_344_75, -0.158_655_25, 0.0], [3]).unwrap();
+    let expected = Tensor::from_vec(vec![0.841_344_7, -0.158_655_26, 0.0], [3]).unwrap();
     assert_close("gelu by hand", &y, &expected, 1e-7, 1e-8).unwrap();
     y.sum_all().unwrap().backward().unwrap();
     // gelu'(x) = Φ(x) + x φ(x): gelu'(1) = 0.841345 + 0.241971, gelu'(−1) = 0.158655 − 0.241971.
@@ -172,6 +172,173 @@ fn gelu_by_hand_and_by_finite_differences() {
         atol: 1e-3,
     };
     let x = randn(&[4, 7], 10).mul_scalar(3.0).unwrap();
-    gradcheck("gelu", &[x.clone()], |t| t[0].gelu(), opts).unwrap();
+    gradcheck("gelu", std::slice::from_ref(&x), |t| t[0].gelu(), opts).unwrap();
     gradcheck("gelu_tanh", &[x], |t| t[0].gelu_tanh(), opts).unwrap();
+}
+
+/// `[dispatch; combine]` stacked on a new axis 0, the layout of the fixture's `out`.
+fn stacked_routes(logits: &Tensor) -> moeseg::Result<Tensor> {
+    let (dispatch, combine) = logits.soft_route()?;
+    Tensor::cat(&[&dispatch.unsqueeze(0)?, &combine.unsqueeze(0)?], 0)
+}
+
+#[test]
+fn soft_route_matches_pytorch() {
+    let fx = fixtures();
+    for case in ["soft_route", "soft_route_large"] {
+        fx.check_case(case, &["input"], |t| stacked_routes(&t[0]), 1e-5, 1e-6)
+            .unwrap();
+    }
+}
+
+#[test]
+fn soft_route_is_the_two_softmaxes() {
+    let x = randn(&[3, 11, 7], 11).mul_scalar(4.0).unwrap();
+    let (dispatch, combine) = x.soft_route().unwrap();
+    assert_eq!(dispatch.dims(), [3, 11, 7]);
+    assert_eq!(combine.dims(), [3, 11, 7]);
+    assert_close("dispatch", &dispatch, &x.softmax(1).unwrap(), 1e-6, 1e-7).unwrap();
+    assert_close("combine", &combine, &x.softmax(2).unwrap(), 1e-6, 1e-7).unwrap();
+    let wrong = randn(&[4, 5], 12).soft_route().unwrap_err().to_string();
+    assert!(
+        wrong.contains("[batch, tokens, slots]") && wrong.contains("[4, 5]"),
+        "{wrong}"
+    );
+}
+
+#[test]
+fn soft_route_gradients_agree_with_finite_differences() {
+    let opts = GradcheckOptions {
+        eps: 1e-2,
+        rtol: 1e-2,
+        atol: 1e-3,
+    };
+    let x = randn(&[2, 5, 4], 13).mul_scalar(2.0).unwrap();
+    gradcheck(
+        "soft_route both",
+        std::slice::from_ref(&x),
+        |t| stacked_routes(&t[0]),
+        opts,
+    )
+    .unwrap();
+    // Only one output in the loss: the other half of the gradient is zero.
+    gradcheck(
+        "soft_route dispatch",
+        std::slice::from_ref(&x),
+        |t| Ok(t[0].soft_route()?.0),
+        opts,
+    )
+    .unwrap();
+    gradcheck(
+        "soft_route combine",
+        std::slice::from_ref(&x),
+        |t| Ok(t[0].soft_route()?.1),
+        opts,
+    )
+    .unwrap();
+    // Both outputs used downstream (as Soft-MoE does): the gradients add.
+    gradcheck(
+        "soft_route product",
+        &[x],
+        |t| {
+            let (dispatch, combine) = t[0].soft_route()?;
+            dispatch.mul(&combine)
+        },
+        opts,
+    )
+    .unwrap();
+}
+
+#[test]
+fn matmul_t_matches_pytorch_and_finite_differences() {
+    let fx = fixtures();
+    for case in ["matmul_t_batched", "matmul_t_2d"] {
+        fx.check_case(
+            case,
+            &["input", "rhs"],
+            |t| t[0].matmul_t(&t[1]),
+            1e-5,
+            1e-6,
+        )
+        .unwrap();
+    }
+    let opts = GradcheckOptions::default();
+    let (a, b) = (randn(&[2, 3, 4], 14), randn(&[2, 5, 4], 15));
+    gradcheck(
+        "matmul_t batched",
+        &[a.clone(), b],
+        |t| t[0].matmul_t(&t[1]),
+        opts,
+    )
+    .unwrap();
+    let shared = randn(&[5, 4], 16);
+    gradcheck(
+        "matmul_t shared",
+        &[a.clone(), shared.clone()],
+        |t| t[0].matmul_t(&t[1]),
+        opts,
+    )
+    .unwrap();
+    // The shared rhs equals matmul with its explicit transpose.
+    let by_transpose = a.matmul(&shared.transpose(0, 1).unwrap()).unwrap();
+    assert_close(
+        "matmul_t shared",
+        &a.matmul_t(&shared).unwrap(),
+        &by_transpose,
+        1e-6,
+        1e-6,
+    )
+    .unwrap();
+    let wrong = a.matmul_t(&randn(&[3, 5, 4], 17)).unwrap_err().to_string();
+    assert!(
+        wrong.contains("[2, 3, 4]") && wrong.contains("[3, 5, 4]"),
+        "{wrong}"
+    );
+    let wrong = a.matmul_t(&randn(&[5, 3], 17)).unwrap_err().to_string();
+    assert!(wrong.contains("matmul_t"), "{wrong}");
+}
+
+#[test]
+fn l2_normalize_matches_pytorch() {
+    let fx = fixtures();
+    // `l2_normalize_last` has an all-zero vector: divided by eps, gradient g / eps (1e12·g).
+    fx.check_case(
+        "l2_normalize_last",
+        &["input"],
+        |t| t[0].l2_normalize(-1, 1e-12),
+        1e-5,
+        1e-6,
+    )
+    .unwrap();
+    fx.check_case(
+        "l2_normalize_axis1",
+        &["input"],
+        |t| t[0].l2_normalize(1, 1e-12),
+        1e-5,
+        1e-6,
+    )
+    .unwrap();
+    // Below eps the divisor is eps: [3e-3, 4e-3] has norm 5e-3 < 1e-2.
+    let small = Tensor::from_vec(vec![3e-3, 4e-3], [1, 2]).unwrap();
+    let expected = Tensor::from_vec(vec![0.3, 0.4], [1, 2]).unwrap();
+    assert_close(
+        "below eps",
+        &small.l2_normalize(1, 1e-2).unwrap(),
+        &expected,
+        1e-6,
+        1e-7,
+    )
+    .unwrap();
+    let opts = GradcheckOptions {
+        eps: 1e-3,
+        rtol: 1e-2,
+        atol: 1e-3,
+    };
+    gradcheck(
+        "l2_normalize",
+        &[randn(&[3, 4], 18)],
+        |t| t[0].l2_normalize(-1, 1e-12),
+        opts,
+    )
+    .unwrap();
 }

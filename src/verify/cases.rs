@@ -15,7 +15,7 @@ use crate::ops::shape::NarrowParams;
 use crate::tensor::{Rng, Shape, Storage};
 
 mod more;
-use more::{conv, interpolate, matmul, norm, pool, routed_conv, topk_gate};
+use more::{conv, interpolate, matmul, norm, pool, routed_conv, soft_route, topk_gate};
 
 /// How one input is drawn.
 #[derive(Clone, Copy, Debug)]
@@ -367,6 +367,7 @@ fn activation(cases: &mut Vec<Case>) {
 }
 
 fn softmax(cases: &mut Vec<Case>) {
+    soft_route(cases);
     for (outer, size, inner) in [(2, 19, 33), (37, 21, 1), (1, 5, 1), (3, 4, 65)] {
         for log in [false, true] {
             let len = outer * size * inner;

@@ -1,5 +1,5 @@
 //! Matrix products: `matmul` (2-D, batched 3-D, and 3-D × 2-D with the matrix shared by the
-//! batch) and `linear` (`F.linear`). Backward reuses the same GEMM with transposed operands:
+//! batch), `matmul_t` (the same with the rhs read transposed) and `linear` (`F.linear`). Backward reuses the same GEMM with transposed operands:
 //! `∂A = G·op(B)ᵀ`, `∂B = op(A)ᵀ·G` (summed over the batch when `B` is shared, which is one
 //! GEMM over the batch-flattened rows).
 
@@ -94,6 +94,52 @@ impl Tensor {
             vec![m, n]
         };
         self.product("matmul", rhs, dims, out_dims)
+    }
+
+    /// `self · rhsᵀ` over the last two axes: `[m, k] × [n, k] → [m, n]`,
+    /// `[b, m, k] × [b, n, k] → [b, m, n]` (one `rhs` per batch item, e.g. attention's `q·kᵀ`)
+    /// and `[b, m, k] × [n, k] → [b, m, n]` (one `rhs` for the batch). No transposed copy is
+    /// made: the GEMM reads `rhs` transposed, in the forward and in both gradients.
+    pub fn matmul_t(&self, rhs: &Tensor) -> Result<Tensor> {
+        let mismatch = || {
+            Error::shape(
+                "matmul_t",
+                format!(
+                    "cannot multiply {} by the transpose of {} (supported: [m, k]×[n, k]ᵀ, \
+                     [b, m, k]×[b, n, k]ᵀ, [b, m, k]×[n, k]ᵀ)",
+                    self.shape(),
+                    rhs.shape()
+                ),
+            )
+        };
+        let (batch, m, k) = match *self.dims() {
+            [m, k] => (1, m, k),
+            [b, m, k] => (b, m, k),
+            _ => return Err(mismatch()),
+        };
+        let (rhs_batch, n, rhs_k) = match *rhs.dims() {
+            [n, k] => (None, n, k),
+            [b, n, k] => (Some(b), n, k),
+            _ => return Err(mismatch()),
+        };
+        let batched_lhs = self.rank() == 3;
+        if rhs_k != k || rhs_batch.is_some_and(|b| !batched_lhs || b != batch) {
+            return Err(mismatch());
+        }
+        let dims = MatmulDims {
+            batch,
+            m,
+            k,
+            n,
+            rhs_shared: rhs_batch.is_none(),
+            rhs_transposed: true,
+        };
+        let out_dims = if batched_lhs {
+            vec![batch, m, n]
+        } else {
+            vec![m, n]
+        };
+        self.product("matmul_t", rhs, dims, out_dims)
     }
 
     /// `x · wᵀ + bias` over the last axis (`F.linear`): `x` is `[…, in]`, `w` `[out, in]`,

@@ -83,6 +83,21 @@ impl Tensor {
         self.mean(&[], false)
     }
 
+    /// `x / max(‖x‖₂, eps)` along `axis` (torch's `F.normalize(x, p=2, dim=axis, eps=eps)`,
+    /// whose default eps is 1e-12). Composed as `x / √max(Σ x², eps²)`: where the norm is below
+    /// eps the divisor is the constant eps, so the gradient is `g / eps`, as in PyTorch.
+    pub fn l2_normalize(&self, axis: isize, eps: f32) -> Result<Tensor> {
+        if eps.is_nan() || eps < 0.0 {
+            return Err(Error::invalid(
+                "l2_normalize",
+                format!("eps must be ≥ 0, got {eps} (input {})", self.shape()),
+            ));
+        }
+        let squared_norm = self.square()?.sum(&[axis], true)?;
+        let norm = squared_norm.clamp(eps * eps, f32::INFINITY)?.sqrt()?;
+        self.div(&norm)
+    }
+
     /// Maximum along `axis` and its index (`torch.max(x, dim)`); the gradient flows to the
     /// maximum's position only.
     pub fn max(&self, axis: isize, keepdim: bool) -> Result<(Tensor, Tensor)> {

@@ -5,7 +5,7 @@
 //! over blocks of adjacent columns so the inner loop runs along contiguous memory, then an
 //! elementwise pass over contiguous rows that reads the statistics.
 
-use super::SoftmaxBackend;
+use super::{RouteLayout, SoftmaxBackend};
 use crate::backend::cpu::{CpuBackend, PAR_CHUNK};
 use crate::error::Result;
 use crate::tensor::Storage;
@@ -167,5 +167,117 @@ impl SoftmaxBackend for CpuBackend {
             }
         });
         Ok(Storage::cpu(out))
+    }
+
+    fn soft_route_forward(&self, logits: &Storage, layout: RouteLayout) -> Result<Storage> {
+        let x = logits.as_cpu("soft_route")?;
+        let RouteLayout { tokens, slots, .. } = layout;
+        let per_batch = tokens * slots;
+        let mut out = crate::backend::cpu::pool::zeroed(2 * layout.numel());
+        if per_batch == 0 {
+            return Ok(Storage::cpu(out));
+        }
+        let (dispatch, combine) = out.split_at_mut(layout.numel());
+        dispatch
+            .par_chunks_mut(per_batch)
+            .zip(combine.par_chunks_mut(per_batch))
+            .zip(x.par_chunks(per_batch))
+            .for_each(|((dispatch, combine), x)| {
+                // One pass: every logit updates its row's and its column's running (max, sum).
+                let mut rows = vec![RunningMax::EMPTY; tokens];
+                let mut columns = vec![RunningMax::EMPTY; slots];
+                for (row, line) in rows.iter_mut().zip(x.chunks(slots)) {
+                    for (column, &v) in columns.iter_mut().zip(line) {
+                        row.push(v);
+                        column.push(v);
+                    }
+                }
+                let outputs = dispatch.chunks_mut(slots).zip(combine.chunks_mut(slots));
+                for ((row, line), (dispatch, combine)) in
+                    rows.iter().zip(x.chunks(slots)).zip(outputs)
+                {
+                    for (((d, c), &v), column) in dispatch
+                        .iter_mut()
+                        .zip(combine.iter_mut())
+                        .zip(line)
+                        .zip(&columns)
+                    {
+                        *d = column.softmax(v);
+                        *c = row.softmax(v);
+                    }
+                }
+            });
+        Ok(Storage::cpu(out))
+    }
+
+    fn soft_route_backward(
+        &self,
+        routes: &Storage,
+        grad_routes: &Storage,
+        layout: RouteLayout,
+    ) -> Result<Storage> {
+        const OP: &str = "soft_route_backward";
+        let (routes, grad) = (routes.as_cpu(OP)?, grad_routes.as_cpu(OP)?);
+        let RouteLayout { tokens, slots, .. } = layout;
+        let (n, per_batch) = (layout.numel(), tokens * slots);
+        let mut out = crate::backend::cpu::pool::zeroed(n);
+        if per_batch == 0 {
+            return Ok(Storage::cpu(out));
+        }
+        let (dispatch, combine) = routes.split_at(n);
+        let (grad_dispatch, grad_combine) = grad.split_at(n);
+        out.par_chunks_mut(per_batch)
+            .enumerate()
+            .for_each(|(b, out)| {
+                let range = b * per_batch..(b + 1) * per_batch;
+                let (d, c) = (&dispatch[range.clone()], &combine[range.clone()]);
+                let (gd, gc) = (&grad_dispatch[range.clone()], &grad_combine[range]);
+                // One pass: Σ_slots g_C·C per token (row), Σ_tokens g_D·D per slot (column).
+                let mut row_dots = vec![0.0f32; tokens];
+                let mut column_dots = vec![0.0f32; slots];
+                for (i, row_dot) in row_dots.iter_mut().enumerate() {
+                    let line = i * slots..(i + 1) * slots;
+                    let terms = d[line.clone()].iter().zip(&gd[line.clone()]);
+                    let terms = terms.zip(c[line.clone()].iter().zip(&gc[line]));
+                    for (column_dot, ((&d, &gd), (&c, &gc))) in column_dots.iter_mut().zip(terms) {
+                        *column_dot += gd * d;
+                        *row_dot += gc * c;
+                    }
+                }
+                for (k, dx) in out.iter_mut().enumerate() {
+                    let (i, j) = (k / slots, k % slots);
+                    *dx = d[k] * (gd[k] - column_dots[j]) + c[k] * (gc[k] - row_dots[i]);
+                }
+            });
+        Ok(Storage::cpu(out))
+    }
+}
+
+/// A softmax line's running maximum and `Σ e^(x − max)`, updated one value at a time (the sum
+/// is rescaled when the maximum grows).
+#[derive(Clone, Copy)]
+struct RunningMax {
+    max: f32,
+    sum: f32,
+}
+
+impl RunningMax {
+    const EMPTY: RunningMax = RunningMax {
+        max: f32::NEG_INFINITY,
+        sum: 0.0,
+    };
+
+    fn push(&mut self, v: f32) {
+        if v > self.max {
+            self.sum = self.sum * (self.max - v).exp() + 1.0;
+            self.max = v;
+        } else {
+            self.sum += (v - self.max).exp();
+        }
+    }
+
+    /// `e^(v − max) / Σ`, the softmax of `v` within the line.
+    fn softmax(&self, v: f32) -> f32 {
+        (v - self.max).exp() / self.sum
     }
 }

@@ -2,10 +2,14 @@
 //! exponentiating).
 //!
 //! Kernels see the input as `[outer, size, inner]` around the axis; each `(outer, inner)`
-//! column is normalised over its `size` entries.
+//! column is normalised over its `size` entries. The family also has Soft-MoE's fused pair of
+//! softmaxes over one logits tensor ([`soft_route`]).
 
 pub(crate) mod cpu_kernel;
 mod cuda_kernel;
+pub mod soft_route;
+
+pub use soft_route::RouteLayout;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
@@ -33,6 +37,20 @@ pub trait SoftmaxBackend {
         size: usize,
         inner: usize,
         log: bool,
+    ) -> Result<Storage>;
+
+    /// Soft-MoE routing weights from logits `[batch, tokens, slots]`: one
+    /// `[2, batch, tokens, slots]` buffer holding the dispatch weights (softmax over the tokens)
+    /// then the combine weights (softmax over the slots), from one pass of statistics.
+    fn soft_route_forward(&self, logits: &Storage, layout: RouteLayout) -> Result<Storage>;
+
+    /// Gradient of the logits from the forward's `routes = [D; C]` and their gradient
+    /// `[g_D; g_C]` (same layout): `D ⊙ (g_D − Σ_tokens g_D D) + C ⊙ (g_C − Σ_slots g_C C)`.
+    fn soft_route_backward(
+        &self,
+        routes: &Storage,
+        grad_routes: &Storage,
+        layout: RouteLayout,
     ) -> Result<Storage>;
 }
 

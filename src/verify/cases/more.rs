@@ -8,6 +8,7 @@ use crate::ops::matmul::MatmulDims;
 use crate::ops::norm::RowLayout;
 use crate::ops::pool::{AvgPool2dGeometry, PlaneResize, Pool2dGeometry};
 use crate::ops::routed_conv::{RoutedConvGeometry, RoutedConvParams};
+use crate::ops::softmax::RouteLayout;
 use crate::ops::topk_gate::TopkGateParams;
 use crate::tensor::Storage;
 use crate::verify::Tolerance;
@@ -28,6 +29,42 @@ type ConvCase = (
     usize,
     usize,
 );
+
+/// Soft-MoE routing (the fused dispatch/combine softmaxes) and its backward: lines shorter and
+/// longer than a CUDA block (256) in both directions, one token and one slot.
+pub fn soft_route(cases: &mut Vec<Case>) {
+    for (batch, tokens, slots) in [(2, 9, 6), (1, 300, 5), (3, 7, 513), (1, 1, 1), (2, 197, 40)] {
+        let layout = RouteLayout {
+            batch,
+            tokens,
+            slots,
+        };
+        let n = layout.numel();
+        let shape = format!("[{batch},{tokens},{slots}]");
+        // Spread logits: the maxima matter.
+        let logits = Input::Uniform(n, -8.0, 8.0);
+        cases.push(
+            case(
+                "soft_route_forward",
+                &shape,
+                vec![logits],
+                Tolerance::TRANSCENDENTAL,
+                move |b, x| Ok(vec![b.soft_route_forward(&x[0], layout)?]),
+            )
+            .outputs(&["routes"]),
+        );
+        cases.push(case(
+            "soft_route_backward",
+            &shape,
+            vec![logits, Input::Normal(2 * n)],
+            Tolerance::TRANSCENDENTAL,
+            move |b, x| {
+                let routes = b.soft_route_forward(&x[0], layout)?;
+                Ok(vec![b.soft_route_backward(&routes, &x[1], layout)?])
+            },
+        ));
+    }
+}
 
 /// Layer norm forward and backward, affine or not: rows shorter and longer than a CUDA block
 /// (256), a single row, many rows of one element.
@@ -386,7 +423,8 @@ pub fn interpolate(cases: &mut Vec<Case>) {
     }
 }
 
-/// Batched matmul (shared / per-item rhs, transposed rhs as in `linear`) and both gradients.
+/// Batched matmul (shared / per-item rhs, transposed rhs as in `linear` and `matmul_t`) and both
+/// gradients.
 pub fn matmul(cases: &mut Vec<Case>) {
     for (batch, m, k, n, rhs_shared, rhs_transposed) in [
         (1, 37, 19, 45, false, false),
@@ -394,6 +432,7 @@ pub fn matmul(cases: &mut Vec<Case>) {
         (4, 9, 33, 21, true, true),
         (2, 130, 7, 3, true, false),
         (5, 1, 64, 1, false, true),
+        (3, 17, 33, 12, false, true),
     ] {
         let d = MatmulDims {
             batch,
