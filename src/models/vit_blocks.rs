@@ -178,7 +178,7 @@ impl Module for Attention {
         let part = |i: usize| qkv.narrow(0, i, 1)?.reshape_to([b * heads, n, head_dim]);
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let q = q.mul_scalar((head_dim as f32).powf(-0.5))?;
-        let attn = q.matmul(&k.transpose(1, 2)?)?.softmax(-1)?;
+        let attn = q.matmul_t(&k)?.softmax(-1)?;
         let out = attn
             .matmul(&v)?
             .reshape_to([b, heads, n, head_dim])?

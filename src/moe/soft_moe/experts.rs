@@ -76,7 +76,7 @@ impl<'a> StackedExperts<'a> {
 /// `x[j] · W_jᵀ + b_j` for every expert `j` at once: `x` is `[n, rows, in]`.
 fn stacked_linear(x: &Tensor, layers: &[&Linear]) -> Result<Tensor> {
     let weights = stack(layers.iter().map(|l| &l.weight))?;
-    let y = batched_matmul_t(x, &weights)?;
+    let y = x.matmul_t(&weights)?;
     let biases: Option<Vec<&Tensor>> = layers.iter().map(|l| l.bias.as_ref()).collect();
     match biases {
         Some(biases) => {
@@ -86,11 +86,6 @@ fn stacked_linear(x: &Tensor, layers: &[&Linear]) -> Result<Tensor> {
         }
         None => Ok(y),
     }
-}
-
-/// `[n, rows, k] × [n, out, k]ᵀ → [n, rows, out]`.
-fn batched_matmul_t(x: &Tensor, weights: &Tensor) -> Result<Tensor> {
-    x.matmul(&weights.transpose(1, 2)?)
 }
 
 /// The tensors stacked along a new leading axis.

@@ -213,14 +213,14 @@ impl SoftMoE {
         self.check_input(tokens)?;
         let (normalized, phi) = match &self.scale {
             Some(scale) if self.config.normalize => (
-                l2_normalize(tokens, 2)?,
-                l2_normalize(&self.phi, 0)?.mul(scale)?,
+                tokens.l2_normalize(2, NORMALIZE_EPS)?,
+                self.phi.l2_normalize(0, NORMALIZE_EPS)?.mul(scale)?,
             ),
             _ => (tokens.clone(), self.phi.clone()),
         };
         let phi = phi.reshape_to([self.config.dim, self.config.slots()])?;
         let logits = normalized.matmul(&phi)?;
-        let (dispatch, combine) = soft_route(&logits)?;
+        let (dispatch, combine) = logits.soft_route()?;
         let slot_source = match self.config.slot_source {
             SlotSource::Normalized => normalized,
             SlotSource::Raw => tokens.clone(),
@@ -299,21 +299,8 @@ pub struct Routing {
     pub slot_source: Tensor,
 }
 
-/// `F.normalize(x, dim=axis)`: `x / max(‖x‖₂, 1e-12)` along `axis`.
-pub fn l2_normalize(x: &Tensor, axis: isize) -> Result<Tensor> {
-    let norm = x
-        .square()?
-        .sum(&[axis], true)?
-        .sqrt()?
-        .clamp(1e-12, f32::INFINITY)?;
-    x.div(&norm)
-}
-
-/// Dispatch (softmax over axis 1) and combine (softmax over axis 2) weights of `[b, m, s]`
-/// logits.
-fn soft_route(logits: &Tensor) -> Result<(Tensor, Tensor)> {
-    Ok((logits.softmax(1)?, logits.softmax(2)?))
-}
+/// `F.normalize(x, dim=axis)`'s epsilon: `x / max(‖x‖₂, 1e-12)`.
+const NORMALIZE_EPS: f32 = 1e-12;
 
 impl Module for SoftMoE {
     fn type_name(&self) -> &'static str {
