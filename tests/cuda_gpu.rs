@@ -551,7 +551,10 @@ fn soft_moe_vit_forward_backward_matches_the_cpu() {
     let (cpu, dev) = (&results[0], &results[1]);
     let scale = max_abs(&cpu.0);
     for (i, (a, b)) in cpu.0.iter().zip(&dev.0).enumerate() {
-        assert!((a - b).abs() <= 1e-4 * scale, "logit {i}: cpu {a}, {device} {b}");
+        assert!(
+            (a - b).abs() <= 1e-4 * scale,
+            "logit {i}: cpu {a}, {device} {b}"
+        );
     }
     let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     let mut largest = (0.0, String::new());

@@ -83,50 +83,112 @@ fn check_case(case: &str, moe: &SoftMoE) {
 
 #[test]
 fn linear_experts_match_the_package() {
-    let moe = layer(4, 2, Expert::Linear, true, SlotSource::Normalized, Activation::Relu);
+    let moe = layer(
+        4,
+        2,
+        Expert::Linear,
+        true,
+        SlotSource::Normalized,
+        Activation::Relu,
+    );
     assert!(moe.scale.is_some());
     check_case("linear", &moe);
 }
 
 #[test]
 fn linear_experts_without_normalisation_match_the_package() {
-    let moe = layer(4, 2, Expert::Linear, false, SlotSource::Normalized, Activation::Relu);
-    assert!(moe.scale.is_none(), "normalize = false has no scale, as in the package");
+    let moe = layer(
+        4,
+        2,
+        Expert::Linear,
+        false,
+        SlotSource::Normalized,
+        Activation::Relu,
+    );
+    assert!(
+        moe.scale.is_none(),
+        "normalize = false has no scale, as in the package"
+    );
     check_case("linear_nonorm", &moe);
 }
 
 #[test]
 fn slots_from_raw_tokens_match_the_papers_router() {
-    let moe = layer(4, 2, Expert::Linear, true, SlotSource::Raw, Activation::Relu);
+    let moe = layer(
+        4,
+        2,
+        Expert::Linear,
+        true,
+        SlotSource::Raw,
+        Activation::Relu,
+    );
     check_case("linear_raw", &moe);
 }
 
 #[test]
 fn mlp_experts_match_the_package() {
-    let moe = layer(3, 2, Expert::Mlp, true, SlotSource::Normalized, Activation::Gelu);
+    let moe = layer(
+        3,
+        2,
+        Expert::Mlp,
+        true,
+        SlotSource::Normalized,
+        Activation::Gelu,
+    );
     check_case("mlp", &moe);
 }
 
 #[test]
 fn mlp_experts_without_normalisation_match_the_package() {
-    let moe = layer(3, 1, Expert::Mlp, false, SlotSource::Normalized, Activation::Gelu);
+    let moe = layer(
+        3,
+        1,
+        Expert::Mlp,
+        false,
+        SlotSource::Normalized,
+        Activation::Gelu,
+    );
     check_case("mlp_nonorm", &moe);
 }
 
 #[test]
 fn the_slot_source_changes_the_output() {
     manual_seed(5);
-    let normalized = layer(4, 2, Expert::Linear, true, SlotSource::Normalized, Activation::Relu);
-    let raw = layer(4, 2, Expert::Linear, true, SlotSource::Raw, Activation::Relu);
-    for ((_, dst), (_, src)) in named_parameters(&raw).iter().zip(named_parameters(&normalized)) {
+    let normalized = layer(
+        4,
+        2,
+        Expert::Linear,
+        true,
+        SlotSource::Normalized,
+        Activation::Relu,
+    );
+    let raw = layer(
+        4,
+        2,
+        Expert::Linear,
+        true,
+        SlotSource::Raw,
+        Activation::Relu,
+    );
+    for ((_, dst), (_, src)) in named_parameters(&raw)
+        .iter()
+        .zip(named_parameters(&normalized))
+    {
         dst.replace_data(&src).unwrap();
     }
     // Tokens far from unit norm: mixing raw or normalised tokens differs.
     let x = with_default_rng(|rng| Tensor::randn([2, 7, 8], 0.0, 3.0, rng)).unwrap();
     let a = normalized.forward(&x).unwrap().try_to_vec().unwrap();
     let b = raw.forward(&x).unwrap().try_to_vec().unwrap();
-    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-    assert!(diff > 1e-3, "raw and normalised slot sources agree ({diff})");
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        diff > 1e-3,
+        "raw and normalised slot sources agree ({diff})"
+    );
 }
 
 #[test]
@@ -160,7 +222,12 @@ fn batched_experts_equal_per_expert_experts() {
             results.push(grads);
         }
         for ((name, batched), (_, generic)) in results[0].iter().zip(&results[1]) {
-            compare(&format!("batched vs per-expert {name}"), batched, generic, 1e-5);
+            compare(
+                &format!("batched vs per-expert {name}"),
+                batched,
+                generic,
+                1e-5,
+            );
         }
     }
 }
@@ -235,7 +302,10 @@ fn parameters_are_named_and_initialised_as_in_the_package() {
     })
     .unwrap();
     let names: Vec<String> = named_parameters(&moe).into_iter().map(|(n, _)| n).collect();
-    assert_eq!(&names[..4], ["phi", "scale", "experts.0.weight", "experts.0.bias"]);
+    assert_eq!(
+        &names[..4],
+        ["phi", "scale", "experts.0.weight", "experts.0.bias"]
+    );
     assert_eq!(moe.phi.dims(), &[d, 32, 4]);
     assert_eq!(moe.scale.as_ref().unwrap().try_to_vec().unwrap(), vec![1.0]);
     let phi = moe.phi.try_to_vec().unwrap();
@@ -288,11 +358,23 @@ fn diagnostics_reproduce_vmoes_metric_test() {
 #[test]
 fn the_layer_records_diagnostics_of_uniform_routing() {
     manual_seed(2);
-    let moe = layer(4, 2, Expert::Linear, true, SlotSource::Normalized, Activation::Relu);
-    moe.phi.replace_data(&moe.phi.zeros_like().unwrap()).unwrap();
+    let moe = layer(
+        4,
+        2,
+        Expert::Linear,
+        true,
+        SlotSource::Normalized,
+        Activation::Relu,
+    );
+    moe.phi
+        .replace_data(&moe.phi.zeros_like().unwrap())
+        .unwrap();
     let x = with_default_rng(|rng| Tensor::randn([2, 5, 8], 0.0, 1.0, rng)).unwrap();
     moe.forward(&x).unwrap();
-    assert!(moe.last_diagnostics().is_none(), "recording is off by default");
+    assert!(
+        moe.last_diagnostics().is_none(),
+        "recording is off by default"
+    );
     moe.set_record_diagnostics(true);
     moe.forward(&x).unwrap();
     let m = moe.last_diagnostics().unwrap();
@@ -326,8 +408,16 @@ fn diagnostics_merge_weights_by_images() {
         dispatch_similarity: sim,
         phi_similarity: sim,
     };
-    let a_sim = Similarity { min: 0.2, max: 0.5, mean: 0.3 };
-    let b_sim = Similarity { min: 0.1, max: 0.4, mean: 0.6 };
+    let a_sim = Similarity {
+        min: 0.2,
+        max: 0.5,
+        mean: 0.3,
+    };
+    let b_sim = Similarity {
+        min: 0.1,
+        max: 0.4,
+        mean: 0.6,
+    };
     let mut merged = one(1, 0.1, a_sim);
     merged.merge(&one(3, 0.5, b_sim));
     assert_eq!(merged.batch, 4);

@@ -114,7 +114,11 @@ fn state_dict_names_follow_timm_and_the_package() {
     ] {
         assert!(names.iter().any(|n| n == key), "missing {key}");
     }
-    assert_eq!(model.pos_embed.dims(), &[1, 17, 48], "1 + (32/8)² positions");
+    assert_eq!(
+        model.pos_embed.dims(),
+        &[1, 17, 48],
+        "1 + (32/8)² positions"
+    );
     assert_eq!(model.soft_moe_layers().len(), 1);
 }
 
@@ -154,7 +158,11 @@ fn package_test_num_experts_and_layer_index() {
 /// `test_soft_moe_vit_moe_layer_index`: out-of-range indices are errors.
 #[test]
 fn package_test_moe_layer_index_is_checked() {
-    for layers in [MoeLayers::From(12), MoeLayers::List(vec![0, 1, 12]), MoeLayers::List(vec![])] {
+    for layers in [
+        MoeLayers::From(12),
+        MoeLayers::List(vec![0, 1, 12]),
+        MoeLayers::List(vec![]),
+    ] {
         let config = VitConfig {
             img_size: [32, 32],
             moe: moe(2, 1, layers.clone()),
@@ -187,7 +195,10 @@ fn factories_use_the_packages_defaults() {
     for (size, d, depth, heads, first_moe) in expected {
         let c = VitConfig::soft_moe_vit(size);
         assert_eq!((c.embed_dim, c.depth, c.num_heads), (d, depth, heads));
-        assert_eq!((c.patch_size, c.img_size, c.num_classes), (16, [224, 224], 1000));
+        assert_eq!(
+            (c.patch_size, c.img_size, c.num_classes),
+            (16, [224, 224], 1000)
+        );
         let m = c.moe.unwrap();
         assert_eq!((m.num_experts, m.slots_per_expert), (128, 1));
         assert_eq!(m.layers, MoeLayers::From(first_moe));

@@ -144,10 +144,10 @@ impl ModelArgs {
             .iter()
             .map(|path| {
                 Ok(MoePlacement {
-                path: match path.as_str() {
-                    "default" => self.seg_name()?.default_moe_path().to_string(),
-                    other => other.to_string(),
-                },
+                    path: match path.as_str() {
+                        "default" => self.seg_name()?.default_moe_path().to_string(),
+                        other => other.to_string(),
+                    },
                     config,
                 })
             })

@@ -22,8 +22,8 @@ use crate::error::{Error, Result};
 use crate::models::vit_blocks::{Attention, Block, PatchEmbed, LAYER_NORM_EPS};
 use crate::moe::{SlotSource, SoftMoE, SoftMoeConfig};
 use crate::nn::{named_tensors, LayerNorm, Linear, Mlp, Module, OwnTensor, Sequential};
-use crate::ops::interpolate::{InterpolateMode, Resize};
 use crate::ops::activation::Activation;
+use crate::ops::interpolate::{InterpolateMode, Resize};
 use crate::tensor::{with_default_rng, Tensor};
 use std::any::Any;
 
@@ -357,7 +357,9 @@ impl VisionTransformer {
             }
             None => patches,
         };
-        let x = self.blocks.forward(&tokens.add(&self.pos_embed_for(grid)?)?)?;
+        let x = self
+            .blocks
+            .forward(&tokens.add(&self.pos_embed_for(grid)?)?)?;
         let x = match &self.norm {
             Some(norm) => norm.forward(&x)?,
             None => x,

@@ -44,13 +44,8 @@ impl PatchEmbed {
             ));
         }
         let params = Conv2dParams::new(patch_size, 0, 1, 1);
-        let proj = Conv2d::with_params(
-            in_chans,
-            embed_dim,
-            [patch_size, patch_size],
-            params,
-            true,
-        )?;
+        let proj =
+            Conv2d::with_params(in_chans, embed_dim, [patch_size, patch_size], params, true)?;
         Ok(PatchEmbed {
             proj,
             img_size,
@@ -136,7 +131,7 @@ pub struct Attention {
 impl Attention {
     /// Attention over `dim`-wide tokens with `num_heads` heads (`dim % num_heads == 0`).
     pub fn new(dim: usize, num_heads: usize, qkv_bias: bool) -> Result<Self> {
-        if num_heads == 0 || dim % num_heads != 0 {
+        if num_heads == 0 || !dim.is_multiple_of(num_heads) {
             return Err(Error::invalid(
                 "Attention",
                 format!("dim {dim} is not divisible by num_heads {num_heads}"),

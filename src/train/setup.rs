@@ -154,7 +154,9 @@ pub fn vit_config(model: &ModelSection) -> Result<VitConfig> {
             .ok_or_else(|| {
                 Error::invalid(
                     "config",
-                    format!("model.vit.size `{name}`: expected tiny, small, base, large, huge or \"\""),
+                    format!(
+                        "model.vit.size `{name}`: expected tiny, small, base, large, huge or \"\""
+                    ),
                 )
             })?
             .dims(),

@@ -76,8 +76,16 @@ impl SoftRoutingDiagnostics {
         );
         let mean = |x: f64, y: f64| a * x + b * y;
         let fold = |x: Similarity, y: Similarity| Similarity {
-            min: if self.batch == 0 { y.min } else { x.min.min(y.min) },
-            max: if self.batch == 0 { y.max } else { x.max.max(y.max) },
+            min: if self.batch == 0 {
+                y.min
+            } else {
+                x.min.min(y.min)
+            },
+            max: if self.batch == 0 {
+                y.max
+            } else {
+                x.max.max(y.max)
+            },
             mean: mean(x.mean, y.mean),
         };
         *self = SoftRoutingDiagnostics {
@@ -135,7 +143,10 @@ pub fn compute(
     if phi.rank() != 3 || phi.dims()[1] != num_experts || phi.dims()[1] * phi.dims()[2] != s {
         return Err(Error::shape(
             "soft routing diagnostics",
-            format!("phi {} does not hold {s} slots of {num_experts} experts", phi.shape()),
+            format!(
+                "phi {} does not hold {s} slots of {num_experts} experts",
+                phi.shape()
+            ),
         ));
     }
     let d_host: Vec<f64> = host(dispatch)?;

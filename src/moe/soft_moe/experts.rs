@@ -107,7 +107,7 @@ fn same_shapes(layers: &[&Linear]) -> bool {
     let Some(first) = layers.first() else {
         return false;
     };
-    layers.iter().all(|l| {
-        l.weight.dims() == first.weight.dims() && l.bias.is_some() == first.bias.is_some()
-    })
+    layers
+        .iter()
+        .all(|l| l.weight.dims() == first.weight.dims() && l.bias.is_some() == first.bias.is_some())
 }

@@ -135,7 +135,10 @@ impl SoftMoE {
         if experts.len() != num_experts {
             return Err(Error::invalid(
                 "SoftMoE",
-                format!("{} experts given for num_experts {num_experts}", experts.len()),
+                format!(
+                    "{} experts given for num_experts {num_experts}",
+                    experts.len()
+                ),
             ));
         }
         let std = 1.0 / (dim as f32).sqrt();
@@ -260,7 +263,11 @@ impl SoftMoE {
     }
 
     fn run_experts_one_by_one(&self, slots: &Tensor) -> Result<Tensor> {
-        let (b, p, d) = (slots.dims()[0], self.config.slots_per_expert, self.config.dim);
+        let (b, p, d) = (
+            slots.dims()[0],
+            self.config.slots_per_expert,
+            self.config.dim,
+        );
         let per_expert = slots.reshape_to([b, self.config.num_experts, p, d])?;
         let mut outputs = Vec::with_capacity(self.experts.items.len());
         for (j, expert) in self.experts.items.iter().enumerate() {
