@@ -240,3 +240,77 @@ fn package_test_tiny_forward_and_backward() {
     assert_eq!(out.dims(), &[1, 10]);
     assert!(out.try_to_vec().unwrap().iter().all(|v| v.is_finite()));
 }
+
+/// `scripts/fixtures/soft_moe_vit_tiny.py`'s weight of element `i` of the tensor `key`
+/// (position `k` among the sorted keys) with shape `dims`.
+fn formula_value(k: u64, i: u64, key: &str, dims: &[usize]) -> f32 {
+    let mut z = (k << 40).wrapping_add(i);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let u = (z >> 40) as f64 / (1u64 << 24) as f64 - 0.5;
+    let numel: usize = dims.iter().product();
+    let value = if key.ends_with(".scale") {
+        1.3
+    } else if dims.len() >= 2 {
+        u * (2.0 / ((numel / dims[0]) as f64).sqrt())
+    } else if key.ends_with(".weight") {
+        1.0 + 0.2 * u
+    } else {
+        0.2 * u
+    };
+    value as f32
+}
+
+/// The full `soft_moe_vit_tiny` (231 M parameters, 128 experts in blocks 6-11) at 32x32 with
+/// 10 classes, weights from the fixture script's formula: logits within 1e-4 and the stored
+/// gradients within 1e-3 of the package's float64 run.
+#[test]
+fn tiny_configuration_matches_the_package() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/soft_moe_vit_tiny.safetensors");
+    let fx: std::collections::BTreeMap<String, Tensor> = moeseg::io::safetensors::load(path)
+        .unwrap()
+        .into_iter()
+        .map(|(k, (t, _))| (k, t))
+        .collect();
+    manual_seed(0);
+    let model = soft_moe_vit(VitSize::Tiny, None, None, None, |c| {
+        c.img_size = [32, 32];
+        c.num_classes = 10;
+    })
+    .unwrap();
+    let mut tensors = named_tensors(&model);
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (k, (key, tensor, _)) in tensors.iter().enumerate() {
+        let values: Vec<f32> = (0..tensor.numel() as u64)
+            .map(|i| formula_value(k as u64, i, key, tensor.dims()))
+            .collect();
+        tensor
+            .replace_data(&Tensor::from_vec(values, tensor.dims().to_vec()).unwrap())
+            .unwrap();
+    }
+    set_training(&model, true);
+    let logits = model.forward(&get(&fx, "input")).unwrap();
+    compare("tiny logits", &logits, &get(&fx, "out"), 1e-4);
+    let loss = logits
+        .cross_entropy(&get(&fx, "target"), Default::default())
+        .unwrap();
+    compare(
+        "tiny loss",
+        &loss.reshape_to([1]).unwrap(),
+        &get(&fx, "loss"),
+        1e-4,
+    );
+    loss.backward().unwrap();
+    let params: std::collections::BTreeMap<String, Tensor> =
+        named_parameters(&model).into_iter().collect();
+    let mut checked = 0;
+    for (key, expected) in fx.iter().filter(|(k, _)| k.starts_with("grad.")) {
+        let name = &key["grad.".len()..];
+        let grad = params[name].grad().unwrap();
+        compare(&format!("tiny grad {name}"), &grad, expected, 1e-3);
+        checked += 1;
+    }
+    assert!(checked > 100, "only {checked} gradients in the fixture");
+}
