@@ -218,3 +218,30 @@ fn synthetic_vit_preset_trains_and_reports_soft_routing() {
     }
     assert!(soft.get("blocks.1.mlp").is_none());
 }
+
+/// `cityscapes-vit/soft_moe` builds ViT-Tiny's encoder with 32-expert Soft-MoE MLPs in blocks
+/// 6-11 and positions for 512x1024 crops, and segments an image of another size.
+#[test]
+fn cityscapes_vit_preset_builds_a_size_flexible_segmenter() {
+    use moeseg::models::vit_seg::SegVit;
+    use moeseg::train::config::Config;
+    use moeseg::train::{presets, setup};
+    let (text, origin) = presets::resolve("cityscapes-vit/soft_moe").unwrap();
+    let config = Config::from_toml(&text, &origin).unwrap();
+    manual_seed(1);
+    let net = setup::build_model(&config.model).unwrap();
+    let seg = net.as_any().downcast_ref::<SegVit>().unwrap();
+    assert_eq!(seg.vit.soft_moe_layers().len(), 6);
+    assert_eq!(seg.vit.pos_embed.dims(), &[1, 32 * 64, 192], "no class token");
+    let names: Vec<String> = moeseg::nn::named_tensors(net.as_ref())
+        .into_iter()
+        .map(|(n, ..)| n)
+        .collect();
+    assert!(names.contains(&"blocks.6.mlp.experts.31.fc2.bias".to_string()));
+    assert!(names.contains(&"head.weight".to_string()) && !names.contains(&"cls_token".into()));
+    set_training(net.as_ref(), false);
+    let x = with_default_rng(|rng| Tensor::randn([1, 3, 48, 80], 0.0, 1.0, rng)).unwrap();
+    let logits = moeseg::no_grad(|| net.forward(&x)).unwrap();
+    assert_eq!(logits.dims(), &[1, 19, 48, 80]);
+    assert!(logits.try_to_vec().unwrap().iter().all(|v| v.is_finite()));
+}
