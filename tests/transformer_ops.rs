@@ -342,3 +342,66 @@ fn l2_normalize_matches_pytorch() {
     )
     .unwrap();
 }
+
+/// The emulated CUDA device (the real kernels and launchers run on the CPU), or `None` after
+/// printing why the test is skipped (no host C++ compiler; `MOESEG_REQUIRE_EMU` makes that a
+/// failure, as in tests/cuda_emu.rs).
+fn emulated_device_or_skip(test: &str) -> Option<moeseg::Device> {
+    match moeseg::Device::select("cuda-emu:0") {
+        Ok((device, _)) => Some(device),
+        Err(e) => {
+            assert!(
+                std::env::var_os("MOESEG_REQUIRE_EMU").is_none(),
+                "{test}: MOESEG_REQUIRE_EMU is set but the emulated device cannot run: {e}"
+            );
+            println!("skipped: {test}: no emulated CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// A transformer-and-Soft-MoE-shaped chain of the new ops, to a scalar loss.
+fn chain(x: &Tensor, w: &Tensor, b: &Tensor, keys: &Tensor) -> moeseg::Result<Tensor> {
+    let h = x.layer_norm(Some(w), Some(b), 1e-6)?.gelu()?;
+    let logits = h.l2_normalize(-1, 1e-12)?.matmul_t(keys)?;
+    let (dispatch, combine) = logits.soft_route()?;
+    let mixed = dispatch.mul(&combine.gelu_tanh()?)?;
+    mixed.mul(&logits)?.sum_all()
+}
+
+#[test]
+fn the_ops_on_the_emulated_cuda_device_match_the_cpu() {
+    let Some(device) = emulated_device_or_skip("the_ops_on_the_emulated_cuda_device_match_the_cpu")
+    else {
+        return;
+    };
+    let inputs = [
+        randn(&[2, 300, 20], 20),
+        randn(&[20], 21),
+        randn(&[20], 22),
+        randn(&[2, 9, 20], 23),
+    ];
+    let run = |on: &moeseg::Device| -> (Vec<f32>, Vec<Vec<f32>>) {
+        let leaves: Vec<Tensor> = inputs
+            .iter()
+            .map(|t| t.to_device(on).unwrap().with_requires_grad(true))
+            .collect();
+        let loss = chain(&leaves[0], &leaves[1], &leaves[2], &leaves[3]).unwrap();
+        loss.backward().unwrap();
+        let grads = leaves.iter().map(|t| values(&t.grad().unwrap())).collect();
+        (values(&loss), grads)
+    };
+    let (cpu_loss, cpu_grads) = run(&moeseg::Device::Cpu);
+    let (emu_loss, emu_grads) = run(&device);
+    let close = |what: &str, a: &[f32], e: &[f32]| {
+        let t = |v: &[f32]| Tensor::from_vec(v.to_vec(), [v.len()]).unwrap();
+        assert_close(what, &t(a), &t(e), 1e-4, 1e-5).unwrap();
+    };
+    close("loss", &emu_loss, &cpu_loss);
+    for (name, (emu, cpu)) in ["x", "weight", "bias", "keys"]
+        .iter()
+        .zip(emu_grads.iter().zip(&cpu_grads))
+    {
+        close(&format!("grad {name}"), emu, cpu);
+    }
+}

@@ -33,6 +33,11 @@ impl ActivationLayer {
         ActivationLayer(Activation::Gelu)
     }
 
+    /// `nn.GELU(approximate='tanh')`
+    pub fn gelu_tanh() -> Self {
+        ActivationLayer(Activation::GeluTanh)
+    }
+
     /// `nn.Sigmoid()`
     pub fn sigmoid() -> Self {
         ActivationLayer(Activation::Sigmoid)
