@@ -232,7 +232,11 @@ fn cityscapes_vit_preset_builds_a_size_flexible_segmenter() {
     let net = setup::build_model(&config.model).unwrap();
     let seg = net.as_any().downcast_ref::<SegVit>().unwrap();
     assert_eq!(seg.vit.soft_moe_layers().len(), 6);
-    assert_eq!(seg.vit.pos_embed.dims(), &[1, 32 * 64, 192], "no class token");
+    assert_eq!(
+        seg.vit.pos_embed.dims(),
+        &[1, 32 * 64, 192],
+        "no class token"
+    );
     let names: Vec<String> = moeseg::nn::named_tensors(net.as_ref())
         .into_iter()
         .map(|(n, ..)| n)

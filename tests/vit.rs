@@ -314,3 +314,34 @@ fn tiny_configuration_matches_the_package() {
     }
     assert!(checked > 100, "only {checked} gradients in the fixture");
 }
+
+/// The segmentation ViT (SETR-naive) against the package's Soft-MoE ViT without class token
+/// and pooling, its token logits resized bilinearly by PyTorch: per-pixel logits within 1e-4,
+/// gradients of the per-pixel cross-entropy within 1e-3.
+#[test]
+fn segmentation_vit_matches_the_package_with_setr_naive_upsampling() {
+    use moeseg::models::vit_seg::SegVit;
+    let fx = fixtures();
+    let case = "seg_moe";
+    let model = SegVit::new(small(2, 8, 5, moe(2, 2, MoeLayers::From(1)))).unwrap();
+    load_strict(&fx, case, &model);
+    set_training(&model, true);
+    let logits = model.forward(&get(&fx, &format!("{case}.input"))).unwrap();
+    compare(
+        "seg logits",
+        &logits,
+        &get(&fx, &format!("{case}.out")),
+        1e-4,
+    );
+    let loss = logits
+        .cross_entropy(&get(&fx, &format!("{case}.target")), Default::default())
+        .unwrap();
+    compare(
+        "seg loss",
+        &loss.reshape_to([1]).unwrap(),
+        &get(&fx, &format!("{case}.loss")),
+        1e-4,
+    );
+    loss.backward().unwrap();
+    check_grads(&fx, case, &model, 1e-3);
+}
