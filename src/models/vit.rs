@@ -21,7 +21,7 @@
 use crate::error::{Error, Result};
 use crate::models::vit_blocks::{Attention, Block, PatchEmbed, LAYER_NORM_EPS};
 use crate::moe::{SlotSource, SoftMoE, SoftMoeConfig};
-use crate::nn::{named_tensors, LayerNorm, Linear, Mlp, Module, OwnTensor, Sequential};
+use crate::nn::{LayerNorm, Linear, Mlp, Module, OwnTensor, Sequential};
 use crate::ops::activation::Activation;
 use crate::ops::interpolate::{InterpolateMode, Resize};
 use crate::tensor::{with_default_rng, Tensor};
@@ -427,11 +427,6 @@ impl VisionTransformer {
                 Some((format!("blocks.{i}.mlp"), moe))
             })
             .collect()
-    }
-
-    /// Number of scalars of every parameter and buffer.
-    pub fn numel(&self) -> usize {
-        named_tensors(self).iter().map(|(_, t, _)| t.numel()).sum()
     }
 }
 

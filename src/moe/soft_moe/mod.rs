@@ -6,11 +6,12 @@
 //! `phi: [d, n, p]`:
 //!
 //! 1. logits `L = X̂ · Φ̂` of shape `[b, m, s]`, where with `normalize = true` (the default)
-//!    `X̂` is `X` L2-normalised over `d` per token and `Φ̂ = scale · phi` L2-normalised over `d`
-//!    per slot (PyTorch's `F.normalize`: `v / max(‖v‖₂, 1e-12)`); with `normalize = false`,
+//!    `X̂` is `X` L2-normalised over `d` per token and `Φ̂` is `scale` times `phi` L2-normalised
+//!    over `d` per slot (PyTorch's `F.normalize`: `v / max(‖v‖₂, 1e-12)`); with `normalize = false`,
 //!    `X̂ = X`, `Φ̂ = phi` and the layer has no `scale` parameter (as in the package);
 //! 2. dispatch `D = softmax over the m tokens` (per image and slot) and combine
-//!    `C = softmax over the s slots` (per image and token), both `[b, m, s]`;
+//!    `C = softmax over the s slots` (per image and token), both `[b, m, s]`, from one fused
+//!    pass over the logits ([`Tensor::soft_route`]);
 //! 3. slots `X̃ = Dᵀ · S`, `[b, s, d]`, where the slot source `S` is chosen by [`SlotSource`]:
 //!    [`SlotSource::Normalized`] (the default, the package's behaviour: `S = X̂`, so its
 //!    checkpoints reproduce) or [`SlotSource::Raw`] (the paper's Algorithm 1 and vmoe's router:
@@ -28,8 +29,10 @@
 //! expert. [`SoftMoE::set_generic_experts`] forces the per-expert path (the tests compare the
 //! two).
 //!
-//! Routing diagnostics as vmoe logs them ([`diagnostics`]) are computed for the last forward
-//! when [`SoftMoE::set_record_diagnostics`] is on.
+//! Routing diagnostics as vmoe logs them ([`diagnostics`]) are computed on every forward while
+//! [`SoftMoE::set_record_diagnostics`] is on: the last forward's
+//! ([`SoftMoE::last_diagnostics`]) and all of them merged ([`SoftMoE::recorded_diagnostics`],
+//! what `moeseg routing-stats` reports for the validation set).
 
 pub mod diagnostics;
 pub mod experts;
