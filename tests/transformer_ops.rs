@@ -93,8 +93,15 @@ fn layer_norm_gradients_agree_with_finite_differences() {
     let (x, w) = (randn(&[4, 3], 4), randn(&[3], 5));
     gradcheck(
         "layer_norm weight only",
-        &[x, w],
+        &[x.clone(), w.clone()],
         |t| t[0].layer_norm(Some(&t[1]), None, 1e-5),
+        opts,
+    )
+    .unwrap();
+    gradcheck(
+        "layer_norm bias only",
+        &[x, w],
+        |t| t[0].layer_norm(None, Some(&t[1]), 1e-5),
         opts,
     )
     .unwrap();

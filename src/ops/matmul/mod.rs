@@ -55,45 +55,7 @@ impl Tensor {
     /// Matrix product (`torch.matmul` for these ranks): `[m, k] × [k, n] → [m, n]`,
     /// `[b, m, k] × [b, k, n] → [b, m, n]` and `[b, m, k] × [k, n] → [b, m, n]`.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
-        let mismatch = || {
-            Error::shape(
-                "matmul",
-                format!(
-                    "cannot multiply shapes {} and {} (supported: [m, k]×[k, n], \
-                     [b, m, k]×[b, k, n], [b, m, k]×[k, n])",
-                    self.shape(),
-                    rhs.shape()
-                ),
-            )
-        };
-        let (batch, m, k) = match *self.dims() {
-            [m, k] => (1, m, k),
-            [b, m, k] => (b, m, k),
-            _ => return Err(mismatch()),
-        };
-        let (rhs_batch, rhs_k, n) = match *rhs.dims() {
-            [k, n] => (None, k, n),
-            [b, k, n] => (Some(b), k, n),
-            _ => return Err(mismatch()),
-        };
-        let batched_lhs = self.rank() == 3;
-        if rhs_k != k || rhs_batch.is_some_and(|b| !batched_lhs || b != batch) {
-            return Err(mismatch());
-        }
-        let dims = MatmulDims {
-            batch,
-            m,
-            k,
-            n,
-            rhs_shared: rhs_batch.is_none(),
-            rhs_transposed: false,
-        };
-        let out_dims = if batched_lhs {
-            vec![batch, m, n]
-        } else {
-            vec![m, n]
-        };
-        self.product("matmul", rhs, dims, out_dims)
+        self.batched_product("matmul", rhs, false)
     }
 
     /// `self · rhsᵀ` over the last two axes: `[m, k] × [n, k] → [m, n]`,
@@ -101,12 +63,28 @@ impl Tensor {
     /// and `[b, m, k] × [n, k] → [b, m, n]` (one `rhs` for the batch). No transposed copy is
     /// made: the GEMM reads `rhs` transposed, in the forward and in both gradients.
     pub fn matmul_t(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.batched_product("matmul_t", rhs, true)
+    }
+
+    /// `self · op(rhs)` for a 2-D or 3-D `self` and a 2-D (shared) or 3-D (per batch item)
+    /// `rhs`, stored `[…, k, n]`, or `[…, n, k]` when `rhs_transposed`.
+    fn batched_product(
+        &self,
+        op: &'static str,
+        rhs: &Tensor,
+        rhs_transposed: bool,
+    ) -> Result<Tensor> {
         let mismatch = || {
+            let (rhs_2d, rhs_3d) = if rhs_transposed {
+                ("[n, k]", "[b, n, k]")
+            } else {
+                ("[k, n]", "[b, k, n]")
+            };
             Error::shape(
-                "matmul_t",
+                op,
                 format!(
-                    "cannot multiply {} by the transpose of {} (supported: [m, k]×[n, k]ᵀ, \
-                     [b, m, k]×[b, n, k]ᵀ, [b, m, k]×[n, k]ᵀ)",
+                    "cannot multiply shapes {} and {} (supported: [m, k]×{rhs_2d}, \
+                     [b, m, k]×{rhs_3d}, [b, m, k]×{rhs_2d})",
                     self.shape(),
                     rhs.shape()
                 ),
@@ -117,10 +95,15 @@ impl Tensor {
             [b, m, k] => (b, m, k),
             _ => return Err(mismatch()),
         };
-        let (rhs_batch, n, rhs_k) = match *rhs.dims() {
-            [n, k] => (None, n, k),
-            [b, n, k] => (Some(b), n, k),
+        let (rhs_batch, [rows, columns]) = match *rhs.dims() {
+            [r, c] => (None, [r, c]),
+            [b, r, c] => (Some(b), [r, c]),
             _ => return Err(mismatch()),
+        };
+        let (rhs_k, n) = if rhs_transposed {
+            (columns, rows)
+        } else {
+            (rows, columns)
         };
         let batched_lhs = self.rank() == 3;
         if rhs_k != k || rhs_batch.is_some_and(|b| !batched_lhs || b != batch) {
@@ -132,14 +115,14 @@ impl Tensor {
             k,
             n,
             rhs_shared: rhs_batch.is_none(),
-            rhs_transposed: true,
+            rhs_transposed,
         };
         let out_dims = if batched_lhs {
             vec![batch, m, n]
         } else {
             vec![m, n]
         };
-        self.product("matmul_t", rhs, dims, out_dims)
+        self.product(op, rhs, dims, out_dims)
     }
 
     /// `x · wᵀ + bias` over the last axis (`F.linear`): `x` is `[…, in]`, `w` `[out, in]`,

@@ -4,6 +4,10 @@
 //! Two passes: per-column statistics (max and Σ e^(x − max), or the backward's dot product)
 //! over blocks of adjacent columns so the inner loop runs along contiguous memory, then an
 //! elementwise pass over contiguous rows that reads the statistics.
+//!
+//! Soft routing runs one task per batch item: one pass over its `[tokens, slots]` logits
+//! updates a running (max, sum) for every row and every column at once, then one pass writes
+//! both outputs; its backward likewise gathers the row and column dot products in one pass.
 
 use super::{RouteLayout, SoftmaxBackend};
 use crate::backend::cpu::{CpuBackend, PAR_CHUNK};
