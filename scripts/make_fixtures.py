@@ -36,6 +36,7 @@ def main(argv):
         tensors = {k: v.contiguous() for k, v in module.make().items()}
         path = out_dir / f"{family}.safetensors"
         metadata = {"torch_version": torch.__version__, "family": family}
+        metadata.update(getattr(module, "METADATA", {}))
         if "torchvision" in pathlib.Path(module.__file__).read_text():
             metadata["torchvision_version"] = importlib.import_module("torchvision").__version__
         save_file(tensors, str(path), metadata=metadata)

@@ -9,8 +9,12 @@ use std::path::PathBuf;
 
 fn args(model: ModelName, moe: bool) -> ModelArgs {
     ModelArgs {
-        model,
-        num_classes: 19,
+        model: model.into(),
+        num_classes: None,
+        img_size: None,
+        num_experts: None,
+        slots_per_expert: None,
+        moe_layer_index: None,
         backbone_depth: 50,
         pspnet_dilation: Default::default(),
         moe: if moe {
@@ -27,7 +31,6 @@ fn args(model: ModelName, moe: bool) -> ModelArgs {
         loss: BalanceLoss::Entropy,
         alpha: 1.0,
         routing: "sparse".to_string(),
-        slots_per_expert: 1,
     }
 }
 

@@ -4,12 +4,31 @@
 
 use super::model_source::{output_path, write_json, Loaded, ModelArgs};
 use crate::error::{Error, Result};
+use crate::moe::SoftMoE;
 use crate::train::evaluate::{evaluate, Evaluation, Inference};
 use crate::train::report::{class_names, routing_json, write_routing_plots};
 use crate::train::setup;
 use clap::Args;
 use serde_json::json;
 use std::path::PathBuf;
+
+/// Every Soft-MoE layer of a network with its path.
+fn soft_moe_layers(model: &dyn crate::nn::Module) -> Vec<(String, &SoftMoE)> {
+    let mut paths = Vec::new();
+    crate::nn::visit_modules(model, &mut |path, m| {
+        if m.as_any().is::<SoftMoE>() {
+            paths.push(path.to_string());
+        }
+    });
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let layer = crate::nn::get_module(model, &path).ok()?;
+            let soft = layer.as_any().downcast_ref::<SoftMoE>()?;
+            Some((path, soft))
+        })
+        .collect()
+}
 
 /// Options of `moeseg eval`.
 #[derive(Args, Debug, Clone)]
@@ -140,17 +159,46 @@ pub fn run_fixed_expert(args: &AnalysisArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs `moeseg routing-stats`: usage, NRE, TEC, co-activation and expert×class of every MoE
-/// layer over the validation split, as JSON and plots.
+/// Runs `moeseg routing-stats`: usage, NRE, TEC, co-activation and expert×class of every
+/// PatchConvMoE layer, and the routing diagnostics of every Soft-MoE layer
+/// ([`crate::moe::SoftRoutingDiagnostics`]), over the validation split, as JSON and plots.
 pub fn run_routing_stats(args: &AnalysisArgs) -> Result<()> {
     let loaded = args.model.load()?;
-    if setup::moe_layers(&*loaded.model).is_empty() {
+    let soft = soft_moe_layers(&*loaded.model);
+    if setup::moe_layers(&*loaded.model).is_empty() && soft.is_empty() {
         return Err(Error::invalid(
             "routing-stats",
-            format!("{} has no PatchConvMoE layer", loaded.config.model.name),
+            format!(
+                "{} has no PatchConvMoE or Soft-MoE layer",
+                loaded.config.model.name
+            ),
         ));
     }
+    for (_, layer) in &soft {
+        layer.set_record_diagnostics(true);
+    }
     let evaluation = evaluate_loaded(&loaded)?;
+    let mut soft_json = serde_json::Map::new();
+    for (path, layer) in &soft {
+        let recorded = layer.recorded_diagnostics();
+        layer.set_record_diagnostics(false);
+        let Some(d) = recorded else {
+            continue;
+        };
+        println!(
+            "{path}: soft, {} slots, {} images  dispatch min/max {:.4}/{:.4}  combine min/max \
+             {:.4}/{:.4}  token sim {:.3}  slot sim {:.3}",
+            d.slots,
+            d.batch,
+            d.dispatch_min_mean,
+            d.dispatch_max_mean,
+            d.combine_min_mean,
+            d.combine_max_mean,
+            d.combine_similarity.mean,
+            d.dispatch_similarity.mean
+        );
+        soft_json.insert(path.clone(), d.to_json());
+    }
     let dir = output_path(&args.output, &loaded.run, ".");
     let plots = dir.join("plots");
     std::fs::create_dir_all(&plots)
@@ -175,6 +223,7 @@ pub fn run_routing_stats(args: &AnalysisArgs) -> Result<()> {
             "images": evaluation.images,
             "miou": evaluation.confusion.miou(),
             "layers": routing_json(&evaluation.routing),
+            "soft_layers": soft_json,
         }),
     )?;
     println!("wrote {} and plots in {}", path.display(), plots.display());

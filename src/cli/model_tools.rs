@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::io::safetensors::{save, SafetensorsFile};
 use crate::models::pspnet::PspDilation;
+use crate::models::vit::{MoeLayers, VisionTransformer, VitConfig, VitModelName};
 use crate::models::{
     build, complexity, complexity::parameter_counts, place_moe, training_loss, Complexity,
     ModelConfig, ModelName, MoePlacement, SegNet,
@@ -13,20 +14,79 @@ use crate::moe::{
     BalanceLoss, GateConfig, GateKind, Granularity, PatchConvMoeConfig, SoftConvMoeConfig,
 };
 use crate::nn::state_dict::{load_state_dict, LoadOptions};
-use crate::nn::{named_tensors, set_training, Role};
+use crate::nn::{named_tensors, set_training, Module, Role};
 use crate::tensor::{DType, Tensor};
 use clap::Args;
 use std::path::PathBuf;
 
+/// A `--model` value: a segmentation network or a (Soft-MoE) Vision Transformer classifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CliModel {
+    /// One of the six segmentation networks.
+    Seg(ModelName),
+    /// `vit_<size>` or `soft_moe_vit_<size>`.
+    Vit(VitModelName),
+}
+
+impl From<ModelName> for CliModel {
+    fn from(name: ModelName) -> Self {
+        CliModel::Seg(name)
+    }
+}
+
+impl std::fmt::Display for CliModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliModel::Seg(name) => name.fmt(f),
+            CliModel::Vit(name) => name.fmt(f),
+        }
+    }
+}
+
+impl std::str::FromStr for CliModel {
+    type Err = Error;
+    fn from_str(name: &str) -> Result<Self> {
+        if let Ok(vit) = name.parse::<VitModelName>() {
+            return Ok(CliModel::Vit(vit));
+        }
+        name.parse::<ModelName>().map(CliModel::Seg).map_err(|_| {
+            let known: Vec<&str> = ModelName::ALL.iter().map(|m| m.as_str()).collect();
+            Error::invalid(
+                "model",
+                format!(
+                    "unknown network `{name}`; known: {}, vit_{{tiny,small,base,large,huge}}, \
+                     soft_moe_vit_{{tiny,small,base,large,huge}}",
+                    known.join(", ")
+                ),
+            )
+        })
+    }
+}
+
 /// The network and its MoE layers, shared by `inspect`, `flops` and `forward`.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Network: enet, erfnet, unet, lraspp, deeplabv3plus or pspnet.
+    /// Network: enet, erfnet, unet, lraspp, deeplabv3plus or pspnet; or a Vision Transformer
+    /// classifier vit_{tiny,small,base,large,huge} (timm) or soft_moe_vit_{tiny,…,huge} (the
+    /// soft-moe package).
     #[arg(long)]
-    pub model: ModelName,
-    /// Output classes.
-    #[arg(long, default_value_t = 19)]
-    pub num_classes: usize,
+    pub model: CliModel,
+    /// Output classes (default: 19 for the segmentation networks, 1000 for the ViTs).
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+    /// ViT input size (square; the positional embedding follows it). Default 224.
+    #[arg(long)]
+    pub img_size: Option<usize>,
+    /// Soft-MoE ViT: experts per Soft-MoE layer (default 128).
+    #[arg(long)]
+    pub num_experts: Option<usize>,
+    /// Slots per expert of the Soft-MoE ViT's layers and of `--routing soft` (default 1).
+    #[arg(long)]
+    pub slots_per_expert: Option<usize>,
+    /// Soft-MoE ViT: the first Soft-MoE block (`6`: blocks 6 to the end) or a list of blocks
+    /// (`0,2,5`). Default: the factory's (6 for tiny/small/base, 12 large, 16 huge).
+    #[arg(long, value_name = "INDEX|LIST")]
+    pub moe_layer_index: Option<String>,
     /// ResNet depth of DeepLabv3+'s and PSPNet's backbone (50 or 101).
     #[arg(long, default_value_t = 50)]
     pub backbone_depth: usize,
@@ -61,12 +121,10 @@ pub struct ModelArgs {
     /// Weight of the balancing loss.
     #[arg(long, default_value_t = 1.0)]
     pub alpha: f32,
-    /// Routing of the MoE layers: sparse (PatchConvMoE, top-k) or soft (SoftConvMoE).
+    /// Routing of the `--moe` layers: sparse (PatchConvMoE, top-k) or soft (SoftConvMoE, with
+    /// `--slots-per-expert`).
     #[arg(long, default_value = "sparse", value_parser = ["sparse", "soft"])]
     pub routing: String,
-    /// Slots per expert of soft routing.
-    #[arg(long, default_value_t = 1)]
-    pub slots_per_expert: usize,
 }
 
 impl ModelArgs {
@@ -90,39 +148,132 @@ impl ModelArgs {
         };
         let soft = (self.routing == "soft").then_some(SoftConvMoeConfig {
             num_experts: self.experts,
-            slots_per_expert: self.slots_per_expert,
+            slots_per_expert: self.slots_per_expert.unwrap_or(1),
             granularity,
             ..SoftConvMoeConfig::default()
         });
-        Ok(self
-            .moe
+        self.moe
             .iter()
-            .map(|path| MoePlacement {
-                path: match path.as_str() {
-                    "default" => self.model.default_moe_path().to_string(),
-                    other => other.to_string(),
-                },
-                config,
-                soft,
+            .map(|path| {
+                Ok(MoePlacement {
+                    path: match path.as_str() {
+                        "default" => self.seg_name()?.default_moe_path().to_string(),
+                        other => other.to_string(),
+                    },
+                    config,
+                    soft,
+                })
             })
-            .collect())
+            .collect()
+    }
+
+    /// The segmentation network's name, or an error saying the ViTs are classifiers.
+    fn seg_name(&self) -> Result<ModelName> {
+        match self.model {
+            CliModel::Seg(name) => Ok(name),
+            CliModel::Vit(name) => Err(Error::invalid(
+                "arguments",
+                format!("{name} is an image classifier, not one of the segmentation networks"),
+            )),
+        }
+    }
+
+    /// The ViT configuration the flags describe (the factory's, with the flags applied).
+    pub fn vit_config(&self, name: VitModelName) -> Result<VitConfig> {
+        let mut config = name.config();
+        config.num_classes = self.num_classes.unwrap_or(config.num_classes);
+        if let Some(size) = self.img_size {
+            config.img_size = [size, size];
+        }
+        let moe_flags = self.num_experts.is_some()
+            || self.slots_per_expert.is_some()
+            || self.moe_layer_index.is_some();
+        match config.moe.as_mut() {
+            Some(moe) => {
+                moe.num_experts = self.num_experts.unwrap_or(moe.num_experts);
+                moe.slots_per_expert = self.slots_per_expert.unwrap_or(moe.slots_per_expert);
+                if let Some(text) = &self.moe_layer_index {
+                    moe.layers = MoeLayers::parse(text)?;
+                }
+            }
+            None if moe_flags => {
+                return Err(Error::invalid(
+                    "arguments",
+                    format!(
+                        "--num-experts, --slots-per-expert and --moe-layer-index apply to \
+                         soft_moe_vit_*, not {name}"
+                    ),
+                ))
+            }
+            None => {}
+        }
+        Ok(config)
+    }
+
+    /// Builds the model (segmentation network with its MoE layers, or ViT) as a module.
+    pub fn build_module(&self) -> Result<(Box<dyn Module>, Vec<MoePlacement>)> {
+        match self.model {
+            CliModel::Seg(_) => {
+                let (net, placements) = self.build()?;
+                Ok((net, placements))
+            }
+            CliModel::Vit(name) => {
+                if !self.moe.is_empty() {
+                    return Err(Error::invalid(
+                        "arguments",
+                        "--moe places PatchConvMoE layers in the segmentation networks; the \
+                         Soft-MoE ViT takes --num-experts / --slots-per-expert / \
+                         --moe-layer-index",
+                    ));
+                }
+                let vit = VisionTransformer::new(self.vit_config(name)?)?;
+                Ok((Box::new(vit), Vec::new()))
+            }
+        }
     }
 
     /// Builds the network with its MoE layers.
     pub fn build(&self) -> Result<(Box<dyn SegNet>, Vec<MoePlacement>)> {
+        let name = self.seg_name()?;
         let config = ModelConfig {
-            num_classes: self.num_classes,
+            num_classes: self.num_classes.unwrap_or(19),
             backbone_depth: self.backbone_depth,
             pspnet_dilation: self.pspnet_dilation,
         };
-        let mut net = build(self.model, &config)?;
+        let mut net = build(name, &config)?;
         let placements = self.placements()?;
         place_moe(net.as_mut(), &placements)?;
         Ok((net, placements))
     }
 
-    /// `enet` or `enet-moe (regular5_1.ext_conv2.0, E=8 k=2 g=3 2conv_gap)`.
+    /// `--num-classes`, else the model's default (19, or 1000 for the ViTs).
+    pub fn resolved_num_classes(&self) -> usize {
+        match self.model {
+            CliModel::Seg(_) => self.num_classes.unwrap_or(19),
+            CliModel::Vit(name) => self.num_classes.unwrap_or(name.config().num_classes),
+        }
+    }
+
+    /// `enet`, `enet-moe (regular5_1.ext_conv2.0, E=8 k=2 g=3 2conv_gap)` or
+    /// `soft_moe_vit_tiny (224x224, patch 16, 128 experts x 1 slot in blocks From(6))`.
     fn title(&self, placements: &[MoePlacement]) -> String {
+        if let CliModel::Vit(name) = self.model {
+            let Ok(config) = self.vit_config(name) else {
+                return name.to_string();
+            };
+            let [h, w] = config.img_size;
+            let moe = config.moe.map(|m| {
+                format!(
+                    ", {} experts x {} slot(s) in blocks {:?}",
+                    m.num_experts, m.slots_per_expert, m.layers
+                )
+            });
+            return format!(
+                "{name} ({h}x{w}, patch {}{})",
+                config.patch_size,
+                moe.unwrap_or_default()
+            );
+        }
         if placements.is_empty() {
             return self.model.to_string();
         }
@@ -159,11 +310,11 @@ pub struct InspectArgs {
 /// The manifest text of a network: `key<TAB>[shape]<TAB>dtype` in state-dict order, then the
 /// counts (the format of `../shared/manifests/<net>.tsv`).
 pub fn manifest(args: &ModelArgs) -> Result<String> {
-    let (net, placements) = args.build()?;
+    let (net, placements) = args.build_module()?;
     let mut out = format!(
         "# {}  num_classes={}  (state_dict order)\n# key\tshape\tdtype\n",
         args.title(&placements),
-        args.num_classes
+        args.resolved_num_classes()
     );
     let (mut parameters, mut buffers) = (0, 0);
     for (name, tensor, role) in named_tensors(net.as_ref()) {
@@ -214,7 +365,7 @@ fn torch_dtype(dtype: DType) -> &'static str {
 /// PSPNet, which backbone dilation rule is in use and how to switch it on stderr.
 pub fn run_inspect(args: &InspectArgs) -> Result<()> {
     print!("{}", manifest(&args.model)?);
-    if args.model.model == ModelName::Pspnet {
+    if args.model.model == CliModel::Seg(ModelName::Pspnet) {
         eprintln!("# {}", args.model.pspnet_dilation.describe());
     }
     Ok(())
@@ -282,13 +433,15 @@ pub struct ForwardArgs {
     /// Input file with tensor `input` `[B, 3, H, W]` f32.
     #[arg(long)]
     pub input: PathBuf,
-    /// Output file: tensor `output` `[B, C, H, W]` f32 (logits).
+    /// Output file: tensor `output` `[B, C, H, W]` f32 (logits; `[B, num_classes]` for the
+    /// ViTs).
     #[arg(long)]
     pub output: PathBuf,
     /// Train mode: batch statistics, loss and gradients (needs --target and --grads).
     #[arg(long, requires_all = ["target", "grads"])]
     pub train: bool,
-    /// Target file with tensor `target` `[B, H, W]` (int64 or float; 255 = ignore).
+    /// Target file with tensor `target` `[B, H, W]` (int64 or float; 255 = ignore), or `[B]`
+    /// class indices for the ViTs.
     #[arg(long)]
     pub target: Option<PathBuf>,
     /// Dropout probability of every dropout layer in train mode (0 for a deterministic check).
@@ -309,6 +462,9 @@ pub fn run_forward(args: &ForwardArgs) -> Result<()> {
     let (device, note) = crate::train::setup::resolve_device(&args.device)?;
     if let Some(note) = note {
         eprintln!("{note}");
+    }
+    if let CliModel::Vit(_) = args.model.model {
+        return run_vit_forward(args, &device);
     }
     let (net, _) = args.model.build()?;
     load_state_dict(net.as_ref(), &args.weights, LoadOptions::default())?;
@@ -335,8 +491,36 @@ pub fn run_forward(args: &ForwardArgs) -> Result<()> {
     let loss = training_loss(net.as_ref(), &output, &target, None)?.total;
     loss.backward()?;
     save(&args.output, [("output", &output.logits, DType::F32)])?;
+    save_gradients(grads_path, net.as_ref(), loss)
+}
+
+/// `moeseg forward` of a ViT: logits `[B, num_classes]`; with `--train`, the mean
+/// cross-entropy against class indices `target` `[B]` and its gradients.
+fn run_vit_forward(args: &ForwardArgs, device: &crate::backend::Device) -> Result<()> {
+    let (net, _) = args.model.build_module()?;
+    load_state_dict(net.as_ref(), &args.weights, LoadOptions::default())?;
+    crate::nn::to_device(net.as_ref(), device)?;
+    let input = read_tensor(&args.input, "input")?.to_device(device)?;
+    input.expect_rank("moeseg forward", "input", 4)?;
+    set_training(net.as_ref(), args.train);
+    let (Some(target_path), Some(grads_path), true) = (&args.target, &args.grads, args.train)
+    else {
+        let logits = crate::autograd::no_grad(|| net.forward(&input))?;
+        return save(&args.output, [("output", &logits, DType::F32)]);
+    };
+    let target = read_tensor(target_path, "target")?.to_device(device)?;
+    let logits = net.forward(&input)?;
+    let loss = logits.cross_entropy(&target, Default::default())?;
+    loss.backward()?;
+    save(&args.output, [("output", &logits, DType::F32)])?;
+    save_gradients(grads_path, net.as_ref(), loss)
+}
+
+/// Writes `loss`, every parameter's gradient under its name and every buffer as
+/// `buffers.<name>`.
+fn save_gradients(path: &std::path::Path, net: &dyn Module, loss: Tensor) -> Result<()> {
     let mut entries: Vec<(String, Tensor, DType)> = vec![("loss".to_string(), loss, DType::F32)];
-    for (name, tensor, role) in named_tensors(net.as_ref()) {
+    for (name, tensor, role) in named_tensors(net) {
         match role {
             Role::Parameter => {
                 // A parameter the forward does not use (ERFNet's encoder.output_conv) has a
@@ -350,10 +534,7 @@ pub fn run_forward(args: &ForwardArgs) -> Result<()> {
             Role::Buffer(dtype) => entries.push((format!("buffers.{name}"), tensor, dtype)),
         }
     }
-    save(
-        grads_path,
-        entries.iter().map(|(n, t, d)| (n.as_str(), t, *d)),
-    )
+    save(path, entries.iter().map(|(n, t, d)| (n.as_str(), t, *d)))
 }
 
 /// Reads tensor `name` of a safetensors file, with an error naming both when it is absent.

@@ -14,6 +14,9 @@ pub mod placement;
 pub mod pspnet;
 pub mod resnet;
 pub mod unet;
+pub mod vit;
+pub mod vit_blocks;
+pub mod vit_seg;
 
 use crate::error::{Error, Result};
 use crate::nn::Module;

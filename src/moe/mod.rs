@@ -8,6 +8,8 @@
 //! - [`patch_conv_moe`]: the PatchConvMoE layer (also image-level ConvMoE), its replacement of
 //!   a conv by path and the network-wide balancing loss.
 //! - [`soft_conv_moe`]: SoftConvMoE, soft routing (moe.md §5) of the same patch tokens.
+//! - [`soft_moe`]: the Soft-MoE layer over tokens (soft routing, §5), its batched expert path
+//!   and its routing diagnostics.
 //! - [`stats`]: routing statistics over an evaluation set (usage, NRE, TEC, co-activation,
 //!   expert×class).
 //!
@@ -19,6 +21,7 @@ pub mod gate;
 pub mod patch_conv_moe;
 pub mod selection;
 pub mod soft_conv_moe;
+pub mod soft_moe;
 pub mod stats;
 
 pub use balance::{entropy, BalanceInputs, BalanceLoss};
@@ -29,4 +32,5 @@ pub use patch_conv_moe::{
 };
 pub use selection::{capacity, noisy_selection};
 pub use soft_conv_moe::{replace_conv_with_soft_moe, SoftConvMoE, SoftConvMoeConfig, SoftRouting};
+pub use soft_moe::{SlotSource, SoftMoE, SoftMoeConfig, SoftRoutingDiagnostics};
 pub use stats::{RoutingReport, RoutingStats};

@@ -15,7 +15,7 @@ pub use layers::set_dropout_probability;
 pub use layers::{
     ActivationLayer, AdaptiveAvgPool2d, AvgPool2d, BatchCount, BatchNorm2d, Conv2d, ConvOptions,
     ConvPadding, ConvTranspose2d, Dropout, Dropout2d, LayerNorm, Linear, MaxPool2d, MaxUnpool2d,
-    ModuleList, PReLU, Sequential, Upsample,
+    Mlp, ModuleList, PReLU, Sequential, Upsample,
 };
 
 /// What a named tensor of a module is.

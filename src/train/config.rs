@@ -86,7 +86,8 @@ pub struct SyntheticSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSection {
-    /// `enet`, `erfnet`, `unet`, `lraspp`, `deeplabv3plus` or `pspnet`.
+    /// `enet`, `erfnet`, `unet`, `lraspp`, `deeplabv3plus`, `pspnet`, or `vit` (the
+    /// segmentation ViT of `[model.vit]`).
     pub name: String,
     /// Output classes (19 for Cityscapes and BDD100K).
     pub num_classes: usize,
@@ -101,6 +102,59 @@ pub struct ModelSection {
     pub pretrained_backbone: String,
     /// PatchConvMoE placement and hyper-parameters.
     pub moe: MoeSection,
+    /// The segmentation ViT (`name = "vit"`), with or without Soft-MoE MLPs.
+    pub vit: VitSection,
+}
+
+/// `[model.vit]`: the segmentation Vision Transformer (`models::vit_seg`, SETR-naive: ViT
+/// encoder without class token, linear head per token, bilinear upsampling).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VitSection {
+    /// `tiny`, `small`, `base`, `large` or `huge` (the packages' widths, depths and heads), or
+    /// `""` for `embed_dim`, `depth` and `num_heads` below.
+    pub size: String,
+    /// Token width (when `size = ""`).
+    pub embed_dim: usize,
+    /// Number of blocks (when `size = ""`).
+    pub depth: usize,
+    /// Attention heads (when `size = ""`).
+    pub num_heads: usize,
+    /// Patch side in pixels.
+    pub patch_size: usize,
+    /// `[height, width]` the positional embedding is built for (other sizes resample it).
+    pub img_size: [usize; 2],
+    /// MLP hidden width / `embed_dim`.
+    pub mlp_ratio: f32,
+    /// Soft-MoE MLPs in the blocks `moe_layer_index` selects.
+    pub soft_moe: bool,
+    /// Experts per Soft-MoE layer.
+    pub num_experts: usize,
+    /// Slots per expert.
+    pub slots_per_expert: usize,
+    /// First Soft-MoE block (`"6"`: 6 to the end) or a list of blocks (`"0,2"`).
+    pub moe_layer_index: String,
+    /// Slots from the `normalized` tokens (the soft-moe package) or the `raw` ones (paper).
+    pub slot_source: String,
+}
+
+impl Default for VitSection {
+    fn default() -> Self {
+        VitSection {
+            size: String::new(),
+            embed_dim: 192,
+            depth: 12,
+            num_heads: 3,
+            patch_size: 16,
+            img_size: [224, 224],
+            mlp_ratio: 4.0,
+            soft_moe: false,
+            num_experts: 128,
+            slots_per_expert: 1,
+            moe_layer_index: "6".into(),
+            slot_source: "normalized".into(),
+        }
+    }
 }
 
 /// `[model.moe]`: PatchConvMoE layers replacing convs by path (`../shared/spec/moe.md`).
@@ -261,6 +315,7 @@ impl Default for ModelSection {
             pspnet_dilation: "hszhao".into(),
             pretrained_backbone: String::new(),
             moe: MoeSection::default(),
+            vit: VitSection::default(),
         }
     }
 }

@@ -107,6 +107,10 @@ pub const PRESETS: &[(&str, &str)] = &[
         include_str!("../../models/cityscapes-unet/patch_conv_moe.toml"),
     ),
     (
+        "cityscapes-vit/soft_moe",
+        include_str!("../../models/cityscapes-vit/soft_moe.toml"),
+    ),
+    (
         "synthetic-enet/default",
         include_str!("../../models/synthetic-enet/default.toml"),
     ),
@@ -117,6 +121,10 @@ pub const PRESETS: &[(&str, &str)] = &[
     (
         "synthetic-enet/tiny",
         include_str!("../../models/synthetic-enet/tiny.toml"),
+    ),
+    (
+        "synthetic-vit/soft_moe",
+        include_str!("../../models/synthetic-vit/soft_moe.toml"),
     ),
 ];
 

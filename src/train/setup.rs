@@ -8,10 +8,12 @@ use crate::data::{
     SyntheticConfig,
 };
 use crate::error::{Error, Result};
+use crate::models::vit::{MoeLayers, VitConfig, VitMoeConfig, VitSize};
+use crate::models::vit_seg::SegVit;
 use crate::models::{build, ModelConfig, ModelName, SegNet};
 use crate::moe::{
     replace_conv_with_moe, replace_conv_with_soft_moe, BalanceLoss, ExpertInit, GateConfig,
-    GateKind, Granularity, PatchConvMoE, PatchConvMoeConfig, SoftConvMoeConfig,
+    GateKind, Granularity, PatchConvMoE, PatchConvMoeConfig, SlotSource, SoftConvMoeConfig,
 };
 use crate::nn::{visit_modules, Module};
 use crate::optim::{Adam, AdamOptions, LrSchedule, Optimizer, Sgd, SgdOptions};
@@ -124,6 +126,15 @@ pub fn moe_paths(model: &ModelSection) -> Result<Vec<String>> {
 /// Builds the network with fresh weights (from the current default generator: seed it first)
 /// and puts PatchConvMoE layers at the configured paths.
 pub fn build_model(model: &ModelSection) -> Result<Box<dyn SegNet>> {
+    if model.name == VIT_SEG_NAME {
+        if model.moe.enabled {
+            return Err(Error::invalid(
+                "config",
+                "model.moe (PatchConvMoE) does not apply to `vit`; use model.vit.soft_moe",
+            ));
+        }
+        return Ok(Box::new(SegVit::new(vit_config(model)?)?));
+    }
     let name = model_name(model)?;
     let mut net = build(
         name,
@@ -161,6 +172,62 @@ pub fn build_model(model: &ModelSection) -> Result<Box<dyn SegNet>> {
         }
     }
     Ok(net)
+}
+
+/// `[model] name` of the segmentation ViT.
+pub const VIT_SEG_NAME: &str = "vit";
+
+/// The ViT configuration of `[model.vit]` (class token, pooling and image-size strictness are
+/// set by [`SegVit::new`]).
+pub fn vit_config(model: &ModelSection) -> Result<VitConfig> {
+    let section = &model.vit;
+    let (embed_dim, depth, num_heads) = match section.size.as_str() {
+        "" => (section.embed_dim, section.depth, section.num_heads),
+        name => VitSize::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "config",
+                    format!(
+                        "model.vit.size `{name}`: expected tiny, small, base, large, huge or \"\""
+                    ),
+                )
+            })?
+            .dims(),
+    };
+    let slot_source = match section.slot_source.as_str() {
+        "normalized" => SlotSource::Normalized,
+        "raw" => SlotSource::Raw,
+        other => {
+            return Err(Error::invalid(
+                "config",
+                format!("model.vit.slot_source `{other}`: expected normalized or raw"),
+            ))
+        }
+    };
+    let moe = section
+        .soft_moe
+        .then(|| {
+            Ok::<_, Error>(VitMoeConfig {
+                num_experts: section.num_experts,
+                slots_per_expert: section.slots_per_expert,
+                layers: MoeLayers::parse(&section.moe_layer_index)?,
+                slot_source,
+            })
+        })
+        .transpose()?;
+    Ok(VitConfig {
+        img_size: section.img_size,
+        patch_size: section.patch_size,
+        num_classes: model.num_classes,
+        embed_dim,
+        depth,
+        num_heads,
+        mlp_ratio: section.mlp_ratio,
+        moe,
+        ..VitConfig::vit(VitSize::Tiny)
+    })
 }
 
 /// Every PatchConvMoE layer of a network with its path.
