@@ -293,6 +293,86 @@ impl Plotter {
         })
     }
 
+    /// Horizontal bars grouped by label: per label (e.g. class) one bar per group (e.g. run),
+    /// coloured by group, with a legend; NaN values get no bar.
+    pub fn grouped_bar_plot(
+        &self,
+        path: &Path,
+        title: &str,
+        x_label: &str,
+        labels: &[String],
+        groups: &[(String, Vec<f64>)],
+    ) -> Result<()> {
+        if let Some((name, values)) = groups.iter().find(|(_, v)| v.len() != labels.len()) {
+            return Err(Error::file(
+                path,
+                format!(
+                    "grouped bar plot: {} values of `{name}` for {} labels",
+                    values.len(),
+                    labels.len()
+                ),
+            ));
+        }
+        let all = || groups.iter().flat_map(|(_, v)| v.iter().copied());
+        let range = finite_range(all().chain([0.0]));
+        let any = all().any(f64::is_finite);
+        self.render(path, |root| {
+            let n = labels.len();
+            let (Some((lo, hi)), true) = (range, any) else {
+                return self.empty(root, title);
+            };
+            let mut chart = self
+                .chart(root, title, 140, 45)
+                .build_cartesian_2d(lo.min(0.0)..hi * 1.05, 0f64..n as f64)?;
+            let label_of = |y: &f64| {
+                let row = y.floor();
+                let i = n as f64 - 1.0 - row;
+                if (y - row - 0.5).abs() < 1e-6 && i >= 0.0 {
+                    labels.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            };
+            let mut mesh = chart.configure_mesh();
+            mesh.disable_y_mesh()
+                .x_desc(x_label)
+                .y_labels(if self.text { 2 * n + 1 } else { 0 })
+                .y_label_formatter(&label_of);
+            if !self.text {
+                mesh.x_labels(0);
+            }
+            mesh.draw()?;
+            let height = 0.8 / groups.len().max(1) as f64;
+            for (g, (name, values)) in groups.iter().enumerate() {
+                let color = Palette99::pick(g).to_rgba();
+                let drawn = chart.draw_series(
+                    values
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, v)| v.is_finite())
+                        .map(|(i, &v)| {
+                            let y0 = (n - 1 - i) as f64 + 0.9 - (g + 1) as f64 * height;
+                            Rectangle::new([(0.0, y0), (v, y0 + height)], color.filled())
+                        }),
+                )?;
+                if self.text {
+                    drawn.label(name.as_str()).legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+                    });
+                }
+            }
+            if self.text {
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::LowerRight)
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .draw()?;
+            }
+            Ok(())
+        })
+    }
+
     /// A matrix as coloured cells (e.g. expert × class, co-activation) with a colour scale;
     /// NaN cells are grey.
     pub fn heatmap(
@@ -482,6 +562,18 @@ pub fn line_plot(
 /// [`Plotter::bar_plot`] at the default size.
 pub fn bar_plot(path: &Path, title: &str, labels: &[String], values: &[f64]) -> Result<()> {
     Plotter::default().bar_plot(path, title, labels, values)
+}
+
+/// [`Plotter::grouped_bar_plot`], 1000 pixels wide and 30 pixels per label (600 at least).
+pub fn grouped_bar_plot(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    labels: &[String],
+    groups: &[(String, Vec<f64>)],
+) -> Result<()> {
+    let height = (120 + 30 * labels.len() as u32).max(600);
+    Plotter::new(1000, height).grouped_bar_plot(path, title, x_label, labels, groups)
 }
 
 /// [`Plotter::heatmap`] at the default size.
