@@ -115,8 +115,8 @@ fn tensorboard_reads_back_every_scalar_and_image_written() {
             .iter()
             .find(|(s, _)| s == step)
             .unwrap_or_else(|| panic!("{tag} has no step {step}: {points:?}"));
-        // simple_value is a float32.
-        assert_eq!(found.1, *value as f32 as f64, "{tag} at step {step}");
+        // simple_value is a float32 (compared as f32: serde_json parses floats to within an ulp).
+        assert_eq!(found.1 as f32, *value as f32, "{tag} at step {step}");
     }
     let images = read["images"]["samples/a/prediction"].as_array().unwrap();
     assert_eq!(images.len(), 1);
@@ -172,7 +172,7 @@ fn a_training_run_logs_every_metric_and_the_samples_to_tensorboard() {
             assert!(
                 points
                     .iter()
-                    .any(|&(s, v)| s == step && v == value as f32 as f64),
+                    .any(|&(s, v)| s == step && v as f32 == value as f32),
                 "{tag} at step {step} should be {value}: {points:?}"
             );
             checked += 1;
