@@ -237,3 +237,61 @@ fn a_failing_run_is_recorded_and_the_sweep_goes_on() {
         .to_string();
     assert!(error.contains('9') || error.contains('k'), "{error}");
 }
+
+/// The `--sweep` arguments of the "Run with" command in a preset's header comment.
+fn documented_sweeps(text: &str) -> Vec<String> {
+    let command: String = text
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .skip_while(|l| !l.contains("moeseg train"))
+        .take_while(|l| !l.contains("moeseg compare"))
+        .map(|l| l.trim_start_matches('#').trim().trim_end_matches('\\'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    command
+        .split("--sweep ")
+        .skip(1)
+        .map(|arg| {
+            let arg = arg.trim();
+            match arg.strip_prefix('\'') {
+                Some(quoted) => quoted.split('\'').next().unwrap().to_string(),
+                None => arg.split_whitespace().next().unwrap().to_string(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn every_ablation_preset_documents_a_valid_sweep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/synthetic-enet");
+    for (name, runs) in [
+        ("gate", 4),
+        ("grid", 4),
+        ("experts", 3),
+        ("k", 3),
+        ("loss", 4),
+        ("placement", 3),
+    ] {
+        let text = std::fs::read_to_string(models.join(format!("ablation-{name}.toml"))).unwrap();
+        let sweeps = documented_sweeps(&text);
+        assert_eq!(sweeps.len(), 1, "ablation-{name}: {sweeps:?}");
+        let preset = format!("synthetic-enet/ablation-{name}");
+        let dir = tmp.path().join(name);
+        let listed = ok(&[
+            "train",
+            "--preset",
+            &preset,
+            "--run-dir",
+            dir.to_str().unwrap(),
+            "--sweep",
+            &sweeps[0],
+            "--dry-run",
+        ]);
+        assert_eq!(
+            listed.matches("  pending ").count(),
+            runs,
+            "ablation-{name}:\n{listed}"
+        );
+    }
+}

@@ -219,6 +219,10 @@ fn a_training_run_logs_every_metric_and_the_samples_to_tensorboard() {
     );
     assert!(read["scalars"]["val/moe/regular5_1.ext_conv2.0/NRE"].is_array());
     let images = read["images"].as_object().unwrap();
+    for (tag, entries) in images {
+        // The 64-pixel-wide tiny samples are scaled up (nearest) to a readable 512 pixels.
+        assert_eq!(entries[0][1].as_u64(), Some(512), "{tag}");
+    }
     assert!(
         images.keys().any(|t| t.ends_with("/prediction"))
             && images.keys().any(|t| t.contains("/routing/")),

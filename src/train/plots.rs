@@ -44,6 +44,23 @@ pub fn font_available() -> bool {
     })
 }
 
+/// Draws `text` in white with a black shadow at `at` (top left) into `img`, in the plot font
+/// at `size` pixels; false (nothing drawn) without a font.
+pub fn draw_text_on(img: &mut image::RgbImage, text: &str, at: (usize, usize), size: u32) -> bool {
+    if !font_available() {
+        return false;
+    }
+    let (w, h) = img.dimensions();
+    let (x, y) = (at.0 as i32, at.1 as i32);
+    let root = BitMapBackend::with_buffer(img.as_mut(), (w, h)).into_drawing_area();
+    let drawn = [(1, BLACK), (0, WHITE)].into_iter().all(|(offset, color)| {
+        let style = (FONT, size).into_font().color(&color);
+        root.draw_text(text, &style, (x + offset, y + offset))
+            .is_ok()
+    });
+    drawn && root.present().is_ok()
+}
+
 /// Plot size and whether to draw text. The free functions use [`Plotter::default`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plotter {
@@ -405,8 +422,21 @@ impl Plotter {
             }
             let (lo, hi) = range.unwrap_or((0.0, 1.0));
             let (cells, scale) = root.split_horizontally(self.width.saturating_sub(110));
+            // Column names wider than their cells are written vertically, so they never overlap.
+            let cell_width = self.width.saturating_sub(240) as usize / cols.max(1);
+            let widest = col_labels
+                .iter()
+                .map(|l| l.chars().count())
+                .max()
+                .unwrap_or(0);
+            let rotate = widest * 7 > cell_width;
+            let bottom = if rotate {
+                (widest * 7 + 20).clamp(90, 160) as u32
+            } else {
+                90
+            };
             let mut chart = self
-                .chart(&cells, title, 110, 90)
+                .chart(&cells, title, 110, bottom)
                 .build_cartesian_2d(0f64..cols as f64, 0f64..rows as f64)?;
             let centre = |v: f64, n: usize, names: &[String], flip: bool| {
                 let i = v.floor();
@@ -420,15 +450,31 @@ impl Plotter {
             let y_fmt = |v: &f64| centre(*v, rows, row_labels, true);
             let mut mesh = chart.configure_mesh();
             mesh.disable_mesh();
+            let vertical = (FONT, 13)
+                .into_font()
+                .transform(FontTransform::Rotate90)
+                .color(&BLACK);
             if self.text {
                 mesh.x_labels(2 * cols + 1)
                     .y_labels(2 * rows + 1)
                     .x_label_formatter(&x_fmt)
                     .y_label_formatter(&y_fmt);
+                if rotate {
+                    // Written below after the cells: plotters centres rotated labels on the axis.
+                    mesh.x_labels(0);
+                }
             } else {
                 mesh.x_labels(0).y_labels(0);
             }
             mesh.draw()?;
+            if self.text && rotate {
+                let base = cells.get_base_pixel();
+                for (c, name) in col_labels.iter().enumerate() {
+                    let (x, y) = chart.backend_coord(&(c as f64 + 0.5, 0.0));
+                    // Rotated clockwise, the text runs down from its anchor, left of it.
+                    cells.draw_text(name, &vertical, (x - base.0 + 6, y - base.1 + 6))?;
+                }
+            }
             chart.draw_series(matrix.iter().enumerate().flat_map(|(r, row)| {
                 row.iter().enumerate().map(move |(c, &v)| {
                     let y = (rows - 1 - r) as f64;

@@ -135,7 +135,13 @@ fn name_piece(value: &str) -> String {
             }
         })
         .collect();
-    cleaned.trim_matches('_').to_string()
+    let mut collapsed = String::new();
+    for c in cleaned.chars() {
+        if !(c == '_' && collapsed.ends_with('_')) {
+            collapsed.push(c);
+        }
+    }
+    collapsed.trim_matches('_').to_string()
 }
 
 impl Sweep {
