@@ -30,6 +30,7 @@ pub struct TrainArgs {
     pub device: Option<String>,
     /// Continue the run in this folder from its `last` checkpoint (same results as a run that
     /// never stopped). Uses the run's config.toml; --preset and --set are not allowed with it.
+    /// A sweep folder (with sweep.toml) resumes the sweep.
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["preset", "set", "run_dir", "sweep"])]
     pub resume: Option<PathBuf>,
     /// Folder of the new run (default: `<output.runs_dir>/<preset>-<UTC date>-<time>`).

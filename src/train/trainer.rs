@@ -486,7 +486,7 @@ impl<'a> Trainer<'a> {
             .set_message(format!("loss {loss:.4} lr {lr:.2e}"));
         let log_interval = self.config.train.log_interval.max(1) as u64;
         let step = self.state.step;
-        if step % log_interval == 0 || step == self.total {
+        if step.is_multiple_of(log_interval) || step == self.total {
             let images_per_s =
                 self.window.1 as f64 / self.window.0.elapsed().as_secs_f64().max(1e-9);
             self.log.append(&MetricRecord {
@@ -529,7 +529,11 @@ impl<'a> Trainer<'a> {
             self.state.epoch_losses = LossSums::default();
         }
         let eval_now = last_step
-            || (epoch_done && self.state.epoch % self.config.train.eval_interval.max(1) == 0);
+            || (epoch_done
+                && self
+                    .state
+                    .epoch
+                    .is_multiple_of(self.config.train.eval_interval.max(1)));
         if eval_now {
             self.evaluate(epoch)?;
         }
