@@ -158,7 +158,7 @@ pub fn differing_keys(runs: &[RunSummary]) -> Result<Vec<(String, Vec<String>)>>
             .map(|keys| {
                 keys.iter()
                     .find(|(k, _)| k == key)
-                    .map(|(_, v)| v.clone())
+                    .map(|(_, v)| unquote(v))
                     .unwrap_or_default()
             })
             .collect();
@@ -167,6 +167,14 @@ pub fn differing_keys(runs: &[RunSummary]) -> Result<Vec<(String, Vec<String>)>>
         }
     }
     Ok(out)
+}
+
+/// A TOML string value without its quotes (`"2conv_gap"` → `2conv_gap`); others unchanged.
+fn unquote(value: &str) -> String {
+    match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+        Some(inner) if !inner.contains('"') => inner.to_string(),
+        _ => value.to_string(),
+    }
 }
 
 /// The table: a header row and one row per run, as text cells.
@@ -345,4 +353,28 @@ pub fn write_comparison(runs: &[RunSummary], out: &Path) -> Result<String> {
         &per_class,
     )?;
     Ok(render_text(&rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_show_strings_without_quotes_and_quote_csv_cells() {
+        assert_eq!(unquote("\"2conv_gap\""), "2conv_gap");
+        assert_eq!(unquote("8"), "8");
+        assert_eq!(unquote("[\"a\", \"b\"]"), "[\"a\", \"b\"]");
+        let rows = vec![
+            vec!["run".to_string(), "model.moe.paths".to_string()],
+            vec!["r0".to_string(), "[\"a\", \"b\"]".to_string()],
+        ];
+        assert_eq!(
+            render_csv(&rows),
+            "run,model.moe.paths\nr0,\"[\"\"a\"\", \"\"b\"\"]\"\n"
+        );
+        assert_eq!(
+            render_markdown(&rows),
+            "| run | model.moe.paths |\n|---|---|\n| r0 | [\"a\", \"b\"] |\n"
+        );
+    }
 }
