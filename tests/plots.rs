@@ -185,3 +185,77 @@ fn routing_report_plots_from_stats() {
         check_png(f, (1000, 600));
     }
 }
+
+#[test]
+fn sample_pictures_scale_up_by_repeating_pixels() {
+    use moeseg::data::pictures::upscale_nearest;
+    let small = image::RgbImage::from_fn(128, 64, |x, y| image::Rgb([x as u8, y as u8, 7]));
+    let big = upscale_nearest(&small, 512);
+    assert_eq!(big.dimensions(), (512, 256));
+    for (x, y) in [(0, 0), (3, 3), (4, 0), (511, 255), (300, 129)] {
+        assert_eq!(
+            big.get_pixel(x, y),
+            small.get_pixel(x / 4, y / 4),
+            "({x}, {y})"
+        );
+    }
+    // 100 wide: the smallest whole factor reaching 512 is 6.
+    let odd = image::RgbImage::new(100, 10);
+    assert_eq!(upscale_nearest(&odd, 512).dimensions(), (600, 60));
+    assert_eq!(upscale_nearest(&big, 512).dimensions(), (512, 256));
+}
+
+#[test]
+fn routing_overlays_write_the_experts_in_the_plot_font() {
+    use moeseg::data::pictures::routing_overlay;
+    let base = image::RgbImage::from_pixel(512, 256, image::Rgb([40, 40, 40]));
+    let experts: Vec<Vec<usize>> = (0..4).map(|i| vec![i, (i + 1) % 4]).collect();
+    let overlay = routing_overlay(&base, 2, 2, &experts, 4);
+    // Pure white pixels inside the first patch, away from the grid lines: the label text.
+    let white = (4..100u32)
+        .flat_map(|y| (4..200u32).map(move |x| (x, y)))
+        .filter(|&(x, y)| overlay.get_pixel(x, y).0 == [255, 255, 255])
+        .count();
+    if moeseg::train::plots::font_available() {
+        assert!(white > 30, "no text drawn: {white} white pixels");
+        // Text size follows the patch: a third of its 128-pixel height, so glyphs are tall.
+        let rows: Vec<u32> = (4..100u32)
+            .filter(|&y| (4..200u32).any(|x| overlay.get_pixel(x, y).0 == [255, 255, 255]))
+            .collect();
+        assert!(rows.len() >= 15, "text only {} pixels tall", rows.len());
+    } else {
+        assert_eq!(white, 0, "no font: no text");
+    }
+}
+
+#[test]
+fn heatmap_column_names_are_written_vertically_when_wide() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.png");
+    let classes: Vec<String> = moeseg::train::report::class_names(19);
+    let rows = names(8, "e");
+    // NaN cells are grey, so the only dark pixels are text and axis lines.
+    let matrix = vec![vec![f64::NAN; 19]; 8];
+    heatmap(&path, "expert x class", &rows, &classes, &matrix).unwrap();
+    let img = image::open(&path).unwrap().to_rgb8();
+    // The most dark pixels in one pixel column between the row names and the colour scale:
+    // a rotated name ("traffic light" at 13 px is ~70 px long) against ~10 px of a horizontal
+    // one plus a few of the axis and its tick.
+    let (w, h) = img.dimensions();
+    let dark = |x: u32, y: u32| img.get_pixel(x, y).0.iter().all(|&v| v < 150);
+    let tallest = (150..w - 250)
+        .map(|x| (0..h).filter(|&y| dark(x, y)).count())
+        .max()
+        .unwrap();
+    if moeseg::train::plots::font_available() {
+        assert!(
+            tallest > 40,
+            "column names are not vertical: tallest text column {tallest} px"
+        );
+    } else {
+        assert!(
+            tallest < 20,
+            "no font, yet {tallest} dark pixels in a column"
+        );
+    }
+}

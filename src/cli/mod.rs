@@ -7,6 +7,7 @@ mod bench_nets;
 mod bench_ops;
 mod bench_soft;
 mod bench_train;
+mod compare;
 mod demo;
 mod eval;
 mod model_source;
@@ -48,6 +49,10 @@ enum Command {
     RoutingStats(eval::AnalysisArgs),
     /// List the built-in presets.
     Presets,
+    /// Compare runs and sweeps: one table (terminal, CSV, Markdown) of the differing config
+    /// keys, mIoU, pixel accuracy, params, MACs, NRE/TEC, time and images/s; curves and a
+    /// per-class IoU chart (PNG).
+    Compare(compare::CompareArgs),
     /// Benchmarks: `moeseg bench routing` (PatchConvMoE pieces) and `moeseg bench train` (full
     /// training steps of a network).
     Bench(bench::BenchArgs),
@@ -78,6 +83,7 @@ pub fn run() -> crate::Result<()> {
         Some(Command::EvalFixedExpert(args)) => eval::run_fixed_expert(&args),
         Some(Command::RoutingStats(args)) => eval::run_routing_stats(&args),
         Some(Command::Presets) => train::list_presets(),
+        Some(Command::Compare(args)) => compare::run(&args),
         Some(Command::Bench(args)) => bench::run(&args),
         Some(Command::Inspect(args)) => model_tools::run_inspect(&args),
         Some(Command::Flops(args)) => model_tools::run_flops(&args),

@@ -64,7 +64,8 @@ pub fn expert_color(expert: usize, num_experts: usize) -> [u8; 3] {
 }
 
 /// `image` cut in a `rows × cols` grid of patches, each tinted with the colour of its top
-/// expert and labelled with its chosen experts in rank order; grid lines in white.
+/// expert and labelled with its chosen experts in rank order (in the plot font, when one is
+/// found and the patch is large enough); grid lines in white.
 /// `experts` holds one list per patch, row-major; patches without a list stay untinted and
 /// extra lists are ignored (a zero-sized grid returns the image unchanged).
 pub fn routing_overlay(
@@ -81,6 +82,7 @@ pub fn routing_overlay(
     let mut out = image.clone();
     let x_edge = |c: usize| c * w / cols;
     let y_edge = |r: usize| r * h / rows;
+    let mut labels = Vec::new();
     for (patch, chosen) in experts.iter().enumerate().take(rows * cols) {
         let (r, c) = (patch / cols, patch % cols);
         let (x0, x1, y0, y1) = (x_edge(c), x_edge(c + 1), y_edge(r), y_edge(r + 1));
@@ -100,20 +102,7 @@ pub fn routing_overlay(
             .map(|e| e.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        let scale = if (x1 - x0) >= 40 && (y1 - y0) >= 20 {
-            2
-        } else {
-            1
-        };
-        draw_text(
-            &mut out,
-            &text,
-            x0 + 2,
-            y0 + 2,
-            scale,
-            (x1, y1),
-            [255, 255, 255],
-        );
+        labels.push((text, x0, y0, x1, y1));
     }
     for r in 0..=rows {
         let y = y_edge(r).min(h.saturating_sub(1));
@@ -123,71 +112,28 @@ pub fn routing_overlay(
         let x = x_edge(c).min(w.saturating_sub(1));
         (0..h).for_each(|y| out.put_pixel(x as u32, y as u32, Rgb([255, 255, 255])));
     }
+    // The experts' numbers in the plot font, sized to the patch (none without a font).
+    for (text, x0, y0, x1, y1) in labels {
+        let size = ((y1 - y0) / 3).clamp(9, 32) as u32;
+        let fits = (x1 - x0) as u32 > size && (y1 - y0) as u32 > size;
+        if fits {
+            crate::train::plots::draw_text_on(&mut out, &text, (x0 + 3, y0 + 2), size);
+        }
+    }
     out
 }
 
-/// 5×7 bitmaps of `0-9` and `,` (one row per byte, bit 4 = leftmost column).
-const GLYPHS: [[u8; 7]; 11] = [
-    [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E],
-    [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E],
-    [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F],
-    [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E],
-    [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02],
-    [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E],
-    [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E],
-    [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08],
-    [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E],
-    [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C],
-    [0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0x08],
-];
-
-/// Draws digits and commas with a black outline, clipped to `limit` (exclusive x, y).
-fn draw_text(
-    img: &mut RgbImage,
-    text: &str,
-    x: usize,
-    y: usize,
-    scale: usize,
-    limit: (usize, usize),
-    color: [u8; 3],
-) {
-    let (lx, ly) = (
-        limit.0.min(img.width() as usize),
-        limit.1.min(img.height() as usize),
-    );
-    let mut plot = |px: usize, py: usize, c: [u8; 3]| {
-        if px < lx && py < ly {
-            img.put_pixel(px as u32, py as u32, Rgb(c));
-        }
-    };
-    for (i, ch) in text.chars().enumerate() {
-        let glyph = match ch {
-            '0'..='9' => GLYPHS[ch as usize - '0' as usize],
-            ',' => GLYPHS[10],
-            _ => continue,
-        };
-        let gx = x + i * 6 * scale;
-        for pass in 0..2 {
-            for (row, bits) in glyph.iter().enumerate() {
-                for col in 0..5 {
-                    if bits & (0x10 >> col) == 0 {
-                        continue;
-                    }
-                    for dy in 0..scale {
-                        for dx in 0..scale {
-                            let (px, py) = (gx + col * scale + dx, y + row * scale + dy);
-                            if pass == 0 {
-                                // Outline: the pixel to the right and below in black.
-                                plot(px + 1, py + 1, [0, 0, 0]);
-                            } else {
-                                plot(px, py, color);
-                            }
-                        }
-                    }
-                }
-            }
-        }
+/// `image` scaled up by the smallest whole factor that makes it at least `min_width` pixels
+/// wide, each pixel repeated (nearest neighbour); unchanged when wide enough already.
+pub fn upscale_nearest(image: &RgbImage, min_width: u32) -> RgbImage {
+    let (w, h) = image.dimensions();
+    if w == 0 || w >= min_width {
+        return image.clone();
     }
+    let factor = min_width.div_ceil(w);
+    RgbImage::from_fn(w * factor, h * factor, |x, y| {
+        *image.get_pixel(x / factor, y / factor)
+    })
 }
 
 /// Writes an RGB PNG atomically (temporary file, then rename), creating parent folders.

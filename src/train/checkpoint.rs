@@ -155,8 +155,17 @@ pub fn load_weights(path: &Path, model: &dyn Module) -> Result<()> {
         strip_prefixes: vec!["model.".into(), "module.".into()],
         ..LoadOptions::default()
     };
-    load_state_dict(model, path, options)?;
+    load_state_dict(model, path, options).map_err(|e| naming(path, e))?;
     Ok(())
+}
+
+/// `error` as an error of the file `path` unless its message names that file already.
+fn naming(path: &Path, error: Error) -> Error {
+    if error.to_string().contains(&path.display().to_string()) {
+        error
+    } else {
+        Error::file(path, error.to_string())
+    }
 }
 
 /// Restores optimizer and scheduler state from a checkpoint.
@@ -165,11 +174,14 @@ pub fn load_optimizer(
     optimizer: &mut dyn Optimizer,
     scheduler: &mut LrScheduler,
 ) -> Result<()> {
-    let tensors: BTreeMap<String, Tensor> = safetensors::load(checkpoint.join(OPTIMIZER_FILE))?
+    let path = checkpoint.join(OPTIMIZER_FILE);
+    let tensors: BTreeMap<String, Tensor> = safetensors::load(&path)
+        .map_err(|e| naming(&path, e))?
         .into_iter()
         .map(|(k, (t, _))| (k, t))
         .collect();
-    optimizer.load_state(&tensors)?;
-    scheduler.load_state(&tensors)?;
-    Ok(())
+    optimizer
+        .load_state(&tensors)
+        .and_then(|()| scheduler.load_state(&tensors))
+        .map_err(|e| naming(&path, e))
 }

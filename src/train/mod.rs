@@ -10,6 +10,7 @@
 //!   [`metrics`]: the confusion matrix and IoU; [`plots`], [`report`]: pictures and summaries.
 
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod evaluate;
 pub mod metrics;
@@ -18,4 +19,6 @@ pub mod presets;
 pub mod report;
 pub mod run_dir;
 pub mod setup;
+pub mod sweep;
+pub mod tensorboard;
 pub mod trainer;

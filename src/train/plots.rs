@@ -44,6 +44,23 @@ pub fn font_available() -> bool {
     })
 }
 
+/// Draws `text` in white with a black shadow at `at` (top left) into `img`, in the plot font
+/// at `size` pixels; false (nothing drawn) without a font.
+pub fn draw_text_on(img: &mut image::RgbImage, text: &str, at: (usize, usize), size: u32) -> bool {
+    if !font_available() {
+        return false;
+    }
+    let (w, h) = img.dimensions();
+    let (x, y) = (at.0 as i32, at.1 as i32);
+    let root = BitMapBackend::with_buffer(img.as_mut(), (w, h)).into_drawing_area();
+    let drawn = [(1, BLACK), (0, WHITE)].into_iter().all(|(offset, color)| {
+        let style = (FONT, size).into_font().color(&color);
+        root.draw_text(text, &style, (x + offset, y + offset))
+            .is_ok()
+    });
+    drawn && root.present().is_ok()
+}
+
 /// Plot size and whether to draw text. The free functions use [`Plotter::default`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plotter {
@@ -293,6 +310,86 @@ impl Plotter {
         })
     }
 
+    /// Horizontal bars grouped by label: per label (e.g. class) one bar per group (e.g. run),
+    /// coloured by group, with a legend; NaN values get no bar.
+    pub fn grouped_bar_plot(
+        &self,
+        path: &Path,
+        title: &str,
+        x_label: &str,
+        labels: &[String],
+        groups: &[(String, Vec<f64>)],
+    ) -> Result<()> {
+        if let Some((name, values)) = groups.iter().find(|(_, v)| v.len() != labels.len()) {
+            return Err(Error::file(
+                path,
+                format!(
+                    "grouped bar plot: {} values of `{name}` for {} labels",
+                    values.len(),
+                    labels.len()
+                ),
+            ));
+        }
+        let all = || groups.iter().flat_map(|(_, v)| v.iter().copied());
+        let range = finite_range(all().chain([0.0]));
+        let any = all().any(f64::is_finite);
+        self.render(path, |root| {
+            let n = labels.len();
+            let (Some((lo, hi)), true) = (range, any) else {
+                return self.empty(root, title);
+            };
+            let mut chart = self
+                .chart(root, title, 140, 45)
+                .build_cartesian_2d(lo.min(0.0)..hi * 1.05, 0f64..n as f64)?;
+            let label_of = |y: &f64| {
+                let row = y.floor();
+                let i = n as f64 - 1.0 - row;
+                if (y - row - 0.5).abs() < 1e-6 && i >= 0.0 {
+                    labels.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            };
+            let mut mesh = chart.configure_mesh();
+            mesh.disable_y_mesh()
+                .x_desc(x_label)
+                .y_labels(if self.text { 2 * n + 1 } else { 0 })
+                .y_label_formatter(&label_of);
+            if !self.text {
+                mesh.x_labels(0);
+            }
+            mesh.draw()?;
+            let height = 0.8 / groups.len().max(1) as f64;
+            for (g, (name, values)) in groups.iter().enumerate() {
+                let color = Palette99::pick(g).to_rgba();
+                let drawn = chart.draw_series(
+                    values
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, v)| v.is_finite())
+                        .map(|(i, &v)| {
+                            let y0 = (n - 1 - i) as f64 + 0.9 - (g + 1) as f64 * height;
+                            Rectangle::new([(0.0, y0), (v, y0 + height)], color.filled())
+                        }),
+                )?;
+                if self.text {
+                    drawn.label(name.as_str()).legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+                    });
+                }
+            }
+            if self.text {
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::LowerRight)
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .draw()?;
+            }
+            Ok(())
+        })
+    }
+
     /// A matrix as coloured cells (e.g. expert × class, co-activation) with a colour scale;
     /// NaN cells are grey.
     pub fn heatmap(
@@ -325,8 +422,21 @@ impl Plotter {
             }
             let (lo, hi) = range.unwrap_or((0.0, 1.0));
             let (cells, scale) = root.split_horizontally(self.width.saturating_sub(110));
+            // Column names wider than their cells are written vertically, so they never overlap.
+            let cell_width = self.width.saturating_sub(240) as usize / cols.max(1);
+            let widest = col_labels
+                .iter()
+                .map(|l| l.chars().count())
+                .max()
+                .unwrap_or(0);
+            let rotate = widest * 7 > cell_width;
+            let bottom = if rotate {
+                (widest * 7 + 20).clamp(90, 160) as u32
+            } else {
+                90
+            };
             let mut chart = self
-                .chart(&cells, title, 110, 90)
+                .chart(&cells, title, 110, bottom)
                 .build_cartesian_2d(0f64..cols as f64, 0f64..rows as f64)?;
             let centre = |v: f64, n: usize, names: &[String], flip: bool| {
                 let i = v.floor();
@@ -340,15 +450,31 @@ impl Plotter {
             let y_fmt = |v: &f64| centre(*v, rows, row_labels, true);
             let mut mesh = chart.configure_mesh();
             mesh.disable_mesh();
+            let vertical = (FONT, 13)
+                .into_font()
+                .transform(FontTransform::Rotate90)
+                .color(&BLACK);
             if self.text {
                 mesh.x_labels(2 * cols + 1)
                     .y_labels(2 * rows + 1)
                     .x_label_formatter(&x_fmt)
                     .y_label_formatter(&y_fmt);
+                if rotate {
+                    // Written below after the cells: plotters centres rotated labels on the axis.
+                    mesh.x_labels(0);
+                }
             } else {
                 mesh.x_labels(0).y_labels(0);
             }
             mesh.draw()?;
+            if self.text && rotate {
+                let base = cells.get_base_pixel();
+                for (c, name) in col_labels.iter().enumerate() {
+                    let (x, y) = chart.backend_coord(&(c as f64 + 0.5, 0.0));
+                    // Rotated clockwise, the text runs down from its anchor, left of it.
+                    cells.draw_text(name, &vertical, (x - base.0 + 6, y - base.1 + 6))?;
+                }
+            }
             chart.draw_series(matrix.iter().enumerate().flat_map(|(r, row)| {
                 row.iter().enumerate().map(move |(c, &v)| {
                     let y = (rows - 1 - r) as f64;
@@ -482,6 +608,18 @@ pub fn line_plot(
 /// [`Plotter::bar_plot`] at the default size.
 pub fn bar_plot(path: &Path, title: &str, labels: &[String], values: &[f64]) -> Result<()> {
     Plotter::default().bar_plot(path, title, labels, values)
+}
+
+/// [`Plotter::grouped_bar_plot`], 1000 pixels wide and 30 pixels per label (600 at least).
+pub fn grouped_bar_plot(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    labels: &[String],
+    groups: &[(String, Vec<f64>)],
+) -> Result<()> {
+    let height = (120 + 30 * labels.len() as u32).max(600);
+    Plotter::new(1000, height).grouped_bar_plot(path, title, x_label, labels, groups)
 }
 
 /// [`Plotter::heatmap`] at the default size.

@@ -111,6 +111,30 @@ pub const PRESETS: &[(&str, &str)] = &[
         include_str!("../../models/cityscapes-vit/soft_moe.toml"),
     ),
     (
+        "synthetic-enet/ablation-experts",
+        include_str!("../../models/synthetic-enet/ablation-experts.toml"),
+    ),
+    (
+        "synthetic-enet/ablation-gate",
+        include_str!("../../models/synthetic-enet/ablation-gate.toml"),
+    ),
+    (
+        "synthetic-enet/ablation-grid",
+        include_str!("../../models/synthetic-enet/ablation-grid.toml"),
+    ),
+    (
+        "synthetic-enet/ablation-k",
+        include_str!("../../models/synthetic-enet/ablation-k.toml"),
+    ),
+    (
+        "synthetic-enet/ablation-loss",
+        include_str!("../../models/synthetic-enet/ablation-loss.toml"),
+    ),
+    (
+        "synthetic-enet/ablation-placement",
+        include_str!("../../models/synthetic-enet/ablation-placement.toml"),
+    ),
+    (
         "synthetic-enet/default",
         include_str!("../../models/synthetic-enet/default.toml"),
     ),

@@ -183,16 +183,21 @@ pub fn image_tensor(image: &image::RgbImage, device: &Device) -> Result<Tensor> 
     )
 }
 
+/// The smallest width of the sample pictures (smaller images are scaled up by a whole factor).
+pub const SAMPLE_MIN_WIDTH: u32 = 512;
+
 /// Writes the first `train.samples` validation images with their predictions (colour overlay)
 /// and, for every MoE layer, the routing overlay (patch grid and chosen experts) to
-/// `RUN/samples`.
+/// `RUN/samples`, scaled up to at least [`SAMPLE_MIN_WIDTH`] pixels wide; returns the pictures with TensorBoard tags
+/// (`samples/<id>/prediction`, `samples/<id>/routing/<layer>`).
 pub fn write_samples(
     run: &Path,
     model: &dyn SegNet,
     dataset: &dyn Dataset,
     config: &Config,
     device: &Device,
-) -> Result<()> {
+) -> Result<Vec<(String, image::RgbImage)>> {
+    let mut pictures_out = Vec::new();
     let dir = run.join("samples");
     std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, format!("cannot create: {e}")))?;
     set_training(model as &dyn Module, false);
@@ -205,23 +210,27 @@ pub fn write_samples(
             sample.image.height() as usize,
             sample.image.width() as usize,
         );
-        let colour = pictures::colorize(&prediction.labels, h, w);
-        pictures::save_png(
-            &pictures::blend(&sample.image, &colour, 0.5)?,
-            &dir.join(format!("{stem}_prediction.png")),
-        )?;
+        // Training crops are small: pictures are scaled up (nearest) to a readable size.
+        let big = |img: &image::RgbImage| pictures::upscale_nearest(img, SAMPLE_MIN_WIDTH);
+        let image = big(&sample.image);
+        let colour = big(&pictures::colorize(&prediction.labels, h, w));
+        let blended = pictures::blend(&image, &colour, 0.5)?;
+        pictures::save_png(&blended, &dir.join(format!("{stem}_prediction.png")))?;
+        pictures_out.push((format!("samples/{stem}/prediction"), blended));
         if let Some(label) = &sample.label {
-            let truth = pictures::colorize(label, h, w);
+            let truth = big(&pictures::colorize(label, h, w));
             pictures::save_png(&truth, &dir.join(format!("{stem}_label.png")))?;
         }
         for layer in &prediction.routing {
+            let overlay = layer.overlay(&image);
             pictures::save_png(
-                &layer.overlay(&sample.image),
+                &overlay,
                 &dir.join(format!("{stem}_routing_{}.png", file_stem(&layer.path))),
             )?;
+            pictures_out.push((format!("samples/{stem}/routing/{}", layer.path), overlay));
         }
     }
-    Ok(())
+    Ok(pictures_out)
 }
 
 /// How one MoE layer routed one image.

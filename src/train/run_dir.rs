@@ -3,11 +3,12 @@
 //!
 //! `metrics.jsonl` records have a `kind`: `step` (every `log_interval` steps: step, epoch, loss,
 //! main_loss, aux_loss, balance_loss, lr, images_per_s), `epoch` (means over the epoch's steps)
-//! and `eval` (miou, pixel_accuracy, per-class iou, mean cross-entropy).
+//! and `eval` (miou, pixel_accuracy, per-class iou, mean cross-entropy, NRE and TEC per MoE layer).
 
 use crate::error::{Error, Result};
 use crate::train::config::Config;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -55,6 +56,18 @@ pub struct MetricRecord {
     /// Per-class IoU (`null` for a class with no ground truth and no prediction).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iou: Option<Vec<Option<f64>>>,
+    /// NRE and TEC of every MoE layer over the validation split (`eval` records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<BTreeMap<String, LayerRoutingMetrics>>,
+}
+
+/// The routing figures of one MoE layer in an `eval` record.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LayerRoutingMetrics {
+    /// Normalised routing entropy of the expert usage.
+    pub nre: f64,
+    /// Top-expert concentration.
+    pub tec: f64,
 }
 
 /// Appends records to `RUN/metrics.jsonl`.

@@ -8,20 +8,23 @@
 //! the optimizer and scheduler state (saved bit-exactly) and the position (`state.json`), and a
 //! run resumed from any checkpoint logs the same losses as one that never stopped.
 
+use crate::backend::Device;
+use crate::data::{Batch, Dataset, Loader};
 use crate::error::{Error, Result};
 use crate::models::SegNet;
 use crate::nn::{named_parameters, parameter_count, set_training, to_device, Module};
-use crate::optim::LrScheduler;
+use crate::optim::{LrScheduler, Optimizer};
 use crate::tensor::{manual_seed, Tensor};
 use crate::train::checkpoint::{self, LossSums, TrainState};
 use crate::train::config::Config;
 use crate::train::evaluate::{evaluate, Evaluation, Inference};
 use crate::train::report;
-use crate::train::run_dir::{self, MetricRecord, MetricsLog};
+use crate::train::run_dir::{self, LayerRoutingMetrics, MetricRecord, MetricsLog};
 use crate::train::setup;
+use crate::train::tensorboard::EventWriter;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -135,6 +138,19 @@ pub fn eval_record(evaluation: &Evaluation, step: u64, epoch: usize) -> MetricRe
         pixel_accuracy: Some(evaluation.confusion.pixel_accuracy()),
         val_loss: Some(evaluation.mean_ce),
         iou: Some(evaluation.confusion.iou()),
+        routing: (!evaluation.routing.is_empty()).then(|| {
+            evaluation
+                .routing
+                .iter()
+                .map(|(path, stats)| {
+                    let figures = LayerRoutingMetrics {
+                        nre: stats.nre(),
+                        tec: stats.tec(),
+                    };
+                    (path.clone(), figures)
+                })
+                .collect()
+        }),
         ..MetricRecord::default()
     }
 }
@@ -175,296 +191,492 @@ impl Progress {
     }
 }
 
-/// Trains the run described by `config` into `options.run_dir` (or continues it).
-pub fn train(config: &Config, options: &TrainOptions) -> Result<Outcome> {
-    let run = options.run_dir.as_path();
-    let (device, note) = setup::resolve_device(&config.train.device)?;
-    let say = |line: &str| {
-        if !options.quiet {
-            println!("{line}");
-        }
-    };
-    if let Some(note) = note {
-        say(&note);
-    }
-    let classes = config.model.num_classes;
-    manual_seed(config.train.seed);
-    // Built on the CPU from the seed (the same weights on every device), then moved.
-    let model = setup::build_model(&config.model)?;
-    to_device(&*model as &dyn Module, &device)?;
-    let train_set = setup::open_dataset(&config.data, &config.data.train_split, true)?;
-    let val_set = setup::open_dataset(&config.data, &config.data.val_split, false)?;
-    let loader = setup::train_loader(config, train_set.clone())?;
-    let val_loader = setup::eval_loader(config, val_set.clone())?;
-    let per_epoch = loader.batches_per_epoch();
-    if per_epoch == 0 {
-        return Err(Error::invalid(
-            "train",
-            format!(
-                "{} has fewer images than one batch of data.batch_size = {}",
-                train_set.describe(),
-                config.data.batch_size
-            ),
-        ));
-    }
-    let total = match config.train.steps {
-        0 => (config.train.epochs * per_epoch) as u64,
-        steps => steps as u64,
-    };
-    if total == 0 {
-        return Err(Error::invalid(
-            "train",
-            "train.epochs and train.steps are both 0",
-        ));
-    }
-    let class_weights = match config.train.class_weights.as_str() {
-        "none" => None,
-        "enet" => Some(Tensor::from_vec_on(
-            crate::data::enet_class_weights(train_set.as_ref(), classes, Some(500))?,
-            [classes],
-            &device,
-        )?),
-        other => {
-            return Err(Error::invalid(
-                "config",
-                format!("train.class_weights = `{other}`: expected none or enet"),
-            ))
-        }
-    };
-    let inference = Inference::from_config(&config.train)?;
-    let mut optimizer =
-        setup::build_optimizer(&config.optim, named_parameters(&*model as &dyn Module))?;
-    let mut scheduler = LrScheduler::new(
-        setup::build_schedule(&config.optim, total)?,
-        optimizer.as_mut(),
-    )?;
+/// Everything a run holds between steps: built by [`Trainer::setup`], advanced by
+/// [`Trainer::step`], logged by [`Trainer::log_step`], evaluated by [`Trainer::evaluate`],
+/// saved by [`Trainer::checkpoint`].
+struct Trainer<'a> {
+    config: &'a Config,
+    options: &'a TrainOptions,
+    device: Device,
+    model: Box<dyn SegNet>,
+    val_set: Arc<dyn Dataset>,
+    loader: Loader,
+    val_loader: Loader,
+    per_epoch: usize,
+    total: u64,
+    class_weights: Option<Tensor>,
+    inference: Inference,
+    optimizer: Box<dyn Optimizer>,
+    scheduler: LrScheduler,
+    state: TrainState,
+    log: RunLog,
+    progress: Progress,
+    started: Instant,
+    elapsed_before: f64,
+    /// Images and time since the last step record, for the throughput.
+    window: (Instant, usize),
+    last_eval: Option<Evaluation>,
+}
 
-    let mut state = if options.resume {
-        let last = checkpoint::find(run, "last")?;
-        checkpoint::load_model(&last, &*model as &dyn Module)?;
-        checkpoint::load_optimizer(&last, optimizer.as_mut(), &mut scheduler)?;
-        let state = checkpoint::read_state(&last)?;
-        if state.total_steps != total {
+/// `metrics.jsonl` and the TensorBoard event file of a run: every record goes to both.
+struct RunLog {
+    metrics: MetricsLog,
+    events: EventWriter,
+    class_names: Vec<String>,
+}
+
+impl RunLog {
+    fn append(&mut self, record: &MetricRecord) -> Result<()> {
+        self.metrics.append(record)?;
+        self.events.record(record, &self.class_names)
+    }
+}
+
+/// What one training step gave.
+struct StepResult {
+    parts: LossParts,
+    loss: f64,
+    lr: f64,
+    epoch: usize,
+}
+
+impl<'a> Trainer<'a> {
+    /// Device, network, data, loss weights, optimizer and schedule; the run folder created (or
+    /// the `last` checkpoint loaded when resuming) and the logs opened.
+    fn setup(config: &'a Config, options: &'a TrainOptions) -> Result<Trainer<'a>> {
+        let run = options.run_dir.as_path();
+        let (device, note) = setup::resolve_device(&config.train.device)?;
+        if let Some(note) = note {
+            say(options, &note);
+        }
+        let classes = config.model.num_classes;
+        manual_seed(config.train.seed);
+        // Built on the CPU from the seed (the same weights on every device), then moved.
+        let model = setup::build_model(&config.model)?;
+        to_device(&*model as &dyn Module, &device)?;
+        let train_set = setup::open_dataset(&config.data, &config.data.train_split, true)?;
+        let val_set = setup::open_dataset(&config.data, &config.data.val_split, false)?;
+        let loader = setup::train_loader(config, train_set.clone())?;
+        let val_loader = setup::eval_loader(config, val_set.clone())?;
+        let per_epoch = loader.batches_per_epoch();
+        if per_epoch == 0 {
             return Err(Error::invalid(
-                "resume",
+                "train",
                 format!(
-                    "the checkpoint is of a run of {} steps but the configuration gives {total}",
-                    state.total_steps
+                    "{} has fewer images than one batch of data.batch_size = {}",
+                    train_set.describe(),
+                    config.data.batch_size
                 ),
             ));
         }
-        say(&format!(
-            "resuming {} at step {}/{total}",
-            run.display(),
-            state.step
-        ));
-        state
-    } else {
-        run_dir::create(run, config)?;
-        if !config.model.pretrained_backbone.is_empty() {
-            report::load_pretrained(&*model, &config.model)?;
-        }
-        let state = TrainState {
-            total_steps: total,
-            seed: config.train.seed,
-            ..TrainState::default()
+        let total = match config.train.steps {
+            0 => (config.train.epochs * per_epoch) as u64,
+            steps => steps as u64,
         };
-        // A loadable `last` from the start: a run that fails early still has one.
-        checkpoint::save(run, "last", &*model, optimizer.as_ref(), &scheduler, &state)?;
-        state
-    };
-    let mut metrics = MetricsLog::open(run, options.resume.then_some(state.step))?;
-    say(&format!(
-        "moeseg train: {} ({} parameters{}) on {}; {} steps ({} per epoch, batch {}), {} {}; run folder {}",
-        config.model.name,
-        parameter_count(&*model as &dyn Module),
-        match setup::moe_paths(&config.model)?.as_slice() {
-            [] => String::new(),
-            paths => format!(", PatchConvMoE at {}", paths.join(", ")),
-        },
-        train_set.describe(),
-        total,
-        per_epoch,
-        config.data.batch_size,
-        config.optim.name,
-        config.optim.schedule,
-        run.display()
-    ));
-
-    let progress = Progress::new(total, state.step, options.quiet);
-    let started = Instant::now();
-    let elapsed_before = state.elapsed_s;
-    // Images and time since the last step record, for the throughput.
-    let mut window = (Instant::now(), 0usize);
-    let log_interval = config.train.log_interval.max(1) as u64;
-    let mut last_eval_step = None;
-    while state.step < total {
-        let epoch = state.epoch;
-        let mut batches = loader.epoch_from(epoch, state.batch_in_epoch);
-        while state.step < total && state.batch_in_epoch < per_epoch {
-            if options.interrupt.load(Ordering::SeqCst)
-                || options.stop_at.is_some_and(|at| state.step >= at)
-            {
-                state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-                checkpoint::save(run, "last", &*model, optimizer.as_ref(), &scheduler, &state)?;
-                progress.bar.abandon();
-                return Ok(Outcome::Interrupted { step: state.step });
-            }
-            let batch = batches.next().ok_or_else(|| {
-                Error::invalid(
-                    "train",
-                    format!(
-                        "the loader ended epoch {epoch} after {} batches",
-                        state.batch_in_epoch
-                    ),
-                )
-            })??;
-            manual_seed(step_seed(config.train.seed, state.step));
-            set_training(&*model as &dyn Module, true);
-            let lr = optimizer.lrs().first().copied().unwrap_or(0.0);
-            // The loader makes batches on the host.
-            let parts = training_loss(
-                &*model,
-                &batch.images.to_device(&device)?,
-                &batch.labels.to_device(&device)?,
-                class_weights.as_ref(),
-            )?;
-            let loss = parts.total.item()? as f64;
-            if !loss.is_finite() {
-                progress.bar.abandon();
+        if total == 0 {
+            return Err(Error::invalid(
+                "train",
+                "train.epochs and train.steps are both 0",
+            ));
+        }
+        let class_weights = match config.train.class_weights.as_str() {
+            "none" => None,
+            "enet" => Some(Tensor::from_vec_on(
+                crate::data::enet_class_weights(train_set.as_ref(), classes, Some(500))?,
+                [classes],
+                &device,
+            )?),
+            other => {
                 return Err(Error::invalid(
-                    "train",
-                    format!(
-                        "the loss is {loss} at step {} (epoch {}; main {}, aux {}, balance {}); \
-                         stopped. The last good checkpoint is {}",
-                        state.step + 1,
-                        epoch + 1,
-                        parts.main,
-                        parts.aux,
-                        parts.balance,
-                        checkpoint::checkpoints_dir(run).join("last").display()
-                    ),
-                ));
+                    "config",
+                    format!("train.class_weights = `{other}`: expected none or enet"),
+                ))
             }
-            optimizer.zero_grad();
-            parts.total.backward()?;
-            optimizer.step()?;
-            scheduler.step(optimizer.as_mut())?;
-            state.step += 1;
-            state.batch_in_epoch += 1;
-            state.epoch_losses.add(&parts, loss);
-            window.1 += batch.images.dims()[0];
-            progress.bar.inc(1);
-            progress
-                .bar
-                .set_message(format!("loss {loss:.4} lr {lr:.2e}"));
-            if state.step % log_interval == 0 || state.step == total {
-                let images_per_s = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
-                metrics.append(&MetricRecord {
-                    kind: "step".into(),
-                    step: state.step,
-                    epoch: epoch + 1,
-                    loss: Some(loss),
-                    main_loss: Some(parts.main),
-                    aux_loss: Some(parts.aux),
-                    balance_loss: Some(parts.balance),
-                    lr: Some(lr),
-                    images_per_s: Some(images_per_s),
-                    ..MetricRecord::default()
-                })?;
-                if progress.lines {
-                    progress.println(&format!(
-                        "step {}/{total}  epoch {}  loss {loss:.4}  lr {lr:.3e}  {images_per_s:.1} img/s",
-                        state.step,
-                        epoch + 1,
-                    ));
+        };
+        let inference = Inference::from_config(&config.train)?;
+        let mut optimizer =
+            setup::build_optimizer(&config.optim, named_parameters(&*model as &dyn Module))?;
+        let mut scheduler = LrScheduler::new(
+            setup::build_schedule(&config.optim, total)?,
+            optimizer.as_mut(),
+        )?;
+        let state = if options.resume {
+            resume_state(
+                run,
+                &*model,
+                optimizer.as_mut(),
+                &mut scheduler,
+                total,
+                options,
+            )?
+        } else {
+            run_dir::create(run, config)?;
+            if !config.model.pretrained_backbone.is_empty() {
+                report::load_pretrained(&*model, &config.model)?;
+            }
+            let state = TrainState {
+                total_steps: total,
+                seed: config.train.seed,
+                ..TrainState::default()
+            };
+            // A loadable `last` from the start: a run that fails early still has one.
+            checkpoint::save(run, "last", &*model, optimizer.as_ref(), &scheduler, &state)?;
+            state
+        };
+        let log = RunLog {
+            metrics: MetricsLog::open(run, options.resume.then_some(state.step))?,
+            events: EventWriter::create(run)?,
+            class_names: report::class_names(classes),
+        };
+        say(
+            options,
+            &format!(
+                "moeseg train: {} ({} parameters{}) on {}; {} steps ({} per epoch, batch {}), {} {}; run folder {}",
+                config.model.name,
+                parameter_count(&*model as &dyn Module),
+                match setup::moe_paths(&config.model)?.as_slice() {
+                    [] => String::new(),
+                    paths => format!(", PatchConvMoE at {}", paths.join(", ")),
+                },
+                train_set.describe(),
+                total,
+                per_epoch,
+                config.data.batch_size,
+                config.optim.name,
+                config.optim.schedule,
+                run.display()
+            ),
+        );
+        let progress = Progress::new(total, state.step, options.quiet);
+        let elapsed_before = state.elapsed_s;
+        Ok(Trainer {
+            config,
+            options,
+            device,
+            model,
+            val_set,
+            loader,
+            val_loader,
+            per_epoch,
+            total,
+            class_weights,
+            inference,
+            optimizer,
+            scheduler,
+            state,
+            log,
+            progress,
+            started: Instant::now(),
+            elapsed_before,
+            window: (Instant::now(), 0),
+            last_eval: None,
+        })
+    }
+
+    fn run(&self) -> &Path {
+        self.options.run_dir.as_path()
+    }
+
+    fn update_elapsed(&mut self) {
+        self.state.elapsed_s = self.elapsed_before + self.started.elapsed().as_secs_f64();
+    }
+
+    /// Saves the checkpoint `name` (`last` or `best`) of the current state.
+    fn checkpoint(&self, name: &str) -> Result<()> {
+        checkpoint::save(
+            self.run(),
+            name,
+            &*self.model,
+            self.optimizer.as_ref(),
+            &self.scheduler,
+            &self.state,
+        )
+    }
+
+    /// The loop over epochs and their batches, until every step is done or a stop is asked.
+    fn train_loop(&mut self) -> Result<Outcome> {
+        while self.state.step < self.total {
+            let epoch = self.state.epoch;
+            let mut batches = self.loader.epoch_from(epoch, self.state.batch_in_epoch);
+            while self.state.step < self.total && self.state.batch_in_epoch < self.per_epoch {
+                if self.options.interrupt.load(Ordering::SeqCst)
+                    || self.options.stop_at.is_some_and(|at| self.state.step >= at)
+                {
+                    self.update_elapsed();
+                    self.checkpoint("last")?;
+                    self.progress.bar.abandon();
+                    return Ok(Outcome::Interrupted {
+                        step: self.state.step,
+                    });
                 }
-                window = (Instant::now(), 0);
-            }
-            state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-            let epoch_done = state.batch_in_epoch == per_epoch;
-            if epoch_done || state.step == total {
-                metrics.append(&state.epoch_losses.record(state.step, epoch + 1))?;
-            }
-            if epoch_done {
-                state.epoch += 1;
-                state.batch_in_epoch = 0;
-                state.epoch_losses = LossSums::default();
-            }
-            let eval_now = state.step == total
-                || (epoch_done && state.epoch % config.train.eval_interval.max(1) == 0);
-            if eval_now {
-                let evaluation = evaluate(
-                    &*model,
-                    &val_loader,
-                    classes,
-                    inference,
-                    config.data.max_val_images,
-                )?;
-                let miou = evaluation.confusion.miou();
-                metrics.append(&eval_record(&evaluation, state.step, epoch + 1))?;
-                progress.println(&format!(
-                    "eval at step {} (epoch {}): mIoU {:.4}, pixel accuracy {:.4}, val CE {:.4} ({} images, {:.1} s)",
-                    state.step,
-                    epoch + 1,
-                    miou,
-                    evaluation.confusion.pixel_accuracy(),
-                    evaluation.mean_ce,
-                    evaluation.images,
-                    evaluation.seconds
-                ));
-                if state.best_miou.is_none_or(|best| miou > best) {
-                    state.best_miou = Some(miou);
-                    state.best_step = Some(state.step);
-                    state.best_epoch = Some(epoch + 1);
-                    checkpoint::save(run, "best", &*model, optimizer.as_ref(), &scheduler, &state)?;
-                }
-                report::write_eval_plots(run, &evaluation)?;
-                report::write_run_plots(run)?;
-                // Throughput counts training time only.
-                window.0 += std::time::Duration::from_secs_f64(evaluation.seconds);
-                last_eval_step = Some((state.step, evaluation));
-            }
-            if epoch_done || state.step == total {
-                // `last` must stay a good checkpoint: never overwrite it with broken weights.
-                if let Some(name) = non_finite_parameter(&*model)? {
-                    progress.bar.abandon();
-                    return Err(Error::invalid(
+                let batch = batches.next().ok_or_else(|| {
+                    Error::invalid(
                         "train",
                         format!(
-                            "the weights went non-finite at step {} (epoch {}: `{name}` holds NaN \
-                             or Inf); stopped. The last good checkpoint is {}",
-                            state.step,
-                            epoch + 1,
-                            checkpoint::checkpoints_dir(run).join("last").display()
+                            "the loader ended epoch {epoch} after {} batches",
+                            self.state.batch_in_epoch
                         ),
-                    ));
+                    )
+                })??;
+                let result = self.step(&batch)?;
+                self.log_step(&result)?;
+                if self.end_of_step(&result)? {
+                    // The loader's epoch boundary: start the next epoch's iterator.
+                    break;
                 }
-                state.finished = state.step == total;
-                state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-                checkpoint::save(run, "last", &*model, optimizer.as_ref(), &scheduler, &state)?;
-            }
-            // The loader's epoch boundary: start the next epoch's iterator.
-            if epoch_done {
-                break;
             }
         }
+        Ok(Outcome::Finished)
     }
-    progress.bar.finish_and_clear();
-    report::write_run_plots(run)?;
-    let final_eval = match last_eval_step {
-        Some((_, evaluation)) => evaluation,
-        None => evaluate(
-            &*model,
-            &val_loader,
-            classes,
-            inference,
-            config.data.max_val_images,
-        )?,
-    };
-    report::write_samples(run, &*model, val_set.as_ref(), config, &device)?;
+
+    /// One optimizer step on `batch`; a non-finite loss stops the run.
+    fn step(&mut self, batch: &Batch) -> Result<StepResult> {
+        let epoch = self.state.epoch;
+        manual_seed(step_seed(self.config.train.seed, self.state.step));
+        set_training(&*self.model as &dyn Module, true);
+        let lr = self.optimizer.lrs().first().copied().unwrap_or(0.0);
+        // The loader makes batches on the host.
+        let parts = training_loss(
+            &*self.model,
+            &batch.images.to_device(&self.device)?,
+            &batch.labels.to_device(&self.device)?,
+            self.class_weights.as_ref(),
+        )?;
+        let loss = parts.total.item()? as f64;
+        if !loss.is_finite() {
+            self.progress.bar.abandon();
+            return Err(Error::invalid(
+                "train",
+                format!(
+                    "the loss is {loss} at step {} (epoch {}; main {}, aux {}, balance {}); \
+                     stopped. The last good checkpoint is {}",
+                    self.state.step + 1,
+                    epoch + 1,
+                    parts.main,
+                    parts.aux,
+                    parts.balance,
+                    checkpoint::checkpoints_dir(self.run())
+                        .join("last")
+                        .display()
+                ),
+            ));
+        }
+        self.optimizer.zero_grad();
+        parts.total.backward()?;
+        self.optimizer.step()?;
+        self.scheduler.step(self.optimizer.as_mut())?;
+        self.state.step += 1;
+        self.state.batch_in_epoch += 1;
+        self.state.epoch_losses.add(&parts, loss);
+        self.window.1 += batch.images.dims()[0];
+        Ok(StepResult {
+            parts,
+            loss,
+            lr,
+            epoch,
+        })
+    }
+
+    /// The progress display, and every `log_interval` steps a `step` record.
+    fn log_step(&mut self, result: &StepResult) -> Result<()> {
+        let (loss, lr) = (result.loss, result.lr);
+        self.progress.bar.inc(1);
+        self.progress
+            .bar
+            .set_message(format!("loss {loss:.4} lr {lr:.2e}"));
+        let log_interval = self.config.train.log_interval.max(1) as u64;
+        let step = self.state.step;
+        if step.is_multiple_of(log_interval) || step == self.total {
+            let images_per_s =
+                self.window.1 as f64 / self.window.0.elapsed().as_secs_f64().max(1e-9);
+            self.log.append(&MetricRecord {
+                kind: "step".into(),
+                step,
+                epoch: result.epoch + 1,
+                loss: Some(loss),
+                main_loss: Some(result.parts.main),
+                aux_loss: Some(result.parts.aux),
+                balance_loss: Some(result.parts.balance),
+                lr: Some(lr),
+                images_per_s: Some(images_per_s),
+                ..MetricRecord::default()
+            })?;
+            if self.progress.lines {
+                self.progress.println(&format!(
+                    "step {step}/{}  epoch {}  loss {loss:.4}  lr {lr:.3e}  {images_per_s:.1} img/s",
+                    self.total,
+                    result.epoch + 1,
+                ));
+            }
+            self.window = (Instant::now(), 0);
+        }
+        Ok(())
+    }
+
+    /// Epoch bookkeeping, evaluation and checkpoints after a step; true at an epoch boundary.
+    fn end_of_step(&mut self, result: &StepResult) -> Result<bool> {
+        let epoch = result.epoch;
+        self.update_elapsed();
+        let last_step = self.state.step == self.total;
+        let epoch_done = self.state.batch_in_epoch == self.per_epoch;
+        if epoch_done || last_step {
+            let record = self.state.epoch_losses.record(self.state.step, epoch + 1);
+            self.log.append(&record)?;
+        }
+        if epoch_done {
+            self.state.epoch += 1;
+            self.state.batch_in_epoch = 0;
+            self.state.epoch_losses = LossSums::default();
+        }
+        let eval_now = last_step
+            || (epoch_done
+                && self
+                    .state
+                    .epoch
+                    .is_multiple_of(self.config.train.eval_interval.max(1)));
+        if eval_now {
+            self.evaluate(epoch)?;
+        }
+        if epoch_done || last_step {
+            self.check_finite(epoch)?;
+            self.state.finished = last_step;
+            self.update_elapsed();
+            self.checkpoint("last")?;
+        }
+        Ok(epoch_done)
+    }
+
+    /// Evaluates on the validation split: the `eval` record, `best` when it improved, plots.
+    fn evaluate(&mut self, epoch: usize) -> Result<()> {
+        let evaluation = evaluate(
+            &*self.model,
+            &self.val_loader,
+            self.config.model.num_classes,
+            self.inference,
+            self.config.data.max_val_images,
+        )?;
+        let miou = evaluation.confusion.miou();
+        self.log
+            .append(&eval_record(&evaluation, self.state.step, epoch + 1))?;
+        self.progress.println(&format!(
+            "eval at step {} (epoch {}): mIoU {:.4}, pixel accuracy {:.4}, val CE {:.4} ({} images, {:.1} s)",
+            self.state.step,
+            epoch + 1,
+            miou,
+            evaluation.confusion.pixel_accuracy(),
+            evaluation.mean_ce,
+            evaluation.images,
+            evaluation.seconds
+        ));
+        if self.state.best_miou.is_none_or(|best| miou > best) {
+            self.state.best_miou = Some(miou);
+            self.state.best_step = Some(self.state.step);
+            self.state.best_epoch = Some(epoch + 1);
+            self.checkpoint("best")?;
+        }
+        report::write_eval_plots(self.run(), &evaluation)?;
+        report::write_run_plots(self.run())?;
+        // Throughput counts training time only.
+        self.window.0 += std::time::Duration::from_secs_f64(evaluation.seconds);
+        self.last_eval = Some(evaluation);
+        Ok(())
+    }
+
+    /// `last` must stay a good checkpoint: never overwrite it with broken weights.
+    fn check_finite(&self, epoch: usize) -> Result<()> {
+        if let Some(name) = non_finite_parameter(&*self.model)? {
+            self.progress.bar.abandon();
+            return Err(Error::invalid(
+                "train",
+                format!(
+                    "the weights went non-finite at step {} (epoch {}: `{name}` holds NaN \
+                     or Inf); stopped. The last good checkpoint is {}",
+                    self.state.step,
+                    epoch + 1,
+                    checkpoint::checkpoints_dir(self.run())
+                        .join("last")
+                        .display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Plots, sample pictures (also into the event file) and the summary of a finished run.
+    fn finish(&mut self) -> Result<()> {
+        self.progress.bar.finish_and_clear();
+        report::write_run_plots(self.run())?;
+        let final_eval = match self.last_eval.take() {
+            Some(evaluation) => evaluation,
+            None => evaluate(
+                &*self.model,
+                &self.val_loader,
+                self.config.model.num_classes,
+                self.inference,
+                self.config.data.max_val_images,
+            )?,
+        };
+        let samples = report::write_samples(
+            self.run(),
+            &*self.model,
+            self.val_set.as_ref(),
+            self.config,
+            &self.device,
+        )?;
+        for (tag, picture) in &samples {
+            self.log.events.image(self.state.step, tag, picture)?;
+        }
+        if !self.options.quiet {
+            println!(
+                "{}",
+                report::summary(self.run(), self.config, &self.state, &final_eval)
+            );
+        }
+        Ok(())
+    }
+}
+
+fn say(options: &TrainOptions, line: &str) {
     if !options.quiet {
-        println!("{}", report::summary(run, config, &state, &final_eval));
+        println!("{line}");
     }
-    Ok(Outcome::Finished)
+}
+
+/// Loads the `last` checkpoint of `run` into the model, optimizer and scheduler; its state.
+fn resume_state(
+    run: &Path,
+    model: &dyn SegNet,
+    optimizer: &mut dyn Optimizer,
+    scheduler: &mut LrScheduler,
+    total: u64,
+    options: &TrainOptions,
+) -> Result<TrainState> {
+    let last = checkpoint::find(run, "last")?;
+    checkpoint::load_model(&last, model as &dyn Module)?;
+    checkpoint::load_optimizer(&last, optimizer, scheduler)?;
+    let state = checkpoint::read_state(&last)?;
+    if state.total_steps != total {
+        return Err(Error::invalid(
+            "resume",
+            format!(
+                "the checkpoint is of a run of {} steps but the configuration gives {total}",
+                state.total_steps
+            ),
+        ));
+    }
+    say(
+        options,
+        &format!("resuming {} at step {}/{total}", run.display(), state.step),
+    );
+    Ok(state)
+}
+
+/// Trains the run described by `config` into `options.run_dir` (or continues it).
+pub fn train(config: &Config, options: &TrainOptions) -> Result<Outcome> {
+    let mut trainer = Trainer::setup(config, options)?;
+    let outcome = trainer.train_loop()?;
+    if outcome == Outcome::Finished {
+        trainer.finish()?;
+    }
+    Ok(outcome)
 }
