@@ -9,8 +9,9 @@ Shapes (as the Rust bench):
   reassembly; checked against the fixture reference before timing); the experts run as the
   `soft-moe` package runs them, one call per expert.
 - `vit-tiny`: the `soft-moe` package's own `SoftMoELayerWrapper` with timm's `Mlp` experts
-  (dim 192, hidden 768, GELU) at ViT-Tiny's 197 tokens, n = 128 experts and p = 1 by default
-  (the package's factory defaults), next to one dense `Mlp`.
+  (dim 192, hidden 768, GELU) at ViT-Tiny's 197 tokens, n = --experts (8 by default, as the
+  Rust bench; the Soft-MoE ViT factories use 128) and p = --slots-per-expert, next to one
+  dense `Mlp`.
 
 Forward: eval mode under torch.no_grad(). Forward + backward: loss = sum(y * g) with a fixed
 random g, gradients for the input and every parameter, set to None after each run. Median of
@@ -120,7 +121,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=SHAPES, default="small")
     parser.add_argument("--batch", type=int)
-    parser.add_argument("--experts", type=int)
+    parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--slots-per-expert", type=int, default=1)
     parser.add_argument("--grid", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=7)
@@ -134,7 +135,7 @@ def main():
         from soft_moe import SoftMoELayerWrapper
         from timm.layers import Mlp
 
-        experts = args.experts or 128
+        experts = args.experts
         layer = SoftMoELayerWrapper(
             dim=channels,
             num_experts=experts,
@@ -147,7 +148,7 @@ def main():
         shape = (batch, height, channels)
     else:
         check_against_reference()
-        experts = args.experts or 8
+        experts = args.experts
         layer = SoftConvMoE(channels, experts, args.slots_per_expert, args.grid)
         dense = nn.Conv2d(channels, channels, 3, padding=1)
         shape = (batch, channels, height, width)

@@ -5,7 +5,7 @@
 use moeseg::models::{build, complexity, ModelConfig, ModelName};
 use moeseg::moe::{
     replace_conv_with_soft_moe, ExpertInit, Granularity, SoftConvMoE, SoftConvMoeConfig,
-    SoftRouting,
+    SoftRouting, SoftRoutingLayer,
 };
 use moeseg::nn::{get_module, named_parameters, named_tensors, Conv2d, Module};
 use moeseg::ops::conv::Conv2dParams;
@@ -180,8 +180,17 @@ fn one_expert_with_identity_routing_is_the_replaced_conv() {
         dispatch: identity(2, 9),
         combine: identity(2, 9),
     }));
+    layer.diagnostics().set_recording(true);
     let got = layer.forward(&x).unwrap();
     assert_close("identity routing", &got, &expected, 1e-5, 1e-6).unwrap();
+    // Hand-derived diagnostics of one-hot routing: each slot copies one token and each token
+    // takes one slot (min weight 0, max 1), and distinct tokens' combine vectors are orthogonal.
+    let d = layer.diagnostics().last().unwrap();
+    assert_eq!((d.batch, d.tokens, d.slots), (2, 9, 9));
+    assert_eq!([d.dispatch_min_mean, d.dispatch_max_mean], [0.0, 1.0]);
+    assert_eq!([d.combine_min_mean, d.combine_max_mean], [0.0, 1.0]);
+    assert!(d.combine_similarity.max.abs() < 1e-9, "{d:?}");
+    layer.diagnostics().set_recording(false);
     // A wrong-shaped override is a clear error, not a silent use.
     layer.set_routing_override(Some(SoftRouting {
         dispatch: identity(2, 4),

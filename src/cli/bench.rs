@@ -58,6 +58,8 @@ pub enum BenchShape {
     Deeplab,
     /// A quick run: 64 channels at 64×128 (batch 2 by default).
     Small,
+    /// ViT-Tiny's MLP layer: 197 tokens of 192 (batch 2 by default); `--routing soft` only.
+    VitTiny,
 }
 
 impl BenchShape {
@@ -67,6 +69,7 @@ impl BenchShape {
             BenchShape::Enet => (16, [256, 512], 2),
             BenchShape::Deeplab => (256, [128, 256], 1),
             BenchShape::Small => (64, [64, 128], 2),
+            BenchShape::VitTiny => (192, [197, 1], 2),
         }
     }
 
@@ -75,6 +78,7 @@ impl BenchShape {
             BenchShape::Enet => "enet",
             BenchShape::Deeplab => "deeplab",
             BenchShape::Small => "small",
+            BenchShape::VitTiny => "vit-tiny",
         }
     }
 }
@@ -116,6 +120,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.command {
         BenchCommand::Routing(routing) if routing.routing == "soft" => {
             super::bench_soft::run_soft(routing)
+        }
+        BenchCommand::Routing(routing) if routing.shape == BenchShape::VitTiny => {
+            Err(Error::invalid(
+                "bench routing",
+                "--shape vit-tiny is a token layer (Soft-MoE over ViT-Tiny's MLP): use it with \
+                 --routing soft",
+            ))
         }
         BenchCommand::Routing(routing) => run_routing(routing),
         BenchCommand::Nets(nets) => super::bench_nets::run_nets(nets),

@@ -4,7 +4,7 @@
 
 use super::model_source::{output_path, write_json, Loaded, ModelArgs};
 use crate::error::{Error, Result};
-use crate::moe::SoftMoE;
+use crate::moe::{SoftConvMoE, SoftMoE, SoftRoutingLayer};
 use crate::train::evaluate::{evaluate, Evaluation, Inference};
 use crate::train::report::{class_names, routing_json, write_routing_plots};
 use crate::train::setup;
@@ -12,20 +12,29 @@ use clap::Args;
 use serde_json::json;
 use std::path::PathBuf;
 
-/// Every Soft-MoE layer of a network with its path.
-fn soft_moe_layers(model: &dyn crate::nn::Module) -> Vec<(String, &SoftMoE)> {
+/// Every soft-routing layer of a network (SoftMoE over tokens, SoftConvMoE over patches) with
+/// its path.
+fn soft_moe_layers(model: &dyn crate::nn::Module) -> Vec<(String, &dyn SoftRoutingLayer)> {
+    fn soft(m: &dyn crate::nn::Module) -> Option<&dyn SoftRoutingLayer> {
+        let any = m.as_any();
+        any.downcast_ref::<SoftMoE>()
+            .map(|l| l as &dyn SoftRoutingLayer)
+            .or_else(|| {
+                any.downcast_ref::<SoftConvMoE>()
+                    .map(|l| l as &dyn SoftRoutingLayer)
+            })
+    }
     let mut paths = Vec::new();
     crate::nn::visit_modules(model, &mut |path, m| {
-        if m.as_any().is::<SoftMoE>() {
+        if soft(m).is_some() {
             paths.push(path.to_string());
         }
     });
     paths
         .into_iter()
         .filter_map(|path| {
-            let layer = crate::nn::get_module(model, &path).ok()?;
-            let soft = layer.as_any().downcast_ref::<SoftMoE>()?;
-            Some((path, soft))
+            let layer = soft(crate::nn::get_module(model, &path).ok()?)?;
+            Some((path, layer))
         })
         .collect()
 }
@@ -169,19 +178,19 @@ pub fn run_routing_stats(args: &AnalysisArgs) -> Result<()> {
         return Err(Error::invalid(
             "routing-stats",
             format!(
-                "{} has no PatchConvMoE or Soft-MoE layer",
+                "{} has no PatchConvMoE, Soft-MoE or SoftConvMoE layer",
                 loaded.config.model.name
             ),
         ));
     }
     for (_, layer) in &soft {
-        layer.set_record_diagnostics(true);
+        layer.diagnostics().set_recording(true);
     }
     let evaluation = evaluate_loaded(&loaded)?;
     let mut soft_json = serde_json::Map::new();
     for (path, layer) in &soft {
-        let recorded = layer.recorded_diagnostics();
-        layer.set_record_diagnostics(false);
+        let recorded = layer.diagnostics().merged();
+        layer.diagnostics().set_recording(false);
         let Some(d) = recorded else {
             continue;
         };

@@ -32,5 +32,8 @@ pub use patch_conv_moe::{
 };
 pub use selection::{capacity, noisy_selection};
 pub use soft_conv_moe::{replace_conv_with_soft_moe, SoftConvMoE, SoftConvMoeConfig, SoftRouting};
-pub use soft_moe::{SlotSource, SoftMoE, SoftMoeConfig, SoftRoutingDiagnostics};
+pub use soft_moe::{
+    DiagnosticsRecorder, SlotSource, SoftMoE, SoftMoeConfig, SoftRoutingDiagnostics,
+    SoftRoutingLayer,
+};
 pub use stats::{RoutingReport, RoutingStats};

@@ -26,13 +26,15 @@
 //! No top-k, nothing dropped, no balancing loss. State-dict keys `phi`, `scale`,
 //! `experts.{j}.weight|bias` (the package's names and order). With one expert, one slot per
 //! patch and the routing forced to the identity ([`SoftConvMoE::set_routing_override`]) the
-//! layer is exactly the replaced conv.
+//! layer is exactly the replaced conv. Routing diagnostics (vmoe's, as for the token layer) are
+//! recorded while [`SoftRoutingLayer::diagnostics`] is on; `moeseg routing-stats` reports them.
 
 use crate::autograd::lock;
 use crate::error::{Error, Result};
 use crate::moe::patch_conv_moe::{
     conv_expert, expert_copy, replace_conv_by, size_preserving_halo, token_grid,
 };
+use crate::moe::soft_moe::diagnostics::{self, DiagnosticsRecorder, SoftRoutingLayer};
 use crate::moe::{ExpertInit, Granularity};
 use crate::nn::{Conv2d, Module, ModuleList, OwnTensor, TrainingFlag};
 use crate::ops::conv::Conv2dParams;
@@ -90,6 +92,7 @@ pub struct SoftConvMoE {
     kernel: [usize; 2],
     routing_override: std::sync::Mutex<Option<SoftRouting>>,
     last: std::sync::Mutex<Option<SoftRouting>>,
+    diagnostics: DiagnosticsRecorder,
     training: TrainingFlag,
 }
 
@@ -129,6 +132,7 @@ impl SoftConvMoE {
             kernel,
             routing_override: std::sync::Mutex::new(None),
             last: std::sync::Mutex::new(None),
+            diagnostics: DiagnosticsRecorder::default(),
             training: TrainingFlag::default(),
         })
     }
@@ -169,6 +173,12 @@ impl SoftConvMoE {
             None => (descriptors, phi),
         };
         descriptors.matmul(&phi)
+    }
+}
+
+impl SoftRoutingLayer for SoftConvMoE {
+    fn diagnostics(&self) -> &DiagnosticsRecorder {
+        &self.diagnostics
     }
 }
 
@@ -247,6 +257,14 @@ impl Module for SoftConvMoE {
             .combine
             .matmul(&outputs.reshape_to([batch, slots, out_channels * ph * pw])?)?
             .reshape_to([batch * per_image, out_channels, ph, pw])?;
+        if self.diagnostics.is_recording() {
+            self.diagnostics.record(diagnostics::compute(
+                &routing.dispatch,
+                &routing.combine,
+                &self.phi,
+                self.config.num_experts,
+            )?);
+        }
         *lock(&self.last) = Some(SoftRouting {
             dispatch: routing.dispatch.detach(),
             combine: routing.combine.detach(),

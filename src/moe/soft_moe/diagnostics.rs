@@ -22,6 +22,67 @@
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// What a soft layer keeps of its routing diagnostics: off by default (they copy the routing
+/// weights to the host); while on, the last forward's and all of them merged. Shared by
+/// [`crate::moe::SoftMoE`] and [`crate::moe::SoftConvMoE`] (the [`SoftRoutingLayer`] trait).
+#[derive(Debug, Default)]
+pub struct DiagnosticsRecorder {
+    on: AtomicBool,
+    data: Mutex<Option<(SoftRoutingDiagnostics, SoftRoutingDiagnostics)>>,
+}
+
+impl DiagnosticsRecorder {
+    /// Turns recording on or off; either way clears what was recorded.
+    pub fn set_recording(&self, on: bool) {
+        self.on.store(on, Ordering::Relaxed);
+        *self.lock() = None;
+    }
+
+    /// Whether forwards are being recorded.
+    pub fn is_recording(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// Records one forward's diagnostics.
+    pub fn record(&self, stats: SoftRoutingDiagnostics) {
+        let mut guard = self.lock();
+        let merged = match *guard {
+            Some((_, mut all)) => {
+                all.merge(&stats);
+                all
+            }
+            None => stats,
+        };
+        *guard = Some((stats, merged));
+    }
+
+    /// The last recorded forward's diagnostics.
+    pub fn last(&self) -> Option<SoftRoutingDiagnostics> {
+        self.lock().map(|(last, _)| last)
+    }
+
+    /// Every recorded forward's diagnostics, merged ([`SoftRoutingDiagnostics::merge`]).
+    pub fn merged(&self) -> Option<SoftRoutingDiagnostics> {
+        self.lock().map(|(_, all)| all)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<(SoftRoutingDiagnostics, SoftRoutingDiagnostics)>> {
+        // A panic while holding the lock leaves plain data behind: use it.
+        self.data
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A layer that routes softly and can record [`SoftRoutingDiagnostics`] (what `moeseg
+/// routing-stats` reports for it).
+pub trait SoftRoutingLayer {
+    /// The layer's recorder.
+    fn diagnostics(&self) -> &DiagnosticsRecorder;
+}
 
 /// Min, max and mean of the cosine similarity over all distinct pairs (0 when there is no
 /// pair).

@@ -42,9 +42,8 @@ use crate::nn::{Module, ModuleList, OwnTensor};
 use crate::tensor::{with_default_rng, Tensor};
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
-pub use diagnostics::{Similarity, SoftRoutingDiagnostics};
+pub use diagnostics::{DiagnosticsRecorder, Similarity, SoftRoutingDiagnostics, SoftRoutingLayer};
 
 /// Which tokens the slots are mixed from (step 3 of the module doc).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -100,9 +99,8 @@ pub struct SoftMoE {
     pub experts: ModuleList,
     config: SoftMoeConfig,
     generic_experts: AtomicBool,
-    record_diagnostics: AtomicBool,
     /// The last recorded forward's diagnostics and the merge of all since recording began.
-    diagnostics: Mutex<Option<(SoftRoutingDiagnostics, SoftRoutingDiagnostics)>>,
+    diagnostics: DiagnosticsRecorder,
 }
 
 impl SoftMoE {
@@ -160,8 +158,7 @@ impl SoftMoE {
             experts: ModuleList::new(experts),
             config,
             generic_experts: AtomicBool::new(false),
-            record_diagnostics: AtomicBool::new(false),
-            diagnostics: Mutex::new(None),
+            diagnostics: DiagnosticsRecorder::default(),
         })
     }
 
@@ -178,40 +175,18 @@ impl SoftMoE {
     /// Turns the routing diagnostics of every following forward on or off (off by default:
     /// they copy the routing weights to the host). Turning it on clears what was recorded.
     pub fn set_record_diagnostics(&self, record: bool) {
-        self.record_diagnostics.store(record, Ordering::Relaxed);
-        *self.lock_diagnostics() = None;
+        self.diagnostics.set_recording(record);
     }
 
     /// The diagnostics of the last forward run while recording was on.
     pub fn last_diagnostics(&self) -> Option<SoftRoutingDiagnostics> {
-        self.lock_diagnostics().map(|(last, _)| last)
+        self.diagnostics.last()
     }
 
     /// The diagnostics of every forward since recording was turned on, merged
     /// ([`SoftRoutingDiagnostics::merge`]).
     pub fn recorded_diagnostics(&self) -> Option<SoftRoutingDiagnostics> {
-        self.lock_diagnostics().map(|(_, all)| all)
-    }
-
-    fn record(&self, stats: SoftRoutingDiagnostics) {
-        let mut guard = self.lock_diagnostics();
-        let merged = match *guard {
-            Some((_, mut all)) => {
-                all.merge(&stats);
-                all
-            }
-            None => stats,
-        };
-        *guard = Some((stats, merged));
-    }
-
-    fn lock_diagnostics(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Option<(SoftRoutingDiagnostics, SoftRoutingDiagnostics)>> {
-        // A panic while holding the lock leaves plain data behind: use it.
-        self.diagnostics
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.diagnostics.merged()
     }
 
     /// Dispatch and combine weights `[b, m, s]` of `tokens` `[b, m, d]`, and the slot source.
@@ -312,6 +287,12 @@ pub struct Routing {
 /// `F.normalize(x, dim=axis)`'s epsilon: `x / max(‖x‖₂, 1e-12)`.
 const NORMALIZE_EPS: f32 = 1e-12;
 
+impl SoftRoutingLayer for SoftMoE {
+    fn diagnostics(&self) -> &DiagnosticsRecorder {
+        &self.diagnostics
+    }
+}
+
 impl Module for SoftMoE {
     fn type_name(&self) -> &'static str {
         "SoftMoE"
@@ -324,14 +305,14 @@ impl Module for SoftMoE {
             .transpose(1, 2)?
             .matmul(&routing.slot_source)?;
         let outputs = self.run_experts(&slots)?;
-        if self.record_diagnostics.load(Ordering::Relaxed) {
+        if self.diagnostics.is_recording() {
             let stats = diagnostics::compute(
                 &routing.dispatch,
                 &routing.combine,
                 &self.phi,
                 self.config.num_experts,
             )?;
-            self.record(stats);
+            self.diagnostics.record(stats);
         }
         routing.combine.matmul(&outputs)
     }
