@@ -3,46 +3,11 @@
 //! analysis, the benchmark line, and clear errors with non-zero exits.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
-const TINY: &str = "synthetic-enet/tiny";
-
-fn moeseg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moeseg"))
-        .args(args)
-        .output()
-        .expect("the moeseg binary runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn ok(args: &[&str]) -> Output {
-    let output = moeseg(args);
-    assert!(
-        output.status.success(),
-        "moeseg {args:?} failed:\n{}",
-        text(&output)
-    );
-    output
-}
-
-fn fails(args: &[&str]) -> String {
-    let output = moeseg(args);
-    assert!(
-        !output.status.success(),
-        "moeseg {args:?} should fail:\n{}",
-        text(&output)
-    );
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+mod common;
+use common::{fails, ok, text, TINY};
 
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temporary folder")

@@ -4,35 +4,9 @@
 //! while the sweep goes on, and the comparison table and plots.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-const TINY: &str = "synthetic-enet/tiny";
-
-fn moeseg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moeseg"))
-        .args(args)
-        .output()
-        .expect("the moeseg binary runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let output = moeseg(args);
-    assert!(
-        output.status.success(),
-        "moeseg {args:?}:\n{}",
-        text(&output)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+mod common;
+use common::{moeseg, ok_stdout as ok, text, TINY};
 
 fn sweep_toml(dir: &Path) -> toml::Table {
     let text = std::fs::read_to_string(dir.join("sweep.toml")).expect("sweep.toml");

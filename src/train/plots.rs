@@ -276,15 +276,7 @@ impl Plotter {
             let mut chart = self
                 .chart(root, title, 140, 40)
                 .build_cartesian_2d(lo.min(0.0)..hi, 0f64..n as f64)?;
-            let label_of = |y: &f64| {
-                let row = y.floor();
-                let i = n as f64 - 1.0 - row;
-                if (y - row - 0.5).abs() < 1e-6 && i >= 0.0 {
-                    labels.get(i as usize).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            };
+            let label_of = |y: &f64| bar_label(labels, y);
             let mut mesh = chart.configure_mesh();
             mesh.disable_y_mesh()
                 .y_labels(if self.text { 2 * n + 1 } else { 0 })
@@ -341,15 +333,7 @@ impl Plotter {
             let mut chart = self
                 .chart(root, title, 140, 45)
                 .build_cartesian_2d(lo.min(0.0)..hi * 1.05, 0f64..n as f64)?;
-            let label_of = |y: &f64| {
-                let row = y.floor();
-                let i = n as f64 - 1.0 - row;
-                if (y - row - 0.5).abs() < 1e-6 && i >= 0.0 {
-                    labels.get(i as usize).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            };
+            let label_of = |y: &f64| bar_label(labels, y);
             let mut mesh = chart.configure_mesh();
             mesh.disable_y_mesh()
                 .x_desc(x_label)
@@ -708,4 +692,17 @@ pub fn routing_report_plots(
         )?;
     }
     Ok(written)
+}
+
+/// The label of a horizontal bar chart's y position `y`: bar `i` (drawn top to bottom) sits at
+/// row `n − 1 − i` and is labelled at its centre; other positions get no label.
+fn bar_label(labels: &[String], y: &f64) -> String {
+    let n = labels.len();
+    let row = y.floor();
+    let i = n as f64 - 1.0 - row;
+    if (y - row - 0.5).abs() < 1e-6 && i >= 0.0 {
+        labels.get(i as usize).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
 }
