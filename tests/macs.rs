@@ -62,3 +62,28 @@ fn outside_a_count_ops_compute() {
     let y = conv.forward(&x).unwrap().try_to_vec().unwrap();
     assert!(y.iter().all(|&v| (v - w).abs() < 1e-6) && w != 0.0);
 }
+
+/// ViT-Tiny at 224² counted by hand: patch embedding (196 patches × 192 × 3·16·16), per block
+/// qkv, the two attention products (3 heads × 197² × 64 each), the projection and the MLP
+/// (192 → 768 → 192) on 197 tokens, and the 1000-class head on the class token; the Soft-MoE
+/// version's MLPs in blocks 6–11 run on its 128 slots instead, plus its three routing products
+/// (logits, slots, combine: 197 × 192 × 128 each).
+#[test]
+fn vit_tiny_and_its_soft_moe_version_count_by_hand() {
+    use moeseg::models::vit::{VisionTransformer, VitConfig, VitSize};
+    let (t, d, h, m, depth) = (197u64, 192u64, 3u64, 768u64, 12u64);
+    let embed = 196 * d * 3 * 16 * 16;
+    let attention = t * d * 3 * d + 2 * h * t * t * (d / h) + t * d * d;
+    let mlp = |tokens: u64| 2 * tokens * d * m;
+    let head = d * 1000;
+    let dense = embed + depth * (attention + mlp(t)) + head;
+    let soft = embed + depth * attention + 6 * mlp(t) + 6 * (mlp(128) + 3 * t * d * 128) + head;
+    for (config, expected) in [
+        (VitConfig::vit(VitSize::Tiny), dense),
+        (VitConfig::soft_moe_vit(VitSize::Tiny), soft),
+    ] {
+        let net = VisionTransformer::new(config).unwrap();
+        let counts = moeseg::models::complexity(&net, [1, 3, 224, 224]).unwrap();
+        assert_eq!(counts.macs, expected);
+    }
+}

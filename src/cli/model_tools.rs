@@ -387,6 +387,19 @@ pub struct FlopsArgs {
 /// Runs `moeseg flops`: parameters (total, active) and MACs as exact integers, for the network
 /// without and (when `--moe` is given) with its MoE layers.
 pub fn run_flops(args: &FlopsArgs) -> Result<()> {
+    if let CliModel::Vit(name) = args.model.model {
+        // A ViT's input size is its `--img-size` (the positional embedding follows it).
+        let [h, w] = args.model.vit_config(name)?.img_size;
+        let (net, _) = args.model.build_module()?;
+        let counts = complexity(net.as_ref(), [args.batch, 3, h, w])?;
+        println!(
+            "{name} at {}x3x{h}x{w} (Linear, Conv2d and matmul MACs: attention and soft-routing \
+             products included, eval mode)",
+            args.batch
+        );
+        print_counts(&name.to_string(), &counts);
+        return Ok(());
+    }
     let [h, w] = parse_size("--size", &args.size)?;
     let input = [args.batch, 3, h, w];
     let baseline_args = ModelArgs {
