@@ -537,17 +537,8 @@ impl<'a> RoutingBench<'a> {
             }
             None => Vec::new(),
         };
-        let conv_params = named_parameters(&self.conv);
-        let dense_train = time_runs(self.args.repeats, || {
-            self.conv
-                .forward(&self.x)?
-                .mul(&self.upstream)?
-                .sum_all()?
-                .backward()?;
-            self.x.clear_grad();
-            conv_params.iter().for_each(|(_, p)| p.clear_grad());
-            Ok(())
-        })?;
+        let dense_train =
+            super::bench_soft::time_train(&self.conv, &self.x, &self.upstream, self.args.repeats)?;
         let dense_forward = dispatch.dense_forward;
         rows.push(Row {
             name: "dense conv fwd",

@@ -32,9 +32,20 @@ pub(super) fn time_module(
     let input = x.detach();
     let forward = time_runs(repeats, || no_grad(|| module.forward(&input)).map(drop))?;
     set_training(module, true);
+    Ok((forward, time_train(module, x, upstream, repeats)?))
+}
+
+/// Forward + backward times of `module` on `x` in its current mode: `Σ(y·g)` with the fixed
+/// `upstream` g, gradients for the input and every parameter, cleared after each run.
+pub(super) fn time_train(
+    module: &dyn Module,
+    x: &Tensor,
+    upstream: &Tensor,
+    repeats: usize,
+) -> Result<Timing> {
     let leaf = x.detach().with_requires_grad(true);
     let params = named_parameters(module);
-    let train = time_runs(repeats, || {
+    time_runs(repeats, || {
         module
             .forward(&leaf)?
             .mul(upstream)?
@@ -43,8 +54,7 @@ pub(super) fn time_module(
         leaf.clear_grad();
         params.iter().for_each(|(_, p)| p.clear_grad());
         Ok(())
-    })?;
-    Ok((forward, train))
+    })
 }
 
 /// Runs the soft-routing bench.

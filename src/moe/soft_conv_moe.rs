@@ -34,9 +34,10 @@ use crate::error::{Error, Result};
 use crate::moe::patch_conv_moe::{
     conv_expert, expert_copy, replace_conv_by, size_preserving_halo, token_grid,
 };
-use crate::moe::soft_moe::diagnostics::{self, DiagnosticsRecorder, SoftRoutingLayer};
+use crate::moe::soft_moe::diagnostics::{DiagnosticsRecorder, SoftRoutingLayer};
+use crate::moe::soft_moe::route;
 use crate::moe::{ExpertInit, Granularity};
-use crate::nn::{Conv2d, Module, ModuleList, OwnTensor, TrainingFlag};
+use crate::nn::{Conv2d, Module, ModuleList, OwnTensor};
 use crate::ops::conv::Conv2dParams;
 use crate::ops::routed_conv::RoutedConvParams;
 use crate::tensor::{with_default_rng, Tensor};
@@ -93,7 +94,6 @@ pub struct SoftConvMoE {
     routing_override: std::sync::Mutex<Option<SoftRouting>>,
     last: std::sync::Mutex<Option<SoftRouting>>,
     diagnostics: DiagnosticsRecorder,
-    training: TrainingFlag,
 }
 
 impl SoftConvMoE {
@@ -133,7 +133,6 @@ impl SoftConvMoE {
             routing_override: std::sync::Mutex::new(None),
             last: std::sync::Mutex::new(None),
             diagnostics: DiagnosticsRecorder::default(),
-            training: TrainingFlag::default(),
         })
     }
 
@@ -158,21 +157,15 @@ impl SoftConvMoE {
         conv_expert(&self.experts, "SoftConvMoE", e)
     }
 
-    /// The router's logits `[B, m, S]` from the tokens `[B·m, C, th, tw]`.
-    fn logits(&self, tokens: &Tensor, batch: usize, per_image: usize) -> Result<Tensor> {
+    /// The router's dispatch and combine weights `[B, m, S]` from the tokens `[B·m, C, th, tw]`
+    /// (their channel means are the descriptors).
+    fn route(&self, tokens: &Tensor, batch: usize, per_image: usize) -> Result<SoftRouting> {
         let channels = self.phi.dims()[0];
         let descriptors = tokens
             .mean(&[2, 3], false)?
             .reshape_to([batch, per_image, channels])?;
-        let phi = self.phi.reshape_to([channels, self.slots()])?;
-        let (descriptors, phi) = match &self.scale {
-            Some(scale) => (
-                descriptors.l2_normalize(2, 1e-12)?,
-                phi.l2_normalize(0, 1e-12)?.mul(scale)?,
-            ),
-            None => (descriptors, phi),
-        };
-        descriptors.matmul(&phi)
+        let (_, dispatch, combine) = route(&descriptors, &self.phi, self.scale.as_ref())?;
+        Ok(SoftRouting { dispatch, combine })
     }
 }
 
@@ -212,10 +205,7 @@ impl Module for SoftConvMoE {
                 }
                 forced
             }
-            None => {
-                let (dispatch, combine) = self.logits(&tokens, batch, per_image)?.soft_route()?;
-                SoftRouting { dispatch, combine }
-            }
+            None => self.route(&tokens, batch, per_image)?,
         };
         let [_, channels, th, tw] = grid.token_shape();
         let flat = tokens.reshape_to([batch, per_image, channels * th * tw])?;
@@ -257,14 +247,12 @@ impl Module for SoftConvMoE {
             .combine
             .matmul(&outputs.reshape_to([batch, slots, out_channels * ph * pw])?)?
             .reshape_to([batch * per_image, out_channels, ph, pw])?;
-        if self.diagnostics.is_recording() {
-            self.diagnostics.record(diagnostics::compute(
-                &routing.dispatch,
-                &routing.combine,
-                &self.phi,
-                self.config.num_experts,
-            )?);
-        }
+        self.diagnostics.observe(
+            &routing.dispatch,
+            &routing.combine,
+            &self.phi,
+            self.config.num_experts,
+        )?;
         *lock(&self.last) = Some(SoftRouting {
             dispatch: routing.dispatch.detach(),
             combine: routing.combine.detach(),
@@ -289,10 +277,6 @@ impl Module for SoftConvMoE {
             own.push(OwnTensor::parameter("scale", scale));
         }
         own
-    }
-
-    fn set_own_training(&self, training: bool) {
-        self.training.set(training);
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -46,6 +46,21 @@ impl DiagnosticsRecorder {
         self.on.load(Ordering::Relaxed)
     }
 
+    /// While recording, computes ([`compute`]) and records one forward's diagnostics from its
+    /// routing weights and router; otherwise does nothing.
+    pub fn observe(
+        &self,
+        dispatch: &Tensor,
+        combine: &Tensor,
+        phi: &Tensor,
+        num_experts: usize,
+    ) -> Result<()> {
+        if self.is_recording() {
+            self.record(compute(dispatch, combine, phi, num_experts)?);
+        }
+        Ok(())
+    }
+
     /// Records one forward's diagnostics.
     pub fn record(&self, stats: SoftRoutingDiagnostics) {
         let mut guard = self.lock();

@@ -192,16 +192,7 @@ impl SoftMoE {
     /// Dispatch and combine weights `[b, m, s]` of `tokens` `[b, m, d]`, and the slot source.
     pub fn routing_weights(&self, tokens: &Tensor) -> Result<Routing> {
         self.check_input(tokens)?;
-        let (normalized, phi) = match &self.scale {
-            Some(scale) if self.config.normalize => (
-                tokens.l2_normalize(2, NORMALIZE_EPS)?,
-                self.phi.l2_normalize(0, NORMALIZE_EPS)?.mul(scale)?,
-            ),
-            _ => (tokens.clone(), self.phi.clone()),
-        };
-        let phi = phi.reshape_to([self.config.dim, self.config.slots()])?;
-        let logits = normalized.matmul(&phi)?;
-        let (dispatch, combine) = logits.soft_route()?;
+        let (normalized, dispatch, combine) = route(tokens, &self.phi, self.scale.as_ref())?;
         let slot_source = match self.config.slot_source {
             SlotSource::Normalized => normalized,
             SlotSource::Raw => tokens.clone(),
@@ -287,6 +278,29 @@ pub struct Routing {
 /// `F.normalize(x, dim=axis)`'s epsilon: `x / max(‖x‖₂, 1e-12)`.
 const NORMALIZE_EPS: f32 = 1e-12;
 
+/// The soft router (steps 1–2 of the module doc), shared by [`SoftMoE`] and
+/// [`crate::moe::SoftConvMoE`]: token descriptors `x [b, m, d]` and router `phi [d, n, p]`
+/// give `(x̂, dispatch, combine)`, the routing weights `[b, m, n·p]`. With a `scale` (the
+/// layer normalises), `x̂` and `phi` are L2-normalised over `d` and `phi` is scaled; without,
+/// `x̂ = x`.
+pub(crate) fn route(
+    x: &Tensor,
+    phi: &Tensor,
+    scale: Option<&Tensor>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (normalized, phi) = match scale {
+        Some(scale) => (
+            x.l2_normalize(2, NORMALIZE_EPS)?,
+            phi.l2_normalize(0, NORMALIZE_EPS)?.mul(scale)?,
+        ),
+        None => (x.clone(), phi.clone()),
+    };
+    let dims = phi.dims();
+    let phi = phi.reshape_to([dims[0], dims[1..].iter().product::<usize>()])?;
+    let (dispatch, combine) = normalized.matmul(&phi)?.soft_route()?;
+    Ok((normalized, dispatch, combine))
+}
+
 impl SoftRoutingLayer for SoftMoE {
     fn diagnostics(&self) -> &DiagnosticsRecorder {
         &self.diagnostics
@@ -305,15 +319,12 @@ impl Module for SoftMoE {
             .transpose(1, 2)?
             .matmul(&routing.slot_source)?;
         let outputs = self.run_experts(&slots)?;
-        if self.diagnostics.is_recording() {
-            let stats = diagnostics::compute(
-                &routing.dispatch,
-                &routing.combine,
-                &self.phi,
-                self.config.num_experts,
-            )?;
-            self.diagnostics.record(stats);
-        }
+        self.diagnostics.observe(
+            &routing.dispatch,
+            &routing.combine,
+            &self.phi,
+            self.config.num_experts,
+        )?;
         routing.combine.matmul(&outputs)
     }
 
