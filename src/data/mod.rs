@@ -17,6 +17,7 @@ pub mod loader;
 pub mod palette;
 pub mod pictures;
 mod raster;
+pub mod subset;
 pub mod synthetic;
 
 pub use augment::{AugmentConfig, Prepared, Window};
@@ -24,7 +25,8 @@ pub use bdd100k::{write_bdd100k, Bdd100k};
 pub use cityscapes::{write_cityscapes, Cityscapes};
 pub use loader::{Batch, BatchIter, Loader, LoaderConfig};
 pub use palette::{label_id_to_train_id, train_id_to_label_id, CITYSCAPES_PALETTE, CLASS_NAMES};
-pub use synthetic::{Synthetic, SyntheticConfig};
+pub use subset::{ClassMap, RequireClasses, Subset};
+pub use synthetic::{SceneKind, Synthetic, SyntheticConfig};
 
 use crate::error::{Error, Result};
 use rayon::prelude::*;

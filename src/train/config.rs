@@ -64,6 +64,19 @@ pub struct DataConfig {
     pub max_val_images: usize,
     /// The built-in synthetic street scenes.
     pub synthetic: SyntheticSection,
+    /// Synthetic layout: `mixed` (the original generator), `urban`, `highway`, or a `+` list
+    /// (`urban+highway`: sample `i` gets the `i mod n`-th).
+    pub scene: String,
+    /// Keep only images with at least `require_min_pixels` pixels of any of these classes
+    /// (names or trainIds; empty: every image). Both splits are filtered.
+    pub require_classes: Vec<String>,
+    /// Pixels of `require_classes` an image needs.
+    pub require_min_pixels: usize,
+    /// Merge classes: group `g` (`"car+truck+bus"`) becomes class `g` (empty: no map). The
+    /// network then has `model.num_classes` = groups (+1 with `class_map_rest = "other"`).
+    pub class_map: Vec<String>,
+    /// The classes no group names: `ignore` (label 255) or `other` (one extra, last class).
+    pub class_map_rest: String,
 }
 
 /// `[data.synthetic]`: size of the built-in synthetic set.
@@ -290,6 +303,11 @@ impl Default for DataConfig {
             workers: 0,
             max_val_images: 0,
             synthetic: SyntheticSection::default(),
+            scene: "mixed".into(),
+            require_classes: Vec::new(),
+            require_min_pixels: 1,
+            class_map: Vec::new(),
+            class_map_rest: "ignore".into(),
         }
     }
 }

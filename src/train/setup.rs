@@ -4,8 +4,8 @@
 
 use crate::backend::Device;
 use crate::data::{
-    AugmentConfig, Bdd100k, Cityscapes, Dataset, Loader, LoaderConfig, Split, Synthetic,
-    SyntheticConfig,
+    AugmentConfig, Bdd100k, Cityscapes, ClassMap, Dataset, Loader, LoaderConfig, RequireClasses,
+    SceneKind, Split, Subset, Synthetic, SyntheticConfig,
 };
 use crate::error::{Error, Result};
 use crate::models::vit::{MoeLayers, VitConfig, VitMoeConfig, VitSize};
@@ -325,8 +325,40 @@ pub fn build_schedule(optim: &OptimConfig, total_steps: u64) -> Result<LrSchedul
     Ok(schedule)
 }
 
-/// Opens split `split` of the configured dataset.
+/// Opens split `split` of the configured dataset, filtered by `data.require_classes` and
+/// with labels mapped by `data.class_map`.
 pub fn open_dataset(data: &DataConfig, split: &str, train: bool) -> Result<Arc<dyn Dataset>> {
+    let dataset = open_raw_dataset(data, split, train)?;
+    let require = RequireClasses::parse(&data.require_classes, data.require_min_pixels)?;
+    let map = ClassMap::parse(&data.class_map, &data.class_map_rest)?;
+    if require.is_none() && map.is_none() {
+        return Ok(dataset);
+    }
+    Ok(Arc::new(Subset::new(dataset, require, map.as_ref())?))
+}
+
+/// Checks `model.num_classes` against `data.class_map`.
+pub fn check_class_map(config: &Config) -> Result<()> {
+    if let Some(map) = ClassMap::parse(&config.data.class_map, &config.data.class_map_rest)? {
+        if map.num_classes() != config.model.num_classes {
+            return Err(Error::invalid(
+                "config",
+                format!(
+                    "data.class_map gives {} classes {:?} but model.num_classes = {}: set \
+                     model.num_classes={}",
+                    map.num_classes(),
+                    map.names,
+                    config.model.num_classes,
+                    map.num_classes()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Opens split `split` of the configured dataset, unfiltered.
+fn open_raw_dataset(data: &DataConfig, split: &str, train: bool) -> Result<Arc<dyn Dataset>> {
     let split_value: Split = split.parse()?;
     let root = Path::new(&data.root);
     let needs_root = || -> Result<()> {
@@ -364,7 +396,7 @@ pub fn open_dataset(data: &DataConfig, split: &str, train: bool) -> Result<Arc<d
                     s.seed ^ 0x0005_eed0_f7a1
                 },
             };
-            Arc::new(Synthetic::new(config))
+            Arc::new(Synthetic::new(config).with_scenes(&SceneKind::parse_list(&data.scene)?))
         }
         "cityscapes" => {
             needs_root()?;

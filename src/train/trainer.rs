@@ -250,6 +250,7 @@ impl<'a> Trainer<'a> {
             say(options, &note);
         }
         let classes = config.model.num_classes;
+        setup::check_class_map(config)?;
         manual_seed(config.train.seed);
         // Built on the CPU from the seed (the same weights on every device), then moved.
         let model = setup::build_model(&config.model)?;

@@ -60,16 +60,77 @@ impl Default for SyntheticConfig {
     }
 }
 
+/// The layout of a synthetic scene.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SceneKind {
+    /// The original generator: every layout parameter drawn from its full range.
+    Mixed,
+    /// Inner city: narrow road, wide sidewalks, facades on both sides, many persons, riders,
+    /// parked two-wheelers and poles, few trucks, no tram.
+    Urban,
+    /// Motorway: wide road, barely any sidewalk, vegetation, terrain and fences along it,
+    /// many cars and trucks, no persons.
+    Highway,
+}
+
+impl SceneKind {
+    /// `mixed`, `urban` or `highway`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SceneKind::Mixed => "mixed",
+            SceneKind::Urban => "urban",
+            SceneKind::Highway => "highway",
+        }
+    }
+
+    /// Parses `data.scene`: one kind, or several joined by `+` (`urban+highway`: sample `i`
+    /// has kind `i mod n` of the list).
+    pub fn parse_list(text: &str) -> Result<Vec<SceneKind>> {
+        text.split('+')
+            .map(|word| match word.trim() {
+                "mixed" | "" => Ok(SceneKind::Mixed),
+                "urban" => Ok(SceneKind::Urban),
+                "highway" => Ok(SceneKind::Highway),
+                other => Err(Error::invalid(
+                    "data.scene",
+                    format!("`{other}` in `{text}`: expected mixed, urban, highway or a `+` list"),
+                )),
+            })
+            .collect()
+    }
+}
+
 /// Procedural street scenes with exact trainId labels (all 19 classes over a set).
 #[derive(Clone, Debug)]
 pub struct Synthetic {
     config: SyntheticConfig,
+    /// Sample `i` is painted with layout `scenes[i % scenes.len()]`.
+    scenes: Vec<SceneKind>,
 }
 
 impl Synthetic {
-    /// A set of `config.len` scenes.
+    /// A set of `config.len` scenes of the original, mixed layout.
     pub fn new(config: SyntheticConfig) -> Synthetic {
-        Synthetic { config }
+        Synthetic {
+            config,
+            scenes: vec![SceneKind::Mixed],
+        }
+    }
+
+    /// The same set with sample `i` painted as `scenes[i % scenes.len()]` (an empty list
+    /// means mixed). `Mixed` reproduces [`Synthetic::new`]'s images exactly.
+    pub fn with_scenes(mut self, scenes: &[SceneKind]) -> Synthetic {
+        self.scenes = if scenes.is_empty() {
+            vec![SceneKind::Mixed]
+        } else {
+            scenes.to_vec()
+        };
+        self
+    }
+
+    /// The layout of sample `index`.
+    pub fn scene_of(&self, index: usize) -> SceneKind {
+        self.scenes[index % self.scenes.len()]
     }
 
     /// The configuration.
@@ -91,7 +152,8 @@ impl Synthetic {
                 .rotate_left(17),
         );
         let mut canvas = Canvas::new(height, width, SKY);
-        Scene::new(&mut rng, height as f32, width as f32).paint(&mut canvas, &mut rng);
+        Scene::new(&mut rng, height as f32, width as f32, self.scene_of(index))
+            .paint(&mut canvas, &mut rng);
         let mut image = image::RgbImage::new(width as u32, height as u32);
         let sensor_seed = rng.next_u64() as u32;
         let sigma = rng.uniform(0.01, 0.05);
@@ -137,9 +199,14 @@ impl Dataset for Synthetic {
 
     fn describe(&self) -> String {
         let c = self.config;
+        let scenes: Vec<&str> = self.scenes.iter().map(|s| s.as_str()).collect();
         format!(
-            "synthetic street scenes ({} images of {}×{}, seed {})",
-            c.len, c.height, c.width, c.seed
+            "synthetic street scenes ({} images of {}×{}, seed {}, scene {})",
+            c.len,
+            c.height,
+            c.width,
+            c.seed,
+            scenes.join("+")
         )
     }
 }
@@ -190,13 +257,15 @@ struct Scene {
     walk: [f32; 2],
     /// Global light: brightness per channel.
     light: [f32; 3],
+    /// The layout family.
+    kind: SceneKind,
 }
 
 impl Scene {
-    fn new(rng: &mut Rng, h: f32, w: f32) -> Scene {
+    fn new(rng: &mut Rng, h: f32, w: f32, kind: SceneKind) -> Scene {
         let brightness = rng.uniform(0.65, 1.3);
         let warm = rng.uniform(-0.08, 0.08);
-        Scene {
+        let mut scene = Scene {
             h,
             w,
             horizon: h * rng.uniform(0.36, 0.5),
@@ -209,7 +278,23 @@ impl Scene {
                 brightness,
                 brightness * (1.0 - warm),
             ],
+            kind,
+        };
+        // The mixed layout draws nothing more, so its images stay those of the original.
+        match kind {
+            SceneKind::Mixed => {}
+            SceneKind::Urban => {
+                scene.horizon = h * rng.uniform(0.3, 0.4);
+                scene.road_half = w * rng.uniform(0.2, 0.35);
+                scene.walk = [w * rng.uniform(0.3, 0.5), w * rng.uniform(0.3, 0.5)];
+            }
+            SceneKind::Highway => {
+                scene.horizon = h * rng.uniform(0.45, 0.55);
+                scene.road_half = w * rng.uniform(0.8, 1.1);
+                scene.walk = [w * rng.uniform(0.0, 0.03), w * rng.uniform(0.0, 0.03)];
+            }
         }
+        scene
     }
 
     /// Row of ground depth `t`.
@@ -460,7 +545,12 @@ impl Scene {
         let mut t0 = 0.01;
         while t0 < 1.6 {
             let t1 = t0 * rng.uniform(1.3, 2.2) + 0.02;
-            let kind = rng.next_f32();
+            // Urban streets are lined by facades, motorways by hedges, walls and fences.
+            let kind = match self.kind {
+                SceneKind::Mixed => rng.next_f32(),
+                SceneKind::Urban => rng.next_f32() * 0.6,
+                SceneKind::Highway => rng.uniform(0.5, 1.0),
+            };
             let setback = sign * self.w * rng.uniform(0.0, 0.1) * (kind < 0.5) as u8 as f32;
             let base = self.outer(side) + setback;
             let bottom = |t: f32| (self.x_at(t, base), self.y_at(t));

@@ -3,8 +3,8 @@
 //! carrying traffic lights or signs.
 
 use super::{
-    paint_color, pick, vary, vary_pick, Scene, BICYCLE, BUS, CAR, MOTORCYCLE, PERSON, POLE, RIDER,
-    TRAFFIC_LIGHT, TRAFFIC_SIGN, TRAIN, TRUCK,
+    paint_color, pick, vary, vary_pick, Scene, SceneKind, BICYCLE, BUS, CAR, MOTORCYCLE, PERSON,
+    POLE, RIDER, TRAFFIC_LIGHT, TRAFFIC_SIGN, TRAIN, TRUCK,
 };
 use crate::data::raster::{Canvas, Material, Shape};
 use crate::tensor::Rng;
@@ -23,34 +23,45 @@ impl Scene {
                 objects.push((depth, kind(rng)));
             }
         };
-        let cars = 1 + rng.below(6);
+        // Per layout: extra cars, probabilities of truck / bus / tram, and the most persons,
+        // riders, parked two-wheelers and poles (the mixed layout keeps the original numbers).
+        let (extra_cars, vehicles, persons, riders, parked, poles) = match self.kind {
+            SceneKind::Mixed => (0, [0.35, 0.3, 0.2], 6, 3, 3, 5),
+            SceneKind::Urban => (0, [0.1, 0.5, 0.0], 10, 5, 6, 7),
+            SceneKind::Highway => (4, [0.9, 0.2, 0.0], 0, 1, 0, 3),
+        };
+        let cars = 1 + rng.below(6) + extra_cars;
         add(&mut objects, rng, cars, (0.08, 1.05), |r| Object::Vehicle {
             class: CAR,
             lane: r.uniform(-0.85, 0.85),
         });
-        let counts = [(TRUCK, 0.35, 0.85), (BUS, 0.3, 0.85), (TRAIN, 0.2, 0.1)];
+        let counts = [
+            (TRUCK, vehicles[0], 0.85),
+            (BUS, vehicles[1], 0.85),
+            (TRAIN, vehicles[2], 0.1),
+        ];
         for (class, p, spread) in counts {
             if rng.next_f32() < p {
                 let lane = rng.uniform(-spread, spread);
                 objects.push((rng.uniform(0.1, 0.8), Object::Vehicle { class, lane }));
             }
         }
-        let persons = rng.below(6);
+        let persons = rng.below(persons.max(1));
         add(&mut objects, rng, persons, (0.1, 1.0), |r| Object::Person {
             side: r.below(2),
             across: r.uniform(0.1, 0.9),
         });
-        let riders = rng.below(3);
+        let riders = rng.below(riders);
         add(&mut objects, rng, riders, (0.1, 0.95), |r| Object::Rider {
             lane: pick(r, &[-0.9, 0.9]),
             motor: r.next_f32() < 0.5,
         });
-        let parked = rng.below(3);
+        let parked = rng.below(parked.max(1));
         add(&mut objects, rng, parked, (0.1, 0.9), |r| Object::Parked {
             side: r.below(2),
             motor: r.next_f32() < 0.5,
         });
-        let poles = 1 + rng.below(5);
+        let poles = 1 + rng.below(poles);
         add(&mut objects, rng, poles, (0.05, 1.2), |r| Object::Pole {
             side: r.below(2),
             top: r.below(3),
