@@ -96,11 +96,19 @@ fn evaluation_json(loaded: &Loaded, evaluation: &Evaluation) -> serde_json::Valu
     })
 }
 
+/// The class names of a run: its class map's groups, else the dataset's.
+pub fn config_class_names(config: &crate::train::config::Config) -> Vec<String> {
+    match crate::data::ClassMap::parse(&config.data.class_map, &config.data.class_map_rest) {
+        Ok(Some(map)) if map.num_classes() == config.model.num_classes => map.names,
+        _ => class_names(config.model.num_classes),
+    }
+}
+
 /// Runs `moeseg eval`.
 pub fn run_eval(args: &EvalArgs) -> Result<()> {
     let loaded = args.model.load()?;
     let evaluation = evaluate_loaded(&loaded)?;
-    let names = class_names(loaded.config.model.num_classes);
+    let names = config_class_names(&loaded.config);
     println!("{}", evaluation.confusion.summary_table(&names));
     println!(
         "mIoU {:.4}  pixel accuracy {:.4}  mean CE {:.4}  ({} images of {} {}, {:.1} s)",
@@ -115,6 +123,54 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     let path = output_path(&args.json, &loaded.run, "eval.json");
     write_json(&path, &evaluation_json(&loaded, &evaluation))?;
     println!("wrote {}", path.display());
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    write_confusion(dir, &evaluation.confusion, &names)?;
+    Ok(())
+}
+
+/// Writes `confusion.json` (counts and row-normalised shares, class names) and
+/// `confusion.png` (row-normalised heatmap) into `dir`, and prints the most confused pairs.
+pub fn write_confusion(
+    dir: &std::path::Path,
+    confusion: &crate::train::metrics::ConfusionMatrix,
+    names: &[String],
+) -> Result<()> {
+    let classes = confusion.classes();
+    let counts: Vec<Vec<u64>> = (0..classes)
+        .map(|t| (0..classes).map(|p| confusion.count(t, p)).collect())
+        .collect();
+    let shares = confusion.row_normalized();
+    let pairs = confusion.most_confused(10);
+    let pairs_json: Vec<serde_json::Value> = pairs
+        .iter()
+        .map(|&(t, p, share)| json!({"target": names[t], "predicted": names[p], "share": share}))
+        .collect();
+    let json_path = dir.join("confusion.json");
+    write_json(
+        &json_path,
+        &json!({
+            "classes": names,
+            "rows": "target",
+            "columns": "prediction",
+            "counts": counts,
+            // NaN (a class without ground truth) is written as null.
+            "row_normalized": shares.iter().map(|r| r.iter().map(|v| v.is_finite().then_some(*v)).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            "most_confused": pairs_json,
+        }),
+    )?;
+    let png = dir.join("confusion.png");
+    crate::train::plots::Plotter::new(900, 800).heatmap(
+        &png,
+        "confusion (row-normalised: share of target pixels)",
+        names,
+        names,
+        &shares,
+    )?;
+    println!("most confused (target → predicted: share of target pixels):");
+    for (t, p, share) in &pairs {
+        println!("  {:<16} → {:<16} {:.4}", names[*t], names[*p], share);
+    }
+    println!("wrote {} and {}", json_path.display(), png.display());
     Ok(())
 }
 

@@ -198,6 +198,33 @@ impl ConfusionMatrix {
         (0..self.classes).map(|c| self.count(c, c)).sum::<u64>() as f64 / total as f64
     }
 
+    /// Rows divided by their sums (`[target][prediction]`, the share of class `target`'s
+    /// pixels predicted as `prediction`); a class without ground truth has a NaN row.
+    pub fn row_normalized(&self) -> Vec<Vec<f64>> {
+        (0..self.classes)
+            .map(|t| {
+                let sum = self.row_sum(t) as f64;
+                (0..self.classes)
+                    .map(|p| self.count(t, p) as f64 / sum)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The `n` most confused pairs `(target, prediction, share of target's pixels)`, off the
+    /// diagonal, largest share first (ties: by target, then prediction), zero shares left out.
+    pub fn most_confused(&self, n: usize) -> Vec<(usize, usize, f64)> {
+        let rows = self.row_normalized();
+        let mut pairs: Vec<(usize, usize, f64)> = (0..self.classes)
+            .flat_map(|t| (0..self.classes).map(move |p| (t, p)))
+            .filter(|&(t, p)| t != p && self.count(t, p) > 0)
+            .map(|(t, p)| (t, p, rows[t][p]))
+            .collect();
+        pairs.sort_by(|a, b| b.2.total_cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+        pairs.truncate(n);
+        pairs
+    }
+
     /// Mean of the class accuracies over classes with ground truth (0 when none).
     pub fn mean_accuracy(&self) -> f64 {
         mean(self.class_accuracy().into_iter().flatten())
