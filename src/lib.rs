@@ -15,6 +15,7 @@ pub mod autograd;
 pub mod backend;
 pub mod cli;
 pub mod data;
+pub mod ensemble;
 pub mod error;
 pub mod io;
 pub mod models;

@@ -27,6 +27,8 @@ pub struct Config {
     pub train: TrainConfig,
     /// Where runs are written.
     pub output: OutputConfig,
+    /// A gated ensemble of trained runs (`moeseg ensemble train`; empty for a single network).
+    pub ensemble: crate::ensemble::EnsembleSection,
 }
 
 /// `[data]`: the dataset and how batches are made.
