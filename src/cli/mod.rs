@@ -9,6 +9,7 @@ mod bench_soft;
 mod bench_train;
 mod compare;
 mod demo;
+pub mod ensemble;
 mod eval;
 mod model_source;
 pub mod model_tools;
@@ -67,6 +68,10 @@ enum Command {
     /// Train a small conv net with one PatchConvMoE layer on a toy task (the engine end to end in
     /// seconds).
     Demo(demo::DemoArgs),
+    /// Gated ensembles of trained runs: `ensemble train --expert RUN_A --expert RUN_B`,
+    /// `ensemble eval --run DIR` (experts, mean, max and learned gate in one table),
+    /// `ensemble flops --run DIR`.
+    Ensemble(ensemble::EnsembleArgs),
     /// Every CUDA kernel, forward and backward, against the CPU backend (`--json PATH`: also
     /// write the run as JSON; `--device cpu`: the table CPU against CPU; `--compile-only`:
     /// compile every kernel family with NVRTC, no GPU needed).
@@ -90,6 +95,7 @@ pub fn run() -> crate::Result<()> {
         Some(Command::Forward(args)) => model_tools::run_forward(&args),
         Some(Command::Demo(args)) => demo::run(&args),
         Some(Command::Verify(args)) => verify::run(&args),
+        Some(Command::Ensemble(args)) => ensemble::run(&args),
         None => train::run(&train::TrainArgs::default()),
     }
 }

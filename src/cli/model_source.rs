@@ -97,9 +97,17 @@ impl ModelArgs {
         if let Some(note) = note {
             eprintln!("{note}");
         }
-        manual_seed(config.train.seed);
-        let model = setup::build_model(&config.model)?;
-        checkpoint::load_weights(&weights, &*model)?;
+        let model: Box<dyn SegNet> = if config.ensemble.is_ensemble() {
+            // A gated ensemble run (`moeseg ensemble train`): experts plus the gate's weights.
+            Box::new(crate::ensemble::train::load_weights(
+                &config, &weights, &device,
+            )?)
+        } else {
+            manual_seed(config.train.seed);
+            let model = setup::build_model(&config.model)?;
+            checkpoint::load_weights(&weights, &*model)?;
+            model
+        };
         crate::nn::to_device(&*model, &device)?;
         crate::nn::set_training(&*model, false);
         Ok(Loaded {

@@ -122,6 +122,21 @@ pub fn run(args: &PredictArgs) -> Result<()> {
                 pictures::save_label_png(&prediction.labels, h, w, &out("pred_trainIds"))?
             }
         }
+        if let Some(ensemble) = loaded
+            .model
+            .as_any()
+            .downcast_ref::<crate::ensemble::Ensemble>()
+        {
+            // Which expert the gate chose for this image, and every expert's weight.
+            let weights = ensemble
+                .last_weights()
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            let names: Vec<String> = ensemble.experts.iter().map(|e| e.name.clone()).collect();
+            let picture = crate::ensemble::gate::choice_picture(&image, &weights, &names);
+            pictures::save_png(&picture, &out("experts"))?;
+        }
         if args.routing_overlay {
             for layer in &prediction.routing {
                 let name = layer.path.replace(['.', '/'], "-");

@@ -215,3 +215,52 @@ impl Module for Tap {
         self
     }
 }
+
+/// The per-image picture of `moeseg predict` on an ensemble: the image, framed in the colour
+/// of the expert with the largest weight, over a strip of one bar per expert (its colour, the
+/// bar's length its weight), with the names and weights written when a font is available.
+pub fn choice_picture(
+    image: &image::RgbImage,
+    weights: &[f32],
+    names: &[String],
+) -> image::RgbImage {
+    use crate::data::pictures::{expert_color, upscale_nearest};
+    let image = upscale_nearest(image, 512);
+    let (w, h) = (image.width(), image.height());
+    let k = weights.len().max(1);
+    let bar = 18u32;
+    let frame = 6u32;
+    let best = (0..weights.len())
+        .max_by(|&a, &b| weights[a].total_cmp(&weights[b]))
+        .unwrap_or(0);
+    let mut out = image::RgbImage::from_pixel(
+        w + 2 * frame,
+        h + 2 * frame + bar * k as u32,
+        image::Rgb([255, 255, 255]),
+    );
+    let best_color = image::Rgb(expert_color(best, k));
+    for y in 0..h + 2 * frame {
+        for x in 0..w + 2 * frame {
+            out.put_pixel(x, y, best_color);
+        }
+    }
+    image::imageops::replace(&mut out, &image, frame as i64, frame as i64);
+    for (e, &weight) in weights.iter().enumerate() {
+        let y0 = h + 2 * frame + bar * e as u32;
+        let len = ((w + 2 * frame) as f32 * weight.clamp(0.0, 1.0)) as u32;
+        let color = image::Rgb(expert_color(e, k));
+        for y in y0 + 2..y0 + bar - 2 {
+            for x in 0..len {
+                out.put_pixel(x, y, color);
+            }
+        }
+        let name = names.get(e).map_or("", String::as_str);
+        crate::train::plots::draw_text_on(
+            &mut out,
+            &format!("{name}: {weight:.3}"),
+            (4, y0 as usize + 2),
+            13,
+        );
+    }
+    out
+}

@@ -68,6 +68,7 @@ pub struct Ensemble {
     pub feature_layer: String,
     mode: Mutex<Mode>,
     usage: Mutex<(Vec<u64>, u64)>,
+    last: Mutex<Vec<Vec<f32>>>,
 }
 
 impl Ensemble {
@@ -160,6 +161,7 @@ impl Ensemble {
             feature_layer: section.feature_layer.clone(),
             mode: Mutex::new(Mode::Gate),
             usage: Mutex::new((vec![0; k_all], 0)),
+            last: Mutex::new(Vec::new()),
         })
     }
 
@@ -192,6 +194,12 @@ impl Ensemble {
         self.usage
             .lock()
             .map_or_else(|_| (Vec::new(), 0), |u| u.clone())
+    }
+
+    /// Each image's weight per expert in the last forward (mean over classes for class-wise
+    /// weights; 0 for experts not run).
+    pub fn last_weights(&self) -> Vec<Vec<f32>> {
+        self.last.lock().map_or_else(|_| Vec::new(), |l| l.clone())
     }
 
     /// Clears the usage counts.
@@ -230,6 +238,15 @@ impl Ensemble {
         if !all {
             self.run_experts(input, &chosen, &mut outputs)?;
         }
+        let per_image = if weights.rank() == 3 {
+            weights.mean(&[2], false)?
+        } else {
+            weights.clone()
+        };
+        let flat = per_image.try_to_vec()?;
+        if let Ok(mut last) = self.last.lock() {
+            *last = flat.chunks(kk).map(<[f32]>::to_vec).collect();
+        }
         if let Ok(mut u) = self.usage.lock() {
             for row in &chosen {
                 row.iter().for_each(|&e| u.0[e] += 1);
@@ -253,9 +270,10 @@ impl Ensemble {
             }
             _ => self.combine_outputs(&outputs, &weights)?,
         };
-        let logits = match &self.refine {
-            Some(conv) => conv.forward(&combined)?,
-            None => combined,
+        // The refinement belongs to the learned gate, not to the reference rows.
+        let logits = match (&self.refine, &mode) {
+            (Some(conv), Mode::Gate) => conv.forward(&combined)?,
+            _ => combined,
         };
         let every = all || chosen.iter().all(|row| row.len() == kk);
         Ok(EnsembleOutput {

@@ -47,6 +47,27 @@ pub fn build(config: &Config, device: &Device) -> Result<Ensemble> {
     Ok(ensemble)
 }
 
+/// The ensemble of run folder `run` (configuration `config`, with any overrides applied):
+/// experts checked against their hashes, gate weights from the `best` checkpoint (else
+/// `last`), eval mode.
+pub fn load_run(run: &Path, config: &Config) -> Result<Ensemble> {
+    let dir = checkpoint::find(run, "best").or_else(|_| checkpoint::find(run, "last"))?;
+    let (device, note) = setup::resolve_device(&config.train.device)?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    load_weights(config, &dir.join(checkpoint::MODEL_FILE), &device)
+}
+
+/// The ensemble of `config` with the gate weights of `weights`, in eval mode on `device`.
+pub fn load_weights(config: &Config, weights: &Path, device: &Device) -> Result<Ensemble> {
+    let ensemble = build(config, device)?;
+    checkpoint::load_weights(weights, &ensemble)?;
+    crate::nn::to_device(&ensemble, device)?;
+    crate::nn::set_training(&ensemble, false);
+    Ok(ensemble)
+}
+
 /// Options of [`train`].
 #[derive(Clone, Debug, Default)]
 pub struct EnsembleTrainOptions {

@@ -135,6 +135,14 @@ pub const PRESETS: &[(&str, &str)] = &[
         include_str!("../../models/synthetic-enet/ablation-placement.toml"),
     ),
     (
+        "synthetic-ensemble/default",
+        include_str!("../../models/synthetic-ensemble/default.toml"),
+    ),
+    (
+        "cityscapes-ensemble/default",
+        include_str!("../../models/cityscapes-ensemble/default.toml"),
+    ),
+    (
         "synthetic-enet/default",
         include_str!("../../models/synthetic-enet/default.toml"),
     ),
