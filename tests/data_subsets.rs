@@ -41,7 +41,7 @@ fn default_scene_keeps_the_legacy_images() {
 /// Share of each class over `n` images of layout `scene`.
 fn class_shares(scene: SceneKind, n: usize) -> Vec<f64> {
     let set = Synthetic::new(config(n, 11)).with_scenes(&[scene]);
-    let mut counts = vec![0f64; NUM_CLASSES];
+    let mut counts = [0f64; NUM_CLASSES];
     for i in 0..n {
         for &v in set.get(i).unwrap().label.unwrap().iter() {
             counts[v as usize] += 1.0;

@@ -110,7 +110,7 @@ pub fn step_loss(
     let mut oracle = 0.0;
     if let Some(scores) = &out.scores {
         if section.balance > 0.0 {
-            let term = balance_term(&out, scores)?.mul_scalar(section.balance)?;
+            let term = balance_term(scores)?.mul_scalar(section.balance)?;
             balance = term.item()? as f64;
             total = total.add(&term)?;
         }
@@ -134,7 +134,7 @@ pub fn step_loss(
 /// `K · Σ_e f_e · P_e`: `f_e` the share of images whose first choice is `e` (a constant),
 /// `P_e` the mean softmax of the per-image scores (Switch Transformer's balancing loss; 1 when
 /// balanced).
-pub fn balance_term(out: &EnsembleOutput, scores: &Tensor) -> Result<Tensor> {
+pub fn balance_term(scores: &Tensor) -> Result<Tensor> {
     let (b, k) = (scores.dims()[0], scores.dims()[1]);
     let first = {
         let _g = NoGradGuard::new();
@@ -142,7 +142,6 @@ pub fn balance_term(out: &EnsembleOutput, scores: &Tensor) -> Result<Tensor> {
     };
     let mut f = vec![0f32; k];
     first.iter().for_each(|&e| f[e as usize] += 1.0 / b as f32);
-    let _ = out;
     let f = Tensor::from_vec_on(f, [1, k], &scores.device())?;
     scores
         .softmax(1)?
@@ -169,13 +168,13 @@ fn oracle_target(out: &EnsembleOutput, labels: &Tensor) -> Result<Tensor> {
             ..CrossEntropyOptions::default()
         };
         let loss = o.cross_entropy(labels, options)?.try_to_vec()?;
-        for i in 0..b {
+        for (i, best) in best.iter_mut().enumerate() {
             let range = i * per_image..(i + 1) * per_image;
             let n = valid[range.clone()].iter().filter(|&&v| v != 255.0).count();
             let sum: f64 = loss[range].iter().map(|&v| v as f64).sum();
             let mean = sum / n.max(1) as f64;
-            if mean < best[i].0 {
-                best[i] = (mean, e);
+            if mean < best.0 {
+                *best = (mean, e);
             }
         }
     }
@@ -260,7 +259,10 @@ pub fn train(config: &Config, options: &EnsembleTrainOptions) -> Result<()> {
                     format!("the loss is {value} at step {}", state.step),
                 ));
             }
-            if state.step % config.train.log_interval.max(1) as u64 == 0 {
+            if state
+                .step
+                .is_multiple_of(config.train.log_interval.max(1) as u64)
+            {
                 log.append(&MetricRecord {
                     kind: "step".into(),
                     step: state.step,
@@ -283,7 +285,7 @@ pub fn train(config: &Config, options: &EnsembleTrainOptions) -> Result<()> {
         }
         let at_end = state.step >= stop;
         let interval = config.train.eval_interval.max(1);
-        if at_end || (state.batch_in_epoch == 0 && state.epoch % interval == 0) {
+        if at_end || (state.batch_in_epoch == 0 && state.epoch.is_multiple_of(interval)) {
             crate::nn::set_training(&ensemble, false);
             let evaluation = evaluate(
                 &ensemble,
