@@ -175,19 +175,32 @@ fn cost(ensemble: &Ensemble, hw: [usize; 2]) -> Result<(Vec<u64>, u64)> {
         .iter()
         .map(|e| macs(&*e.model as &dyn crate::nn::Module, hw))
         .collect::<Result<Vec<u64>>>()?;
-    let mut gate = macs(&ensemble.gate, hw)?;
+    let mut gate = match ensemble.gate.kind {
+        crate::ensemble::GateKind::Image => macs(&ensemble.gate, hw)?,
+        // The MLP on pooled features: one MAC per weight of its two linear layers.
+        crate::ensemble::GateKind::Features => crate::nn::named_parameters(&ensemble.gate)
+            .iter()
+            .filter(|(n, _)| n.ends_with("weight"))
+            .map(|(_, t)| t.numel() as u64)
+            .sum(),
+    };
     if let Some(r) = &ensemble.refine {
         gate += complexity(r, [1, ensemble.classes, hw[0], hw[1]])?.macs;
     }
     Ok((experts, gate))
 }
 
-/// The evaluation image size of a config (`data.resize`, else the synthetic size).
-fn eval_size(config: &Config) -> [usize; 2] {
-    match config.data.resize {
-        [0, 0] => [config.data.synthetic.height, config.data.synthetic.width],
-        size => size,
+/// The evaluation image size of a config: `data.resize`, else the first validation image's.
+fn eval_size(config: &Config) -> Result<[usize; 2]> {
+    if config.data.resize != [0, 0] {
+        return Ok(config.data.resize);
     }
+    let dataset = setup::open_dataset(&config.data, &config.data.val_split, false)?;
+    let sample = dataset.get(0)?;
+    Ok([
+        sample.image.height() as usize,
+        sample.image.width() as usize,
+    ])
 }
 
 /// One row of the table.
@@ -268,7 +281,7 @@ fn run_eval(args: &EnsembleEvalArgs) -> Result<()> {
     for (i, run) in args.runs.iter().enumerate() {
         let config = run_config(run, &args.set, &args.device)?;
         let ensemble = load_run(run, &config)?;
-        let cost = cost(&ensemble, eval_size(&config))?;
+        let cost = cost(&ensemble, eval_size(&config)?)?;
         if i == 0 {
             classes = ensemble.classes;
             class_names_used = class_names(classes);
@@ -363,7 +376,7 @@ fn print_table(rows: &[Row], names: &[String]) {
 fn run_flops(args: &EnsembleRunArgs) -> Result<()> {
     let config = run_config(&args.run, &args.set, &args.device)?;
     let ensemble = load_run(&args.run, &config)?;
-    let hw = eval_size(&config);
+    let hw = eval_size(&config)?;
     let (experts, gate) = cost(&ensemble, hw)?;
     println!("ensemble {} at 1x3x{}x{}", args.run.display(), hw[0], hw[1]);
     for (e, m) in ensemble.experts.iter().zip(&experts) {
