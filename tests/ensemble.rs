@@ -467,8 +467,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// One gate training step on the emulated CUDA device against the CPU: loss, combined output
-/// and the gate's gradients agree.
+/// One gate training step on the emulated CUDA device against the CPU: loss and the gate's
+/// gradients agree, dense (class-wise, refined, probabilities) and top-1 (images gathered per
+/// expert and scattered back, balance term).
 #[test]
 fn training_step_on_cuda_emu_matches_the_cpu() {
     let emu = match Device::select("cuda-emu:0") {
@@ -482,27 +483,33 @@ fn training_step_on_cuda_emu_matches_the_cpu() {
             return;
         }
     };
-    let config = config(
-        &experts()[..2],
+    for sets in [
         &[
             "ensemble.weights=class",
             "ensemble.refine=true",
             "ensemble.combine=probs",
-        ],
-    );
-    let x = input(2, 30);
+        ][..],
+        &["ensemble.k=1", "ensemble.balance=0.5"][..],
+    ] {
+        step_on_both(&emu, &config(&experts()[..2], sets));
+    }
+}
+
+/// One training step of `config` on the CPU and on `emu`.
+fn step_on_both(emu: &Device, config: &Config) {
+    let x = input(4, 30);
     let labels = Tensor::from_vec(
-        (0..2 * 32 * 64).map(|i| ((i / 5) % 19) as f32).collect(),
-        [2, 32, 64],
+        (0..4 * 32 * 64).map(|i| ((i / 5) % 19) as f32).collect(),
+        [4, 32, 64],
     )
     .unwrap();
     let run = |device: &Device| {
         manual_seed(0);
-        let ensemble = build(&config, device).unwrap();
+        let ensemble = build(config, device).unwrap();
         moeseg::nn::set_training(&ensemble, true);
         let loss = step_loss(
             &ensemble,
-            &config,
+            config,
             &x.to_device(device).unwrap(),
             &labels.to_device(device).unwrap(),
         )
@@ -519,7 +526,7 @@ fn training_step_on_cuda_emu_matches_the_cpu() {
         (loss.total.item().unwrap(), grads)
     };
     let (cpu_loss, cpu_grads) = run(&Device::Cpu);
-    let (emu_loss, emu_grads) = run(&emu);
+    let (emu_loss, emu_grads) = run(emu);
     assert!(
         (cpu_loss - emu_loss).abs() <= 1e-4 * cpu_loss.abs(),
         "{cpu_loss} vs {emu_loss}"
