@@ -70,6 +70,27 @@ fn ensemble_run_folder_trains_resumes_and_evaluates() {
     args.extend(SMALL);
     ok(&args);
     ok(&["ensemble", "train", "--resume", run_s, "--quiet"]);
+    // The same run without the stop: the same final gate, bit for bit.
+    let straight = dir.path().join("straight");
+    let mut args = vec![
+        "ensemble",
+        "train",
+        "--expert",
+        &a,
+        "--expert",
+        &b,
+        "--run-dir",
+        straight.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--set",
+        "ensemble.k=1",
+    ];
+    args.extend(SMALL);
+    ok(&args);
+    let last = |r: &Path| std::fs::read(r.join("checkpoints/last/model.safetensors")).unwrap();
+    assert!(last(&run) == last(&straight), "resumed = straight");
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     let hash =
         moeseg::ensemble::weights_hash(&Path::new(&a).join("checkpoints/best/model.safetensors"))
