@@ -542,3 +542,26 @@ fn step_on_both(emu: &Device, config: &Config) {
         assert!(diff <= 1e-3 * norm + 1e-6, "{n}: |Δ| {diff} vs |g| {norm}");
     }
 }
+
+#[test]
+fn an_expert_given_as_preset_and_weights_is_the_run() {
+    let runs = experts();
+    let spec = format!(
+        "{}::{}",
+        runs[1].join("config.toml").display(),
+        runs[1].join("checkpoints/best/model.safetensors").display()
+    );
+    let mut c = config(&runs[..2], &[]);
+    let from_runs = build(&c, &Device::Cpu).unwrap();
+    c.ensemble.experts[1] = spec.clone();
+    let from_spec = build(&c, &Device::Cpu).unwrap();
+    assert_eq!(from_spec.experts[1].hash, from_runs.experts[1].hash);
+    let x = input(1, 9);
+    assert!(expert_logits(&from_spec, 1, &x) == expert_logits(&from_runs, 1, &x));
+    c.ensemble.experts[1] = format!(
+        "{}::/nonexistent/w.safetensors",
+        runs[1].join("config.toml").display()
+    );
+    let err = build(&c, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("/nonexistent/w.safetensors"), "{err}");
+}

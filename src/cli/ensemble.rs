@@ -39,7 +39,8 @@ pub enum EnsembleCommand {
 /// Options of `moeseg ensemble train`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct EnsembleTrainArgs {
-    /// An expert run folder (repeat: two at least).
+    /// An expert: a run folder, or PRESET::WEIGHTS (preset name or .toml file, and a
+    /// safetensors file); repeat, two at least.
     #[arg(long = "expert", value_name = "RUN_DIR")]
     pub experts: Vec<PathBuf>,
     /// Gate preset (built-in name or .toml file; default synthetic-ensemble/default).

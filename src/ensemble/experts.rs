@@ -42,6 +42,38 @@ pub struct Expert {
 }
 
 impl Expert {
+    /// Loads an expert from `spec`: a run folder, or `PRESET::WEIGHTS` (a built-in preset or
+    /// `.toml` file describing the network and its data, and a safetensors weights file).
+    pub fn from_spec(
+        spec: &str,
+        which: &str,
+        expected_hash: Option<&str>,
+        device: &Device,
+    ) -> Result<Expert> {
+        match spec.split_once("::") {
+            None => Expert::load(Path::new(spec), which, expected_hash, device),
+            Some((preset, weights)) => {
+                let (text, origin) = crate::train::presets::resolve(preset)?;
+                let config = Config::from_toml(&text, &origin)?;
+                let weights = Path::new(weights);
+                if !weights.is_file() {
+                    return Err(Error::file(weights, "expert weights file not found"));
+                }
+                let name = weights
+                    .file_stem()
+                    .map_or_else(|| spec.to_string(), |n| n.to_string_lossy().into());
+                Expert::with_weights(
+                    Path::new(preset),
+                    name,
+                    config,
+                    weights,
+                    expected_hash,
+                    device,
+                )
+            }
+        }
+    }
+
     /// Loads checkpoint `which` (`best`, falling back to `last`, or `last`) of the run folder
     /// `run` onto `device`; `expected_hash`, when given and not empty, must match the weights.
     pub fn load(
@@ -74,6 +106,28 @@ impl Expert {
             }
         }?;
         let weights = dir.join(checkpoint::MODEL_FILE);
+        let name = run
+            .file_name()
+            .map_or_else(|| run.display().to_string(), |n| n.to_string_lossy().into());
+        Expert::with_weights(run, name, config, &weights, expected_hash, device)
+    }
+
+    /// The expert of `config` with the weights file `weights`.
+    fn with_weights(
+        run: &Path,
+        name: String,
+        config: Config,
+        weights: &Path,
+        expected_hash: Option<&str>,
+        device: &Device,
+    ) -> Result<Expert> {
+        if config.ensemble.is_ensemble() {
+            return Err(Error::file(
+                run,
+                "an expert must be a single network, not an ensemble",
+            ));
+        }
+        let weights = weights.to_path_buf();
         let hash = weights_hash(&weights)?;
         if let Some(expected) = expected_hash.filter(|h| !h.is_empty()) {
             if expected != hash {
@@ -94,9 +148,6 @@ impl Expert {
         checkpoint::load_weights(&weights, &*model)?;
         crate::nn::to_device(&*model, device)?;
         crate::nn::set_training(&*model, false);
-        let name = run
-            .file_name()
-            .map_or_else(|| run.display().to_string(), |n| n.to_string_lossy().into());
         Ok(Expert {
             run: run.to_path_buf(),
             name,

@@ -39,7 +39,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EnsembleSection {
-    /// The experts' run folders.
+    /// The experts: run folders, or `PRESET::WEIGHTS.safetensors` (a preset or `.toml` file
+    /// and a weights file).
     pub experts: Vec<String>,
     /// FNV-1a 64 of each expert's weights file (hex), written by `ensemble train`; loading
     /// fails when an expert's weights changed. Empty entries are not checked.

@@ -38,7 +38,7 @@ pub fn build(config: &Config, device: &Device) -> Result<Ensemble> {
         .enumerate()
         .map(|(i, run)| {
             let hash = section.expert_hashes.get(i).map(String::as_str);
-            Expert::load(Path::new(run), &section.checkpoint, hash, device)
+            Expert::from_spec(run, &section.checkpoint, hash, device)
         })
         .collect::<Result<Vec<Expert>>>()?;
     manual_seed(config.train.seed);
