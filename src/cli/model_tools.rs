@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::io::safetensors::{save, SafetensorsFile};
+use crate::models::dynamic::{DynamicConfig, DynamicNet4Seg};
 use crate::models::pspnet::PspDilation;
 use crate::models::vit::{MoeLayers, VisionTransformer, VitConfig, VitModelName};
 use crate::models::{
@@ -26,6 +27,8 @@ pub enum CliModel {
     Seg(ModelName),
     /// `vit_<size>` or `soft_moe_vit_<size>`.
     Vit(VitModelName),
+    /// A dynamic routing network: `dynamic16` or `dynamic33` (the layer count).
+    Dynamic(usize),
 }
 
 impl From<ModelName> for CliModel {
@@ -39,6 +42,7 @@ impl std::fmt::Display for CliModel {
         match self {
             CliModel::Seg(name) => name.fmt(f),
             CliModel::Vit(name) => name.fmt(f),
+            CliModel::Dynamic(layers) => write!(f, "dynamic{layers}"),
         }
     }
 }
@@ -49,13 +53,16 @@ impl std::str::FromStr for CliModel {
         if let Ok(vit) = name.parse::<VitModelName>() {
             return Ok(CliModel::Vit(vit));
         }
+        if let Some(config) = crate::models::dynamic::DynamicConfig::named(name, 19) {
+            return Ok(CliModel::Dynamic(config.layers));
+        }
         name.parse::<ModelName>().map(CliModel::Seg).map_err(|_| {
             let known: Vec<&str> = ModelName::ALL.iter().map(|m| m.as_str()).collect();
             Error::invalid(
                 "model",
                 format!(
                     "unknown network `{name}`; known: {}, vit_{{tiny,small,base,large,huge}}, \
-                     soft_moe_vit_{{tiny,small,base,large,huge}}",
+                     soft_moe_vit_{{tiny,small,base,large,huge}}, dynamic16, dynamic33",
                     known.join(", ")
                 ),
             )
@@ -171,6 +178,13 @@ impl ModelArgs {
     fn seg_name(&self) -> Result<ModelName> {
         match self.model {
             CliModel::Seg(name) => Ok(name),
+            CliModel::Dynamic(_) => Err(Error::invalid(
+                "arguments",
+                format!(
+                    "{} is a dynamic routing network: --moe does not apply",
+                    self.model
+                ),
+            )),
             CliModel::Vit(name) => Err(Error::invalid(
                 "arguments",
                 format!("{name} is an image classifier, not one of the segmentation networks"),
@@ -213,7 +227,7 @@ impl ModelArgs {
     /// Builds the model (segmentation network with its MoE layers, or ViT) as a module.
     pub fn build_module(&self) -> Result<(Box<dyn Module>, Vec<MoePlacement>)> {
         match self.model {
-            CliModel::Seg(_) => {
+            CliModel::Seg(_) | CliModel::Dynamic(_) => {
                 let (net, placements) = self.build()?;
                 Ok((net, placements))
             }
@@ -234,6 +248,12 @@ impl ModelArgs {
 
     /// Builds the network with its MoE layers.
     pub fn build(&self) -> Result<(Box<dyn SegNet>, Vec<MoePlacement>)> {
+        if let Some(config) = self.dynamic_config() {
+            if !self.moe.is_empty() {
+                self.seg_name()?;
+            }
+            return Ok((Box::new(DynamicNet4Seg::new(config)?), Vec::new()));
+        }
         let name = self.seg_name()?;
         let config = ModelConfig {
             num_classes: self.num_classes.unwrap_or(19),
@@ -246,10 +266,21 @@ impl ModelArgs {
         Ok((net, placements))
     }
 
+    /// The dynamic network's configuration (`None` for the other models).
+    pub fn dynamic_config(&self) -> Option<DynamicConfig> {
+        match self.model {
+            CliModel::Dynamic(layers) => Some(DynamicConfig {
+                layers,
+                ..DynamicConfig::layer16(self.num_classes.unwrap_or(19))
+            }),
+            _ => None,
+        }
+    }
+
     /// `--num-classes`, else the model's default (19, or 1000 for the ViTs).
     pub fn resolved_num_classes(&self) -> usize {
         match self.model {
-            CliModel::Seg(_) => self.num_classes.unwrap_or(19),
+            CliModel::Seg(_) | CliModel::Dynamic(_) => self.num_classes.unwrap_or(19),
             CliModel::Vit(name) => self.num_classes.unwrap_or(name.config().num_classes),
         }
     }
@@ -311,8 +342,19 @@ pub struct InspectArgs {
 /// counts (the format of `../shared/manifests/<net>.tsv`).
 pub fn manifest(args: &ModelArgs) -> Result<String> {
     let (net, placements) = args.build_module()?;
+    let order =
+        match args.model {
+            CliModel::Dynamic(layers) => {
+                format!(
+            "state_dict order of the original DynamicNet4Seg, config {}; the Dynamic-A/B/C \
+             configs have the same keys",
+            if layers == 16 { "Seg.Layer16" } else { "Seg.Layer33.ImageNet" }
+        )
+            }
+            _ => "state_dict order".to_string(),
+        };
     let mut out = format!(
-        "# {}  num_classes={}  (state_dict order)\n# key\tshape\tdtype\n",
+        "# {}  num_classes={}  ({order})\n# key\tshape\tdtype\n",
         args.title(&placements),
         args.resolved_num_classes()
     );
@@ -336,6 +378,10 @@ pub fn manifest(args: &ModelArgs) -> Result<String> {
         ));
     }
     let counts = parameter_counts(net.as_ref());
+    if let CliModel::Dynamic(_) = args.model {
+        // The original's manifests end with the keys.
+        return Ok(out);
+    }
     out.push_str(&format!(
         "# entries {} (parameters {parameters}, buffers {buffers})\n",
         parameters + buffers
