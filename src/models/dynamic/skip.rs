@@ -3,10 +3,12 @@
 //! input, passed through). Images of a batch with different routes are grouped: each node's
 //! gate, op and transforms run once, on the rows of the images that need them.
 //!
-//! A node none of whose incoming paths is active for an image receives nothing for it and is
-//! skipped (the original's "float input" rule, applied per image instead of per batch).
-//! Otherwise the outputs equal the dense forward's, `m·x + α_keep·ReLU(h)`, `α·up(h)`,
-//! `α·down(h)`, where a zero α gives an exact zero.
+//! Per image this is the original's eval run on that image alone: a node whose α all vanish
+//! (or that receives nothing) is dropped, its keep output is its input and its up / down
+//! outputs are absent; a node none of whose incoming paths is present receives nothing and is
+//! dropped without evaluating its gate. A path with α = 0 from a node that ran is an exact zero
+//! (present, never computed). Otherwise the outputs equal the dense forward's,
+//! `m·x + α_keep·ReLU(h)`, `α·up(h)`, `α·down(h)`.
 //!
 //! FLOPs: `expected` follows the original's formula from the α's; `real` is what ran, per image:
 //! gates of the nodes that got input, ops of the nodes with some α > 0, and the transforms with
@@ -20,13 +22,20 @@ use crate::error::{Error, Result};
 use crate::nn::Module;
 use crate::tensor::Tensor;
 
-/// A path's value for some images of the batch.
+/// A path's value for the images it reaches. An image is *present* when the sending node ran
+/// for it (or passed its input through, for keep); its row is *computed* when its α > 0 (or it
+/// is a pass-through / residual row). Present rows that are not computed are exact zeros, never
+/// materialised.
 #[derive(Clone)]
 struct Partial {
-    /// Batch indices of the rows, ascending.
+    /// Batch indices the path reaches, ascending.
     images: Vec<usize>,
-    /// `[images.len(), C, H, W]`.
-    value: Tensor,
+    /// Batch indices with a computed row, ascending (a subset of `images`).
+    rows: Vec<usize>,
+    /// `[rows.len(), C, H, W]` (`None` when no row is computed).
+    value: Option<Tensor>,
+    /// `[C, H, W]` of a row.
+    row_shape: [usize; 3],
     /// Expected FLOPs the path carries, per batch image (0 where absent).
     expected: Vec<f64>,
 }
@@ -54,47 +63,58 @@ fn index_tensor(rows: &[usize], device: &Device) -> Result<Tensor> {
     Tensor::from_vec_on(data, [rows.len()], device)
 }
 
-/// Rows of `value` (whose rows are `images`) for `target`, zeros for images not in `images`.
-fn spread(images: &[usize], value: &Tensor, target: &[usize]) -> Result<Tensor> {
+/// The part's rows for the batch indices `target`, zeros where it has no computed row.
+fn spread(part: &Partial, target: &[usize], device: &Device) -> Result<Tensor> {
+    let [c, h, w] = part.row_shape;
+    let Some(value) = &part.value else {
+        return Tensor::zeros([target.len(), c, h, w], device);
+    };
     let positions: Vec<Option<usize>> = target
         .iter()
-        .map(|t| images.binary_search(t).ok())
+        .map(|t| part.rows.binary_search(t).ok())
         .collect();
-    let device = value.device();
     if positions.iter().all(Option::is_some) {
         let rows: Vec<usize> = positions.into_iter().flatten().collect();
-        if rows.len() == images.len() && rows.iter().enumerate().all(|(i, &r)| i == r) {
+        if rows.len() == part.rows.len() && rows.iter().enumerate().all(|(i, &r)| i == r) {
             return Ok(value.clone());
         }
-        return value.index_select(0, &index_tensor(&rows, &device)?);
+        return value.index_select(0, &index_tensor(&rows, device)?);
     }
-    let mut dims = value.dims().to_vec();
-    dims[0] = 1;
-    let padded = Tensor::cat(&[value, &Tensor::zeros(dims, &device)?], 0)?;
+    let padded = Tensor::cat(&[value, &Tensor::zeros([1, c, h, w], device)?], 0)?;
     let rows: Vec<usize> = positions
         .into_iter()
-        .map(|p| p.unwrap_or(images.len()))
+        .map(|p| p.unwrap_or(part.rows.len()))
         .collect();
-    padded.index_select(0, &index_tensor(&rows, &device)?)
+    padded.index_select(0, &index_tensor(&rows, device)?)
 }
 
-/// The sum of `parts` over the union of their images.
-fn sum_parts(parts: &[&Partial]) -> Result<Option<(Vec<usize>, Tensor)>> {
+/// The sum of `parts` over the union of the images they reach (`None` when they reach none).
+fn sum_parts(parts: &[&Partial], device: &Device) -> Result<Option<(Vec<usize>, Tensor)>> {
     let mut union: Vec<usize> = parts
         .iter()
         .flat_map(|p| p.images.iter().copied())
         .collect();
     union.sort_unstable();
     union.dedup();
+    if union.is_empty() {
+        return Ok(None);
+    }
     let mut total: Option<Tensor> = None;
-    for part in parts {
-        let rows = spread(&part.images, &part.value, &union)?;
+    for part in parts.iter().filter(|p| p.value.is_some()) {
+        let rows = spread(part, &union, device)?;
         total = Some(match total {
             Some(t) => t.add(&rows)?,
             None => rows,
         });
     }
-    Ok(total.map(|t| (union, t)))
+    let total = match total {
+        Some(t) => t,
+        None => {
+            let [c, h, w] = parts[0].row_shape;
+            Tensor::zeros([union.len(), c, h, w], device)?
+        }
+    };
+    Ok(Some((union, total)))
 }
 
 /// Per-image bookkeeping of the whole forward.
@@ -154,12 +174,21 @@ fn run_node(
         }
     }
     let mut paths = NodePaths::default();
+    let row_shape = [x.dims()[1], hw[0], hw[1]];
+    let run_images: Vec<usize> = run_rows.iter().map(|&r| images[r]).collect();
     let mut keep_parts: Vec<Partial> = Vec::new();
     if !pass_rows.is_empty() {
         let pass_images: Vec<usize> = pass_rows.iter().map(|&r| images[r]).collect();
+        let value = if pass_rows.len() == images.len() {
+            x.clone()
+        } else {
+            x.index_select(0, &index_tensor(&pass_rows, &device)?)?
+        };
         keep_parts.push(Partial {
-            value: x.index_select(0, &index_tensor(&pass_rows, &device)?)?,
-            images: pass_images,
+            images: pass_images.clone(),
+            rows: pass_images,
+            value: Some(value),
+            row_shape,
             expected: vec![0.0; batch],
         });
     }
@@ -174,58 +203,40 @@ fn run_node(
             if cell.gate_index(direction).is_none() {
                 continue;
             }
-            // Positions within the run rows whose path is computed.
-            let (mut local, mut weights, mut dropped) = (Vec::new(), Vec::new(), Vec::new());
-            for (i, &row) in run_rows.iter().enumerate() {
-                let a = alpha(row, direction);
-                let sum: f32 = row_alphas(row).iter().sum();
-                let residual = direction == Direction::Keep && sum < GATE_EPS;
-                if a > 0.0 || residual {
-                    local.push(i);
-                    weights.push(a);
-                    dropped.push(if residual { 1.0 } else { 0.0 });
-                }
-            }
-            if local.is_empty() {
-                continue;
-            }
-            let n = local.len();
-            let hp = if n == run_rows.len() {
-                h.clone()
-            } else {
-                h.index_select(0, &index_tensor(&local, &device)?)?
-            };
-            let transformed = match direction {
-                Direction::Keep => hp.relu()?,
-                Direction::Up => cell
-                    .up_transform(&hp)?
-                    .ok_or_else(|| Error::invalid("dynamic", "up path without res_up"))?,
-                Direction::Down => cell
-                    .res_down
-                    .as_ref()
-                    .ok_or_else(|| Error::invalid("dynamic", "down path without res_down"))?
-                    .forward(&hp)?,
-            };
-            let weight = Tensor::from_vec_on(weights.clone(), [n, 1, 1, 1], &device)?;
-            let mut value = transformed.mul(&weight)?;
-            if direction == Direction::Keep && dropped.iter().any(|&d| d > 0.0) {
-                let rows: Vec<usize> = local.iter().map(|&i| run_rows[i]).collect();
-                let xs = x.index_select(0, &index_tensor(&rows, &device)?)?;
-                let mask = Tensor::from_vec_on(dropped, [n, 1, 1, 1], &device)?;
-                value = value.add(&xs.mul(&mask)?)?;
-            }
             let cost = cell.transform_flops(direction, hw);
             let mut expected = vec![0.0; batch];
-            let path_images: Vec<usize> = local.iter().map(|&i| images[run_rows[i]]).collect();
-            for (k, &b) in path_images.iter().enumerate() {
-                expected[b] = f64::from(weights[k]) * cost;
-                if weights[k] > 0.0 {
-                    ledger.real[b] += cost;
+            // Positions within the run rows whose path is computed.
+            let (mut local, mut weights, mut residual) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, &row) in run_rows.iter().enumerate() {
+                let a = alpha(row, direction);
+                expected[images[row]] = f64::from(a) * cost;
+                let sum: f32 = row_alphas(row).iter().sum();
+                let pass = direction == Direction::Keep && sum < GATE_EPS;
+                if a > 0.0 || pass {
+                    local.push(i);
+                    weights.push(a);
+                    residual.push(if pass { 1.0 } else { 0.0 });
+                }
+                if a > 0.0 {
+                    ledger.real[images[row]] += cost;
                 }
             }
+            let value = if local.is_empty() {
+                None
+            } else {
+                Some(transform_rows(
+                    cell, direction, &h, x, &run_rows, &local, &weights, &residual,
+                )?)
+            };
             let partial = Partial {
-                images: path_images,
+                images: run_images.clone(),
+                rows: local.iter().map(|&i| run_images[i]).collect(),
                 value,
+                row_shape: match direction {
+                    Direction::Keep => row_shape,
+                    Direction::Up => [row_shape[0] / 2, 2 * hw[0], 2 * hw[1]],
+                    Direction::Down => [row_shape[0] * 2, hw[0].div_ceil(2), hw[1].div_ceil(2)],
+                },
                 expected,
             };
             match direction {
@@ -235,17 +246,59 @@ fn run_node(
             }
         }
     }
-    paths.keep = merge_disjoint(keep_parts, batch)?;
+    paths.keep = merge_disjoint(keep_parts, batch, &device)?;
     Ok(paths)
 }
 
+/// `direction`'s transform of the rows `local` of `h` (the cell op's output on `run_rows` of
+/// `x`), times their α, plus `x` on the residual rows (keep of a node whose α sum < 1e-4).
+#[allow(clippy::too_many_arguments)]
+fn transform_rows(
+    cell: &Cell,
+    direction: Direction,
+    h: &Tensor,
+    x: &Tensor,
+    run_rows: &[usize],
+    local: &[usize],
+    weights: &[f32],
+    residual: &[f32],
+) -> Result<Tensor> {
+    let device = h.device();
+    let n = local.len();
+    let hp = if n == run_rows.len() {
+        h.clone()
+    } else {
+        h.index_select(0, &index_tensor(local, &device)?)?
+    };
+    let transformed = match direction {
+        Direction::Keep => hp.relu()?,
+        Direction::Up => cell
+            .up_transform(&hp)?
+            .ok_or_else(|| Error::invalid("dynamic", "up path without res_up"))?,
+        Direction::Down => cell
+            .res_down
+            .as_ref()
+            .ok_or_else(|| Error::invalid("dynamic", "down path without res_down"))?
+            .forward(&hp)?,
+    };
+    let weight = Tensor::from_vec_on(weights.to_vec(), [n, 1, 1, 1], &device)?;
+    let mut value = transformed.mul(&weight)?;
+    if residual.iter().any(|&r| r > 0.0) {
+        let rows: Vec<usize> = local.iter().map(|&i| run_rows[i]).collect();
+        let xs = x.index_select(0, &index_tensor(&rows, &device)?)?;
+        let mask = Tensor::from_vec_on(residual.to_vec(), [n, 1, 1, 1], &device)?;
+        value = value.add(&xs.mul(&mask)?)?;
+    }
+    Ok(value)
+}
+
 /// One partial from parts over disjoint image sets.
-fn merge_disjoint(parts: Vec<Partial>, batch: usize) -> Result<Option<Partial>> {
+fn merge_disjoint(parts: Vec<Partial>, batch: usize, device: &Device) -> Result<Option<Partial>> {
     if parts.len() <= 1 {
         return Ok(parts.into_iter().next());
     }
     let refs: Vec<&Partial> = parts.iter().collect();
-    let Some((images, value)) = sum_parts(&refs)? else {
+    let Some((images, value)) = sum_parts(&refs, device)? else {
         return Ok(None);
     };
     let mut expected = vec![0.0; batch];
@@ -255,8 +308,10 @@ fn merge_disjoint(parts: Vec<Partial>, batch: usize) -> Result<Option<Partial>> 
         }
     }
     Ok(Some(Partial {
+        rows: images.clone(),
         images,
-        value,
+        value: Some(value),
+        row_shape: parts[0].row_shape,
         expected,
     }))
 }
@@ -306,7 +361,7 @@ pub fn forward_sparse(backbone: &Backbone, input: &Tensor) -> Result<BackboneOut
             let scale = 1usize << j;
             let [h4, w4] = [x.dims()[2] / scale, x.dims()[3] / scale];
             last_shapes.push(vec![batch, cell.channels, h4, w4]);
-            let paths = match sum_parts(&incoming)? {
+            let paths = match sum_parts(&incoming, &device)? {
                 Some((images, value)) => run_node(
                     cell,
                     &images,
@@ -331,7 +386,7 @@ pub fn forward_sparse(backbone: &Backbone, input: &Tensor) -> Result<BackboneOut
     let mut features = Vec::with_capacity(previous.len());
     for (paths, shape) in previous.iter().zip(&last_shapes) {
         features.push(match &paths.keep {
-            Some(p) => spread(&p.images, &p.value, &all)?,
+            Some(p) => spread(p, &all, &device)?,
             None => Tensor::zeros(shape.clone(), &device)?,
         });
     }
