@@ -473,6 +473,30 @@ impl DynamicNet4Seg {
         ]
     }
 
+    /// The expected FLOPs (MFLOPs, batch 1) with every α = 1 at input `hw`: every cell op plus
+    /// every path a node receives, the quantity the budget loss divides by `flops_all`.
+    pub fn full_space_expected(&self, hw: [usize; 2]) -> f64 {
+        let hw = padded(hw);
+        let base = [hw[0] / 4, hw[1] / 4];
+        let at = |j: usize| [base[0] >> j, base[1] >> j];
+        let mut total = 0.0;
+        for i in 0..self.backbone.layers() {
+            let cells = self.backbone.layer(i);
+            for (j, cell) in cells.iter().enumerate() {
+                total += cell.op_flops(at(j));
+                for (from, direction) in senders(i, j, cells.len()) {
+                    let sender = if i == 0 {
+                        &self.backbone.init_layer
+                    } else {
+                        &self.backbone.layer(i - 1)[from]
+                    };
+                    total += sender.transform_flops(direction, at(from));
+                }
+            }
+        }
+        total
+    }
+
     /// The routed forward: logits, and the record of FLOPs and α (also kept for
     /// [`DynamicNet4Seg::last_record`]).
     pub fn forward_routed(&self, input: &Tensor) -> Result<(Tensor, RouteRecord)> {
