@@ -74,7 +74,12 @@ pub fn down(hw: [usize; 2], channels: usize) -> f64 {
 /// `gate_flops`: 1×1 conv-BN-ReLU C→C/2, the pool, the 1×1 conv to `gates` (no bias term), at
 /// the cell's size or, with the small gate, at `⌊size/4⌋`.
 pub fn gate(hw: [usize; 2], channels: usize, gates: usize, small: bool) -> f64 {
-    let hw = if small { [hw[0] / 4, hw[1] / 4] } else { hw };
+    // Maps under 4 pixels are gated at 1×1 (see `Gate::alphas`).
+    let hw = if small {
+        [(hw[0] / 4).max(1), (hw[1] / 4).max(1)]
+    } else {
+        hw
+    };
     let half = channels / 2;
     conv_bn_relu(hw, channels, half, 1, 1)
         + (hw[0] * hw[1] * half) as f64 / 1e6

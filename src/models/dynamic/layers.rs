@@ -320,7 +320,14 @@ impl Gate {
     /// α `[B, gates]` = relu(tanh(gate logits)).
     pub fn alphas(&self, input: &Tensor) -> Result<Tensor> {
         let x = if self.small {
-            input.interpolate(Resize::Scale([0.25, 0.25]), BILINEAR)?
+            let [h, w] = [input.dims()[2], input.dims()[3]];
+            if h >= 4 && w >= 4 {
+                input.interpolate(Resize::Scale([0.25, 0.25]), BILINEAR)?
+            } else {
+                // Maps under 4 pixels (small inputs only): at least 1×1 instead of PyTorch's
+                // error on an empty output.
+                input.interpolate(Resize::Size([(h / 4).max(1), (w / 4).max(1)]), BILINEAR)?
+            }
         } else {
             input.clone()
         };

@@ -45,6 +45,34 @@ pub struct DynamicConfig {
     pub gate_bias: f32,
 }
 
+/// What the network's first layer sees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InputConvention {
+    /// The project's ImageNet-normalised RGB, as given.
+    #[default]
+    Imagenet,
+    /// The original's: BGR in 0–255 minus `PIXEL_MEAN` (converted from the ImageNet-normalised
+    /// RGB input inside the forward), so converted checkpoints see what they were trained on.
+    Bgr255,
+}
+
+impl std::str::FromStr for InputConvention {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "imagenet" => Ok(InputConvention::Imagenet),
+            "bgr255" => Ok(InputConvention::Bgr255),
+            other => Err(Error::invalid(
+                "dynamic",
+                format!("input convention `{other}`: expected imagenet or bgr255"),
+            )),
+        }
+    }
+}
+
+/// The original's `PIXEL_MEAN` (BGR order, 0–255).
+pub const PIXEL_MEAN_BGR: [f32; 3] = [103.530, 116.280, 123.675];
+
 impl DynamicConfig {
     /// `Seg.Layer16` with `num_classes` outputs.
     pub fn layer16(num_classes: usize) -> Self {

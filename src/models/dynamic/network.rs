@@ -3,8 +3,9 @@
 
 use super::cell::{Branch, Cell, Direction, NodeOutput};
 use super::layers::{kaiming_conv, ConvNorm, Stem, BILINEAR};
-use super::{cells_per_layer, flops, skip, DynamicConfig};
+use super::{cells_per_layer, flops, skip, DynamicConfig, InputConvention, PIXEL_MEAN_BGR};
 use crate::autograd::no_grad;
+use crate::data::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::error::{Error, Result};
 use crate::models::SegNet;
 use crate::nn::{set_training, Conv2d, ConvOptions, Module, TrainingFlag};
@@ -407,6 +408,8 @@ pub struct DynamicNet4Seg {
     pub config: DynamicConfig,
     /// In eval mode, compute each path only for the images whose α > 0 (default on).
     pub skip_in_eval: AtomicBool,
+    /// What the stem sees (the input is ImageNet-normalised RGB either way).
+    pub input_convention: InputConvention,
     training: TrainingFlag,
     last: Mutex<Option<RouteRecord>>,
 }
@@ -420,6 +423,7 @@ impl DynamicNet4Seg {
             sem_seg_head: Head::new(&config)?,
             config,
             skip_in_eval: AtomicBool::new(true),
+            input_convention: InputConvention::Imagenet,
             training: TrainingFlag::default(),
             last: Mutex::new(None),
         })
@@ -509,10 +513,11 @@ impl DynamicNet4Seg {
             ));
         }
         let [ph, pw] = padded([dims[2], dims[3]]);
+        let x = self.convert_input(input)?;
         let x = if [ph, pw] == [dims[2], dims[3]] {
-            input.clone()
+            x
         } else {
-            input.pad(&[0, pw - dims[3], 0, ph - dims[2]], 0.0)?
+            x.pad(&[0, pw - dims[3], 0, ph - dims[2]], 0.0)?
         };
         let skipped = !self.is_training() && self.skip_in_eval.load(Ordering::Relaxed);
         let out = if skipped {
@@ -546,6 +551,26 @@ impl DynamicNet4Seg {
             *last = Some(record.clone());
         }
         Ok((logits, record))
+    }
+}
+
+impl DynamicNet4Seg {
+    /// The input in the stem's convention: as given, or ImageNet-normalised RGB turned into
+    /// BGR 0–255 minus `PIXEL_MEAN`: channel o = (x[2−o]·std[2−o] + mean[2−o])·255 − mean_o.
+    fn convert_input(&self, input: &Tensor) -> Result<Tensor> {
+        if self.input_convention == InputConvention::Imagenet {
+            return Ok(input.clone());
+        }
+        let device = input.device();
+        let order = Tensor::from_vec_on(vec![2.0, 1.0, 0.0], [3], &device)?;
+        let scale: Vec<f32> = (0..3).map(|o| IMAGENET_STD[2 - o] * 255.0).collect();
+        let shift: Vec<f32> = (0..3)
+            .map(|o| IMAGENET_MEAN[2 - o] * 255.0 - PIXEL_MEAN_BGR[o])
+            .collect();
+        input
+            .index_select(1, &order)?
+            .mul(&Tensor::from_vec_on(scale, [1, 3, 1, 1], &device)?)?
+            .add(&Tensor::from_vec_on(shift, [1, 3, 1, 1], &device)?)
     }
 }
 
