@@ -10,9 +10,10 @@
 //! (present, never computed). Otherwise the outputs equal the dense forward's,
 //! `m·x + α_keep·ReLU(h)`, `α·up(h)`, `α·down(h)`.
 //!
-//! FLOPs: `expected` follows the original's formula from the α's; `real` is what ran, per image:
-//! gates of the nodes that got input, ops of the nodes with some α > 0, and the transforms with
-//! α > 0 (charged at the sender), plus the stem.
+//! FLOPs, per image, as the original counts them: `expected` from the α's; `real` the gates of
+//! the nodes that got input, the ops of the nodes whose α sum passes 1e-4, and each path whose
+//! α passes 1e-4, charged to the node that receives it; plus the stem (the head is added by
+//! the network).
 
 use super::cell::{Cell, Direction, GATE_EPS};
 use super::flops;
@@ -38,6 +39,9 @@ struct Partial {
     row_shape: [usize; 3],
     /// Expected FLOPs the path carries, per batch image (0 where absent).
     expected: Vec<f64>,
+    /// Real FLOPs the path carries (its cost where α > 1e-4), charged to the receiver as the
+    /// original does.
+    real: Vec<f64>,
 }
 
 /// The outputs of one node, each for the images it reaches.
@@ -166,7 +170,7 @@ fn run_node(
         }
         if a.iter().any(|&v| v > 0.0) {
             run_rows.push(row);
-            if count_flops {
+            if count_flops && a.iter().sum::<f32>() > GATE_EPS {
                 ledger.real[b] += op_cost;
             }
         } else {
@@ -190,6 +194,7 @@ fn run_node(
             value: Some(value),
             row_shape,
             expected: vec![0.0; batch],
+            real: vec![0.0; batch],
         });
     }
     if !run_rows.is_empty() {
@@ -205,6 +210,7 @@ fn run_node(
             }
             let cost = cell.transform_flops(direction, hw);
             let mut expected = vec![0.0; batch];
+            let mut real = vec![0.0; batch];
             // Positions within the run rows whose path is computed.
             let (mut local, mut weights, mut residual) = (Vec::new(), Vec::new(), Vec::new());
             for (i, &row) in run_rows.iter().enumerate() {
@@ -217,8 +223,8 @@ fn run_node(
                     weights.push(a);
                     residual.push(if pass { 1.0 } else { 0.0 });
                 }
-                if a > 0.0 {
-                    ledger.real[images[row]] += cost;
+                if a > GATE_EPS {
+                    real[images[row]] = cost;
                 }
             }
             let value = if local.is_empty() {
@@ -238,6 +244,7 @@ fn run_node(
                     Direction::Down => [row_shape[0] * 2, hw[0].div_ceil(2), hw[1].div_ceil(2)],
                 },
                 expected,
+                real,
             };
             match direction {
                 Direction::Up => paths.up = Some(partial),
@@ -301,10 +308,11 @@ fn merge_disjoint(parts: Vec<Partial>, batch: usize, device: &Device) -> Result<
     let Some((images, value)) = sum_parts(&refs, device)? else {
         return Ok(None);
     };
-    let mut expected = vec![0.0; batch];
+    let (mut expected, mut real) = (vec![0.0; batch], vec![0.0; batch]);
     for part in &parts {
-        for (e, p) in expected.iter_mut().zip(&part.expected) {
-            *e += p;
+        for b in 0..batch {
+            expected[b] += part.expected[b];
+            real[b] += part.real[b];
         }
     }
     Ok(Some(Partial {
@@ -313,6 +321,7 @@ fn merge_disjoint(parts: Vec<Partial>, batch: usize, device: &Device) -> Result<
         value: Some(value),
         row_shape: parts[0].row_shape,
         expected,
+        real,
     }))
 }
 
@@ -354,8 +363,9 @@ pub fn forward_sparse(backbone: &Backbone, input: &Tensor) -> Result<BackboneOut
                 })
                 .collect();
             for part in &incoming {
-                for (e, p) in ledger.expected.iter_mut().zip(&part.expected) {
-                    *e += p;
+                for b in 0..batch {
+                    ledger.expected[b] += part.expected[b];
+                    ledger.real[b] += part.real[b];
                 }
             }
             let scale = 1usize << j;
