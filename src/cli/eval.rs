@@ -112,6 +112,9 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         loaded.config.data.val_split,
         evaluation.seconds
     );
+    if !evaluation.dynamic_flops.real.is_empty() {
+        println!("{}", evaluation.dynamic_flops.line());
+    }
     let path = output_path(&args.json, &loaded.run, "eval.json");
     write_json(&path, &evaluation_json(&loaded, &evaluation))?;
     println!("wrote {}", path.display());

@@ -433,6 +433,9 @@ pub struct FlopsArgs {
 /// Runs `moeseg flops`: parameters (total, active) and MACs as exact integers, for the network
 /// without and (when `--moe` is given) with its MoE layers.
 pub fn run_flops(args: &FlopsArgs) -> Result<()> {
+    if let Some(config) = args.model.dynamic_config() {
+        return print_dynamic_flops(config, parse_size("--size", &args.size)?);
+    }
     if let CliModel::Vit(name) = args.model.model {
         // A ViT's input size is its `--img-size` (the positional embedding follows it).
         let [h, w] = args.model.vit_config(name)?.img_size;
@@ -471,6 +474,32 @@ pub fn run_flops(args: &FlopsArgs) -> Result<()> {
             percent(moe.macs, baseline.macs)
         );
     }
+    Ok(())
+}
+
+/// `moeseg flops` of a dynamic routing network: the full routing space's cost by parts (the
+/// original's analytic counts, every node and path on, batch 1), its total and the
+/// expected-FLOPs normaliser of the budget loss.
+fn print_dynamic_flops(config: DynamicConfig, [h, w]: [usize; 2]) -> Result<()> {
+    let layers = config.layers;
+    let net = DynamicNet4Seg::new(config)?;
+    let [ph, pw] = crate::models::dynamic::network::padded([h, w]);
+    println!(
+        "dynamic{layers} at 1x3x{h}x{w} (padded to {ph}x{pw}; the original's analytic counts, MFLOPs, \
+         every path on)"
+    );
+    let parts = net.full_space_flops([h, w]);
+    for (part, mflops) in &parts {
+        println!("  {part:<11} {mflops:>12.1}");
+    }
+    let total: f64 = parts.iter().map(|p| p.1).sum();
+    println!("full_space_gflops={:.3}", total / 1e3);
+    println!(
+        "budget_normaliser_mflops={:.1}  (expected FLOPs with every α = 1: cell ops and the paths \
+         the nodes receive; model.dynamic.budget.flops_all = 0 uses it, the original's Dynamic-A \
+         sets FLOPS_ALL = 26300)",
+        net.full_space_expected([h, w])
+    );
     Ok(())
 }
 

@@ -14,11 +14,13 @@ pub mod cell;
 pub mod flops;
 pub mod layers;
 pub mod network;
+pub mod report;
 pub mod skip;
 
 pub use budget::BudgetConfig;
 pub use cell::{Cell, Direction, GATE_EPS};
 pub use network::{dynamic_net, DynamicNet4Seg, RouteRecord};
+pub use report::FlopsSummary;
 
 use crate::error::{Error, Result};
 
