@@ -49,16 +49,13 @@ impl FlopsSummary {
         stats(&self.expected).0
     }
 
-    /// One line in GFLOPs.
+    /// One line in MFLOPs.
     pub fn line(&self) -> String {
         let (avg, min, max) = self.real_stats();
         format!(
-            "real GFLOPs/image avg {:.3} min {:.3} max {:.3}  expected {:.3}  full space {:.3}  ({} images)",
-            avg / 1e3,
-            min / 1e3,
-            max / 1e3,
-            self.expected_mean() / 1e3,
-            self.full_space / 1e3,
+            "real MFLOPs/image avg {avg:.2} min {min:.2} max {max:.2}  expected {:.2}  full space {:.2}  ({} images)",
+            self.expected_mean(),
+            self.full_space,
             self.real.len()
         )
     }
