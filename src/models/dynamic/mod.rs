@@ -15,6 +15,7 @@ pub mod flops;
 pub mod layers;
 pub mod network;
 pub mod report;
+pub mod routes;
 pub mod skip;
 
 pub use budget::BudgetConfig;

@@ -3,11 +3,12 @@
 //! full-space count.
 
 use super::network::{dynamic_net, RouteRecord};
+use super::routes::{accumulate, route_of, Route};
 use crate::error::Result;
 use crate::nn::Module;
 
 /// Per-image FLOP figures collected over an evaluation (MFLOPs).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct FlopsSummary {
     /// Real FLOPs of each image.
     pub real: Vec<f64>,
@@ -15,7 +16,16 @@ pub struct FlopsSummary {
     pub expected: Vec<f64>,
     /// Real FLOPs of the full routing space at the evaluated size (every path on).
     pub full_space: f64,
+    /// Routes of the first [`ROUTE_PICTURES`] images.
+    pub routes: Vec<Route>,
+    /// Sum of every image's route (divide by `real.len()` for the average).
+    pub route_sum: Route,
+    /// Nodes per layer of the space.
+    pub cells: Vec<usize>,
 }
+
+/// Images whose own route picture `routing-stats` writes.
+pub const ROUTE_PICTURES: usize = 8;
 
 impl FlopsSummary {
     /// Adds the images of one forward's record; `hw` is the forward's input size.
@@ -35,6 +45,14 @@ impl FlopsSummary {
         if let Some(record) = net.last_record() {
             let full: f64 = net.full_space_flops(hw).iter().map(|p| p.1).sum();
             self.add(&record, full)?;
+            self.cells = super::cells_per_layer(net.config.layers);
+            for b in 0..record.real.len() {
+                let route = route_of(&record.alphas, b)?;
+                accumulate(&mut self.route_sum, &route);
+                if self.routes.len() < ROUTE_PICTURES {
+                    self.routes.push(route);
+                }
+            }
         }
         Ok(())
     }
