@@ -44,17 +44,19 @@ fn net_on(device: &Device) -> DynamicNet4Seg {
     net
 }
 
-/// Forward, loss, backward and one SGD step (gate lr × 2.5, clip at 0.5); returns the logits,
-/// the expected FLOPs, the loss, the gradients and the updated parameters, on the host.
-fn step(
-    device: &Device,
-) -> (
+/// Host copies of what a step produced: logits, expected FLOPs, loss, gradients, updated
+/// parameters.
+type StepResult = (
     Tensor,
     Tensor,
     f32,
     Vec<(String, Tensor)>,
     Vec<(String, Tensor)>,
-) {
+);
+
+/// Forward, loss, backward and one SGD step (gate lr × 2.5, clip at 0.5); returns the logits,
+/// the expected FLOPs, the loss, the gradients and the updated parameters, on the host.
+fn step(device: &Device) -> StepResult {
     let net = net_on(device);
     set_training(&net, true);
     let mut rng = Rng::new(8);

@@ -11,7 +11,7 @@ pub const CLIP_EPS: f64 = 1e-6;
 /// Clips the gradients of `params` in place to total 2-norm `max_norm`; returns the norm
 /// before clipping. Parameters without a gradient are skipped.
 pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> Result<f64> {
-    if !(max_norm > 0.0) {
+    if max_norm.is_nan() || max_norm <= 0.0 {
         return Err(Error::invalid(
             "clip_grad_norm",
             format!("max_norm = {max_norm}: must be positive"),

@@ -282,7 +282,7 @@ pub fn build_optimizer(
     optim: &OptimConfig,
     params: Vec<(String, Tensor)>,
 ) -> Result<Box<dyn Optimizer>> {
-    if !(optim.gate_lr_multi > 0.0) {
+    if optim.gate_lr_multi.is_nan() || optim.gate_lr_multi <= 0.0 {
         return Err(Error::invalid(
             "config",
             format!(

@@ -299,7 +299,7 @@ impl<'a> Trainer<'a> {
             }
         };
         let inference = Inference::from_config(&config.train)?;
-        let budget = crate::train::dynamic_step::run_budget(&config, &*model)?;
+        let budget = crate::train::dynamic_step::run_budget(config, &*model)?;
         let mut optimizer =
             setup::build_optimizer(&config.optim, named_parameters(&*model as &dyn Module))?;
         let mut scheduler = LrScheduler::new(

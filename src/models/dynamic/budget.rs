@@ -42,7 +42,7 @@ impl Default for BudgetConfig {
 impl BudgetConfig {
     /// Checks the constants.
     pub fn validate(&self) -> Result<()> {
-        if self.constrain && !(self.flops_all > 0.0) {
+        if self.constrain && (self.flops_all.is_nan() || self.flops_all <= 0.0) {
             return Err(Error::invalid(
                 "budget",
                 format!("flops_all = {}: must be positive", self.flops_all),

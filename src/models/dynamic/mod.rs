@@ -116,7 +116,7 @@ impl DynamicConfig {
                 ),
             ));
         }
-        if self.channels < 2 || self.channels % 2 != 0 {
+        if self.channels < 2 || !self.channels.is_multiple_of(2) {
             return Err(Error::invalid(
                 "dynamic",
                 format!("channels = {}: must be even and at least 2", self.channels),
