@@ -101,3 +101,66 @@ fn layer16_full_space_against_flops_all() {
     let gap = (at_crop - 26300.0) / at_crop;
     assert!((0.02..0.025).contains(&gap), "FLOPS_ALL gap {gap}");
 }
+
+mod common;
+
+/// `moeseg flops --model dynamic16 --size 1024x2048`: the parts sum to `full_space_gflops`
+/// (119.5: the paper's Dynamic-Raw row reads 119.4 GFLOPs) and the budget normaliser line.
+#[test]
+fn flops_command_prints_the_full_space() {
+    let out = common::ok_stdout(&["flops", "--model", "dynamic16", "--size", "1024x2048"]);
+    let parts: f64 = ["stem", "cells", "gates", "transforms", "head"]
+        .iter()
+        .map(|part| {
+            let line = out
+                .lines()
+                .find(|l| l.trim_start().starts_with(part))
+                .unwrap_or_else(|| panic!("no `{part}` line in:\n{out}"));
+            line.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+        })
+        .sum();
+    let total: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("full_space_gflops="))
+        .unwrap_or_else(|| panic!("no full_space_gflops line in:\n{out}"))
+        .parse()
+        .unwrap();
+    assert!((total - 119.507).abs() < 1e-3, "{total}");
+    assert!(
+        (parts / 1e3 - total).abs() < 1e-3,
+        "parts {parts} vs {total}"
+    );
+    assert!(out.contains("budget_normaliser_mflops=95614.9"), "{out}");
+}
+
+/// A route picture: a path with α = 1 is drawn wider than one with α = 0.25, and a path with
+/// α = 0 is not drawn.
+#[test]
+fn route_picture_widths_follow_alpha() {
+    use moeseg::models::dynamic::routes::{draw_route, Route};
+    use moeseg::models::dynamic::Direction;
+    let cells = [2, 3, 4];
+    let mut route = Route::new();
+    // init_layer (column 0, scale 0): keep α 1, down α 0.25.
+    route.insert(
+        (0, 0),
+        vec![(Direction::Keep, 1.0), (Direction::Down, 0.25)],
+    );
+    let img = draw_route(&route, &cells);
+    let blue = |x: u32, y: u32| img.get_pixel(x, y).0 == [40, 90, 200];
+    // The keep path runs horizontally at y = 24 from x = 24 to 72; the down path diagonally
+    // to (72, 72). Count blue pixels across each path's middle.
+    let keep_width = (0..48).filter(|&y| blue(48, y)).count();
+    let down_width = (30..66).filter(|&x| blue(x, 48)).count();
+    assert!(keep_width >= 8, "keep path {keep_width} px");
+    assert!(
+        down_width >= 2 && down_width < keep_width,
+        "down {down_width}, keep {keep_width}"
+    );
+    let nothing = draw_route(&Route::new(), &cells);
+    assert!(nothing.pixels().all(|p| p.0 != [40, 90, 200]));
+}
