@@ -47,6 +47,9 @@ enum BenchCommand {
     /// the backend traits on `--device cpu|cuda[:N]|cuda-emu[:N]|auto`, next to a device copy's
     /// bandwidth.
     Ops(super::bench_ops::OpsArgs),
+    /// Time the dynamic routing network's eval forward: the full space against per-image path
+    /// skipping with a share of the paths forced off.
+    Dynamic(super::bench_dynamic::DynamicArgs),
 }
 
 /// The feature map of a default placement.
@@ -132,6 +135,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         BenchCommand::Nets(nets) => super::bench_nets::run_nets(nets),
         BenchCommand::Train(train) => super::bench_train::run(train),
         BenchCommand::Ops(ops) => super::bench_ops::run(ops),
+        BenchCommand::Dynamic(dynamic) => super::bench_dynamic::run(dynamic),
     }
 }
 

@@ -120,6 +120,9 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         loaded.config.data.val_split,
         evaluation.seconds
     );
+    if !evaluation.dynamic_flops.real.is_empty() {
+        println!("{}", evaluation.dynamic_flops.line());
+    }
     let path = output_path(&args.json, &loaded.run, "eval.json");
     write_json(&path, &evaluation_json(&loaded, &evaluation))?;
     println!("wrote {}", path.display());
@@ -224,17 +227,43 @@ pub fn run_fixed_expert(args: &AnalysisArgs) -> Result<()> {
     Ok(())
 }
 
+/// The route pictures of a dynamic network: `route_image<k>.png` for the first images and
+/// `route_mean.png` for the split's average α.
+fn write_route_pictures(
+    plots: &std::path::Path,
+    summary: &crate::models::dynamic::FlopsSummary,
+) -> Result<()> {
+    use crate::models::dynamic::routes::{draw_route, scaled};
+    for (k, route) in summary.routes.iter().enumerate() {
+        let path = plots.join(format!("route_image{k}.png"));
+        crate::data::pictures::save_png(&draw_route(route, &summary.cells), &path)?;
+    }
+    let mean = scaled(&summary.route_sum, summary.real.len());
+    let path = plots.join("route_mean.png");
+    crate::data::pictures::save_png(&draw_route(&mean, &summary.cells), &path)?;
+    println!("{}", summary.line());
+    println!(
+        "route pictures: {} images and the split average in {}",
+        summary.routes.len(),
+        plots.display()
+    );
+    Ok(())
+}
+
 /// Runs `moeseg routing-stats`: usage, NRE, TEC, co-activation and expert×class of every
 /// PatchConvMoE layer, and the routing diagnostics of every Soft-MoE layer
 /// ([`crate::moe::SoftRoutingDiagnostics`]), over the validation split, as JSON and plots.
 pub fn run_routing_stats(args: &AnalysisArgs) -> Result<()> {
     let loaded = args.model.load()?;
     let soft = soft_moe_layers(&*loaded.model);
-    if setup::moe_layers(&*loaded.model).is_empty() && soft.is_empty() {
+    let dynamic =
+        crate::models::dynamic::dynamic_net(&*loaded.model as &dyn crate::nn::Module).is_some();
+    if setup::moe_layers(&*loaded.model).is_empty() && soft.is_empty() && !dynamic {
         return Err(Error::invalid(
             "routing-stats",
             format!(
-                "{} has no PatchConvMoE, Soft-MoE or SoftConvMoE layer",
+                "{} has no PatchConvMoE, Soft-MoE or SoftConvMoE layer and is not a dynamic \
+                 routing network",
                 loaded.config.model.name
             ),
         ));
@@ -270,6 +299,9 @@ pub fn run_routing_stats(args: &AnalysisArgs) -> Result<()> {
         .map_err(|e| Error::file(&plots, format!("cannot create: {e}")))?;
     let names = class_names(loaded.config.model.num_classes);
     write_routing_plots(&plots, &evaluation.routing, &names)?;
+    if dynamic {
+        write_route_pictures(&plots, &evaluation.dynamic_flops)?;
+    }
     for (path, stats) in &evaluation.routing {
         let usage: Vec<String> = stats.usage().iter().map(|u| format!("{u:.3}")).collect();
         println!(

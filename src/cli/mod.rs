@@ -3,6 +3,7 @@
 //! does.
 
 mod bench;
+mod bench_dynamic;
 mod bench_nets;
 mod bench_ops;
 mod bench_soft;

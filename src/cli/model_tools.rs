@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::io::safetensors::{save, SafetensorsFile};
+use crate::models::dynamic::{DynamicConfig, DynamicNet4Seg};
 use crate::models::pspnet::PspDilation;
 use crate::models::vit::{MoeLayers, VisionTransformer, VitConfig, VitModelName};
 use crate::models::{
@@ -26,6 +27,8 @@ pub enum CliModel {
     Seg(ModelName),
     /// `vit_<size>` or `soft_moe_vit_<size>`.
     Vit(VitModelName),
+    /// A dynamic routing network: `dynamic16` or `dynamic33` (the layer count).
+    Dynamic(usize),
 }
 
 impl From<ModelName> for CliModel {
@@ -39,6 +42,7 @@ impl std::fmt::Display for CliModel {
         match self {
             CliModel::Seg(name) => name.fmt(f),
             CliModel::Vit(name) => name.fmt(f),
+            CliModel::Dynamic(layers) => write!(f, "dynamic{layers}"),
         }
     }
 }
@@ -49,13 +53,16 @@ impl std::str::FromStr for CliModel {
         if let Ok(vit) = name.parse::<VitModelName>() {
             return Ok(CliModel::Vit(vit));
         }
+        if let Some(config) = crate::models::dynamic::DynamicConfig::named(name, 19) {
+            return Ok(CliModel::Dynamic(config.layers));
+        }
         name.parse::<ModelName>().map(CliModel::Seg).map_err(|_| {
             let known: Vec<&str> = ModelName::ALL.iter().map(|m| m.as_str()).collect();
             Error::invalid(
                 "model",
                 format!(
                     "unknown network `{name}`; known: {}, vit_{{tiny,small,base,large,huge}}, \
-                     soft_moe_vit_{{tiny,small,base,large,huge}}",
+                     soft_moe_vit_{{tiny,small,base,large,huge}}, dynamic16, dynamic33",
                     known.join(", ")
                 ),
             )
@@ -171,6 +178,13 @@ impl ModelArgs {
     fn seg_name(&self) -> Result<ModelName> {
         match self.model {
             CliModel::Seg(name) => Ok(name),
+            CliModel::Dynamic(_) => Err(Error::invalid(
+                "arguments",
+                format!(
+                    "{} is a dynamic routing network: --moe does not apply",
+                    self.model
+                ),
+            )),
             CliModel::Vit(name) => Err(Error::invalid(
                 "arguments",
                 format!("{name} is an image classifier, not one of the segmentation networks"),
@@ -213,7 +227,7 @@ impl ModelArgs {
     /// Builds the model (segmentation network with its MoE layers, or ViT) as a module.
     pub fn build_module(&self) -> Result<(Box<dyn Module>, Vec<MoePlacement>)> {
         match self.model {
-            CliModel::Seg(_) => {
+            CliModel::Seg(_) | CliModel::Dynamic(_) => {
                 let (net, placements) = self.build()?;
                 Ok((net, placements))
             }
@@ -234,6 +248,12 @@ impl ModelArgs {
 
     /// Builds the network with its MoE layers.
     pub fn build(&self) -> Result<(Box<dyn SegNet>, Vec<MoePlacement>)> {
+        if let Some(config) = self.dynamic_config() {
+            if !self.moe.is_empty() {
+                self.seg_name()?;
+            }
+            return Ok((Box::new(DynamicNet4Seg::new(config)?), Vec::new()));
+        }
         let name = self.seg_name()?;
         let config = ModelConfig {
             num_classes: self.num_classes.unwrap_or(19),
@@ -246,10 +266,21 @@ impl ModelArgs {
         Ok((net, placements))
     }
 
+    /// The dynamic network's configuration (`None` for the other models).
+    pub fn dynamic_config(&self) -> Option<DynamicConfig> {
+        match self.model {
+            CliModel::Dynamic(layers) => Some(DynamicConfig {
+                layers,
+                ..DynamicConfig::layer16(self.num_classes.unwrap_or(19))
+            }),
+            _ => None,
+        }
+    }
+
     /// `--num-classes`, else the model's default (19, or 1000 for the ViTs).
     pub fn resolved_num_classes(&self) -> usize {
         match self.model {
-            CliModel::Seg(_) => self.num_classes.unwrap_or(19),
+            CliModel::Seg(_) | CliModel::Dynamic(_) => self.num_classes.unwrap_or(19),
             CliModel::Vit(name) => self.num_classes.unwrap_or(name.config().num_classes),
         }
     }
@@ -311,8 +342,19 @@ pub struct InspectArgs {
 /// counts (the format of `../shared/manifests/<net>.tsv`).
 pub fn manifest(args: &ModelArgs) -> Result<String> {
     let (net, placements) = args.build_module()?;
+    let order =
+        match args.model {
+            CliModel::Dynamic(layers) => {
+                format!(
+            "state_dict order of the original DynamicNet4Seg, config {}; the Dynamic-A/B/C \
+             configs have the same keys",
+            if layers == 16 { "Seg.Layer16" } else { "Seg.Layer33.ImageNet" }
+        )
+            }
+            _ => "state_dict order".to_string(),
+        };
     let mut out = format!(
-        "# {}  num_classes={}  (state_dict order)\n# key\tshape\tdtype\n",
+        "# {}  num_classes={}  ({order})\n# key\tshape\tdtype\n",
         args.title(&placements),
         args.resolved_num_classes()
     );
@@ -336,6 +378,10 @@ pub fn manifest(args: &ModelArgs) -> Result<String> {
         ));
     }
     let counts = parameter_counts(net.as_ref());
+    if let CliModel::Dynamic(_) = args.model {
+        // The original's manifests end with the keys.
+        return Ok(out);
+    }
     out.push_str(&format!(
         "# entries {} (parameters {parameters}, buffers {buffers})\n",
         parameters + buffers
@@ -387,6 +433,9 @@ pub struct FlopsArgs {
 /// Runs `moeseg flops`: parameters (total, active) and MACs as exact integers, for the network
 /// without and (when `--moe` is given) with its MoE layers.
 pub fn run_flops(args: &FlopsArgs) -> Result<()> {
+    if let Some(config) = args.model.dynamic_config() {
+        return print_dynamic_flops(config, parse_size("--size", &args.size)?);
+    }
     if let CliModel::Vit(name) = args.model.model {
         // A ViT's input size is its `--img-size` (the positional embedding follows it).
         let [h, w] = args.model.vit_config(name)?.img_size;
@@ -425,6 +474,32 @@ pub fn run_flops(args: &FlopsArgs) -> Result<()> {
             percent(moe.macs, baseline.macs)
         );
     }
+    Ok(())
+}
+
+/// `moeseg flops` of a dynamic routing network: the full routing space's cost by parts (the
+/// original's analytic counts, every node and path on, batch 1), its total and the
+/// expected-FLOPs normaliser of the budget loss.
+fn print_dynamic_flops(config: DynamicConfig, [h, w]: [usize; 2]) -> Result<()> {
+    let layers = config.layers;
+    let net = DynamicNet4Seg::new(config)?;
+    let [ph, pw] = crate::models::dynamic::network::padded([h, w]);
+    println!(
+        "dynamic{layers} at 1x3x{h}x{w} (padded to {ph}x{pw}; the original's analytic counts, MFLOPs, \
+         every path on)"
+    );
+    let parts = net.full_space_flops([h, w]);
+    for (part, mflops) in &parts {
+        println!("  {part:<11} {mflops:>12.1}");
+    }
+    let total: f64 = parts.iter().map(|p| p.1).sum();
+    println!("full_space_gflops={:.3}", total / 1e3);
+    println!(
+        "budget_normaliser_mflops={:.1}  (expected FLOPs with every α = 1: cell ops and the paths \
+         the nodes receive; model.dynamic.budget.flops_all = 0 uses it, the original's Dynamic-A \
+         sets FLOPS_ALL = 26300)",
+        net.full_space_expected([h, w])
+    );
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 
 pub mod complexity;
 pub mod deeplabv3plus;
+pub mod dynamic;
 pub mod enet;
 pub mod erfnet;
 pub mod lraspp;

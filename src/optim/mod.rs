@@ -25,11 +25,13 @@
 
 mod adam;
 mod checkpoint;
+mod clip;
 mod schedule;
 mod sgd;
 
 pub use adam::{Adam, AdamOptions, AdamState};
 pub use checkpoint::{decode_scalar, encode_scalar};
+pub use clip::clip_grad_norm;
 pub use schedule::{LrSchedule, LrScheduler};
 pub use sgd::{Sgd, SgdOptions, SgdState};
 

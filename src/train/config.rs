@@ -119,6 +119,8 @@ pub struct ModelSection {
     pub moe: MoeSection,
     /// The segmentation ViT (`name = "vit"`), with or without Soft-MoE MLPs.
     pub vit: VitSection,
+    /// The dynamic routing network (`name = "dynamic"`, `dynamic16` or `dynamic33`).
+    pub dynamic: super::config_dynamic::DynamicSection,
 }
 
 /// `[model.vit]`: the segmentation Vision Transformer (`models::vit_seg`, SETR-naive: ViT
@@ -247,6 +249,11 @@ pub struct OptimConfig {
     pub warmup_steps: u64,
     /// Fraction of the lr at the first warm-up step.
     pub warmup_factor: f64,
+    /// LR multiplier of every parameter whose name contains `gate_conv` (the dynamic
+    /// networks' gates; the original's `GATE_LR_MULTI`). 1: one group.
+    pub gate_lr_multi: f64,
+    /// Clip the gradients to this total 2-norm before each step (`GRAD_CLIP`; 0: off).
+    pub clip_grad_norm: f64,
 }
 
 /// `[train]`: how long, how often, where.
@@ -336,6 +343,7 @@ impl Default for ModelSection {
             pretrained_backbone: String::new(),
             moe: MoeSection::default(),
             vit: VitSection::default(),
+            dynamic: Default::default(),
         }
     }
 }
@@ -382,6 +390,8 @@ impl Default for OptimConfig {
             min_lr: 0.0,
             warmup_steps: 0,
             warmup_factor: 0.1,
+            gate_lr_multi: 1.0,
+            clip_grad_norm: 0.0,
         }
     }
 }

@@ -81,6 +81,8 @@ pub struct Evaluation {
     pub images: usize,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// FLOPs per image of a dynamic routing network (empty for the other networks).
+    pub dynamic_flops: crate::models::dynamic::FlopsSummary,
 }
 
 /// Logits `[B, C, H, W]` of `images` in eval mode, full or sliding; `on_window` is called after
@@ -222,6 +224,7 @@ pub fn evaluate(
     set_training(model as &dyn Module, false);
     let mut confusion = ConfusionMatrix::new(classes);
     let mut routing = BTreeMap::new();
+    let mut dynamic_flops = crate::models::dynamic::FlopsSummary::default();
     let (mut ce_sum, mut pixels, mut images) = (0.0f64, 0.0f64, 0usize);
     let device = module_device(model as &dyn Module);
     no_grad(|| -> Result<()> {
@@ -229,12 +232,16 @@ pub fn evaluate(
             let batch = batch?;
             // The loader makes batches on the host.
             let labels = batch.labels.to_device(&device)?;
+            let images_hw = [batch.images.dims()[2], batch.images.dims()[3]];
             let logits = infer(
                 model,
                 &batch.images.to_device(&device)?,
                 Some(&labels),
                 inference,
-                &mut |labels| collect_routing_stats(model, labels, classes, &mut routing),
+                &mut |labels| {
+                    dynamic_flops.add_latest(model as &dyn Module, images_hw)?;
+                    collect_routing_stats(model, labels, classes, &mut routing)
+                },
             )?;
             confusion.update_from_logits(&logits, &batch.labels)?;
             let options = CrossEntropyOptions {
@@ -265,5 +272,6 @@ pub fn evaluate(
         routing,
         images,
         seconds: start.elapsed().as_secs_f64(),
+        dynamic_flops,
     })
 }

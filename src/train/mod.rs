@@ -12,6 +12,8 @@
 pub mod checkpoint;
 pub mod compare;
 pub mod config;
+pub mod config_dynamic;
+pub mod dynamic_step;
 pub mod evaluate;
 pub mod metrics;
 pub mod plots;

@@ -67,6 +67,26 @@ pub const PRESETS: &[(&str, &str)] = &[
         include_str!("../../models/cityscapes-deeplabv3plus/patch_conv_moe.toml"),
     ),
     (
+        "cityscapes-dynamic/a",
+        include_str!("../../models/cityscapes-dynamic/a.toml"),
+    ),
+    (
+        "cityscapes-dynamic/b",
+        include_str!("../../models/cityscapes-dynamic/b.toml"),
+    ),
+    (
+        "cityscapes-dynamic/c",
+        include_str!("../../models/cityscapes-dynamic/c.toml"),
+    ),
+    (
+        "cityscapes-dynamic/layer33",
+        include_str!("../../models/cityscapes-dynamic/layer33.toml"),
+    ),
+    (
+        "cityscapes-dynamic/raw",
+        include_str!("../../models/cityscapes-dynamic/raw.toml"),
+    ),
+    (
         "cityscapes-enet/default",
         include_str!("../../models/cityscapes-enet/default.toml"),
     ),
@@ -109,6 +129,26 @@ pub const PRESETS: &[(&str, &str)] = &[
     (
         "cityscapes-vit/soft_moe",
         include_str!("../../models/cityscapes-vit/soft_moe.toml"),
+    ),
+    (
+        "synthetic-dynamic/a",
+        include_str!("../../models/synthetic-dynamic/a.toml"),
+    ),
+    (
+        "synthetic-dynamic/b",
+        include_str!("../../models/synthetic-dynamic/b.toml"),
+    ),
+    (
+        "synthetic-dynamic/c",
+        include_str!("../../models/synthetic-dynamic/c.toml"),
+    ),
+    (
+        "synthetic-dynamic/layer33",
+        include_str!("../../models/synthetic-dynamic/layer33.toml"),
+    ),
+    (
+        "synthetic-dynamic/raw",
+        include_str!("../../models/synthetic-dynamic/raw.toml"),
     ),
     (
         "synthetic-enet/ablation-experts",

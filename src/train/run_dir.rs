@@ -38,6 +38,15 @@ pub struct MetricRecord {
     /// Sum of the MoE balancing losses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub balance_loss: Option<f64>,
+    /// Budget loss of a dynamic routing network (step records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_loss: Option<f64>,
+    /// Batch-mean expected GFLOPs of a dynamic routing network (step records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_gflops: Option<f64>,
+    /// Batch-mean real GFLOPs of a dynamic routing network (step records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real_gflops: Option<f64>,
     /// Learning rate of the step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,

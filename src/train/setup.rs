@@ -16,7 +16,7 @@ use crate::moe::{
     GateKind, Granularity, PatchConvMoE, PatchConvMoeConfig, SlotSource, SoftConvMoeConfig,
 };
 use crate::nn::{visit_modules, Module};
-use crate::optim::{Adam, AdamOptions, LrSchedule, Optimizer, Sgd, SgdOptions};
+use crate::optim::{Adam, AdamOptions, LrSchedule, Optimizer, ParamGroup, Sgd, SgdOptions};
 use crate::tensor::Tensor;
 use crate::train::config::{Config, DataConfig, ModelSection, MoeSection, OptimConfig};
 use std::path::Path;
@@ -126,6 +126,20 @@ pub fn moe_paths(model: &ModelSection) -> Result<Vec<String>> {
 /// Builds the network with fresh weights (from the current default generator: seed it first)
 /// and puts PatchConvMoE layers at the configured paths.
 pub fn build_model(model: &ModelSection) -> Result<Box<dyn SegNet>> {
+    if crate::train::config_dynamic::is_dynamic_name(&model.name) {
+        if model.moe.enabled {
+            return Err(Error::invalid(
+                "config",
+                "model.moe (PatchConvMoE) does not apply to the dynamic routing networks",
+            ));
+        }
+        let net = crate::train::config_dynamic::build_dynamic(
+            &model.name,
+            model.num_classes,
+            &model.dynamic,
+        )?;
+        return Ok(Box::new(net));
+    }
     if model.name == VIT_SEG_NAME {
         if model.moe.enabled {
             return Err(Error::invalid(
@@ -259,20 +273,51 @@ pub fn set_fixed_expert(model: &dyn Module, expert: Option<usize>) -> Result<()>
     Ok(())
 }
 
-/// The optimizer of `[optim]` over the network's parameters.
+/// Parameters whose name contains this get `optim.gate_lr_multi` (the original's solver rule).
+pub const GATE_PARAM_MARK: &str = "gate_conv";
+
+/// The optimizer of `[optim]` over the network's parameters: one group, or two when
+/// `gate_lr_multi` ≠ 1 and some parameter names contain `gate_conv` (the gates, lr × multi).
 pub fn build_optimizer(
     optim: &OptimConfig,
     params: Vec<(String, Tensor)>,
 ) -> Result<Box<dyn Optimizer>> {
+    if optim.gate_lr_multi.is_nan() || optim.gate_lr_multi <= 0.0 {
+        return Err(Error::invalid(
+            "config",
+            format!(
+                "optim.gate_lr_multi = {}: must be positive",
+                optim.gate_lr_multi
+            ),
+        ));
+    }
+    // With a gate multiplier: group 0 the rest, group 1 the `gate_conv` parameters.
+    let (gates, rest): (Vec<_>, Vec<_>) = params
+        .into_iter()
+        .partition(|(name, _)| optim.gate_lr_multi != 1.0 && name.contains(GATE_PARAM_MARK));
+    let split = |lr: f64| -> Vec<(Vec<(String, Tensor)>, f64)> {
+        let mut groups = vec![(rest.clone(), lr)];
+        if !gates.is_empty() {
+            groups.push((gates.clone(), lr * optim.gate_lr_multi));
+        }
+        groups
+    };
     Ok(match optim.name.as_str() {
-        "sgd" => Box::new(Sgd::with_params(
-            params,
-            SgdOptions {
-                momentum: optim.momentum,
-                nesterov: optim.nesterov,
-                weight_decay: optim.weight_decay,
-                ..SgdOptions::new(optim.lr)
-            },
+        "sgd" => Box::new(Sgd::new(
+            split(optim.lr)
+                .into_iter()
+                .map(|(params, lr)| {
+                    ParamGroup::new(
+                        params,
+                        SgdOptions {
+                            momentum: optim.momentum,
+                            nesterov: optim.nesterov,
+                            weight_decay: optim.weight_decay,
+                            ..SgdOptions::new(lr)
+                        },
+                    )
+                })
+                .collect(),
         )?),
         "adam" | "adamw" => {
             let base = if optim.name == "adamw" {
@@ -280,14 +325,22 @@ pub fn build_optimizer(
             } else {
                 AdamOptions::new(optim.lr)
             };
-            Box::new(Adam::with_params(
-                params,
-                AdamOptions {
-                    betas: (optim.betas[0], optim.betas[1]),
-                    eps: optim.eps,
-                    weight_decay: optim.weight_decay,
-                    ..base
-                },
+            Box::new(Adam::new(
+                split(optim.lr)
+                    .into_iter()
+                    .map(|(params, lr)| {
+                        ParamGroup::new(
+                            params,
+                            AdamOptions {
+                                lr,
+                                betas: (optim.betas[0], optim.betas[1]),
+                                eps: optim.eps,
+                                weight_decay: optim.weight_decay,
+                                ..base
+                            },
+                        )
+                    })
+                    .collect(),
             )?)
         }
         other => {

@@ -66,6 +66,8 @@ struct LossParts {
     main: f64,
     aux: f64,
     balance: f64,
+    /// Dynamic networks: the budget loss (0 while off) and the batch's expected / real MFLOPs.
+    dynamic: Option<(f64, f64, f64)>,
 }
 
 /// Forward and loss of one batch in training mode ([`crate::models::training_loss`]), keeping
@@ -89,6 +91,7 @@ fn training_loss(
         aux: value(loss.aux.as_ref())?,
         balance: value(loss.balance.as_ref())?,
         total: loss.total,
+        dynamic: None,
     })
 }
 
@@ -206,6 +209,8 @@ struct Trainer<'a> {
     total: u64,
     class_weights: Option<Tensor>,
     inference: Inference,
+    /// The budget constraint of a dynamic routing network.
+    budget: Option<crate::models::dynamic::BudgetConfig>,
     optimizer: Box<dyn Optimizer>,
     scheduler: LrScheduler,
     state: TrainState,
@@ -295,6 +300,7 @@ impl<'a> Trainer<'a> {
             }
         };
         let inference = Inference::from_config(&config.train)?;
+        let budget = crate::train::dynamic_step::run_budget(config, &*model)?;
         let mut optimizer =
             setup::build_optimizer(&config.optim, named_parameters(&*model as &dyn Module))?;
         let mut scheduler = LrScheduler::new(
@@ -362,6 +368,7 @@ impl<'a> Trainer<'a> {
             total,
             class_weights,
             inference,
+            budget,
             optimizer,
             scheduler,
             state,
@@ -437,12 +444,24 @@ impl<'a> Trainer<'a> {
         set_training(&*self.model as &dyn Module, true);
         let lr = self.optimizer.lrs().first().copied().unwrap_or(0.0);
         // The loader makes batches on the host.
-        let parts = training_loss(
+        let mut parts = training_loss(
             &*self.model,
             &batch.images.to_device(&self.device)?,
             &batch.labels.to_device(&self.device)?,
             self.class_weights.as_ref(),
         )?;
+        if let Some(budget) = &self.budget {
+            let step_rate = self.state.step as f64 / self.total.max(1) as f64;
+            let term = crate::train::dynamic_step::budget_term(&*self.model, budget, step_rate)?;
+            if let Some(term) = term {
+                let mut value = 0.0;
+                if let Some(loss) = &term.loss {
+                    value = loss.item()? as f64;
+                    parts.total = parts.total.add(loss)?;
+                }
+                parts.dynamic = Some((value, term.expected_mflops, term.real_mflops));
+            }
+        }
         let loss = parts.total.item()? as f64;
         if !loss.is_finite() {
             self.progress.bar.abandon();
@@ -464,6 +483,10 @@ impl<'a> Trainer<'a> {
         }
         self.optimizer.zero_grad();
         parts.total.backward()?;
+        if self.config.optim.clip_grad_norm > 0.0 {
+            let params = named_parameters(&*self.model as &dyn Module);
+            crate::optim::clip_grad_norm(&params, self.config.optim.clip_grad_norm)?;
+        }
         self.optimizer.step()?;
         self.scheduler.step(self.optimizer.as_mut())?;
         self.state.step += 1;
@@ -498,6 +521,9 @@ impl<'a> Trainer<'a> {
                 main_loss: Some(result.parts.main),
                 aux_loss: Some(result.parts.aux),
                 balance_loss: Some(result.parts.balance),
+                budget_loss: result.parts.dynamic.map(|d| d.0),
+                expected_gflops: result.parts.dynamic.map(|d| d.1 / 1e3),
+                real_gflops: result.parts.dynamic.map(|d| d.2 / 1e3),
                 lr: Some(lr),
                 images_per_s: Some(images_per_s),
                 ..MetricRecord::default()
