@@ -211,3 +211,35 @@ fn clip_grad_norm_scales_to_the_max_norm() {
         );
     }
 }
+
+/// `input_convention = bgr255`: the network sees BGR 0–255 minus PIXEL_MEAN, computed from the
+/// ImageNet-normalised RGB input (checked against the conversion done by hand on the host).
+#[test]
+fn bgr255_input_convention() {
+    use moeseg::models::dynamic::{InputConvention, PIXEL_MEAN_BGR};
+    let mut net = net();
+    let x = input(1);
+    net.input_convention = InputConvention::Bgr255;
+    let converted_inside = forward(&net, &x, true);
+    let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
+    let values = x.try_to_vec().unwrap();
+    let plane = 64 * 64;
+    let mut bgr = vec![0f32; values.len()];
+    for o in 0..3 {
+        let c = 2 - o;
+        for i in 0..plane {
+            bgr[o * plane + i] =
+                (values[c * plane + i] * std[c] + mean[c]) * 255.0 - PIXEL_MEAN_BGR[o];
+        }
+    }
+    net.input_convention = InputConvention::Imagenet;
+    let by_hand = forward(&net, &Tensor::from_vec(bgr, [1, 3, 64, 64]).unwrap(), true);
+    // Rounding differs (the network folds std and mean into one scale and shift), so the
+    // tolerance is relative to the logits' scale.
+    let scale = by_hand
+        .try_to_vec()
+        .unwrap()
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()));
+    assert_close("bgr255", &converted_inside, &by_hand, 1e-4, 1e-4 * scale).unwrap();
+}
