@@ -145,6 +145,39 @@ fn ensemble_run_folder_trains_resumes_and_evaluates() {
         "{flops}"
     );
 
+    // `moeseg flops --run` on an ensemble run is `ensemble flops`.
+    assert_eq!(ok_stdout(&["flops", "--run", run_s]), flops);
+
+    // Experts given relative to the working directory are recorded as absolute paths, so the
+    // ensemble run works from anywhere.
+    let mut relative = vec![
+        "ensemble",
+        "train",
+        "--expert",
+        "urban",
+        "--expert",
+        "highway",
+        "--run-dir",
+        "relative",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--stop-at",
+        "1",
+    ];
+    relative.extend(SMALL);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_moeseg"))
+        .args(&relative)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", common::text(&output));
+    let rel_run = dir.path().join("relative");
+    let config = std::fs::read_to_string(rel_run.join("config.toml")).unwrap();
+    assert!(config.contains(&format!("\"{a}\"")), "{a} in\n{config}");
+    let rel_flops = ok_stdout(&["flops", "--run", rel_run.to_str().unwrap()]);
+    assert!(rel_flops.contains("expert urban"), "{rel_flops}");
+
     let eval = ok_stdout(&["eval", "--run", run_s, "--device", "cpu"]);
     assert!(eval.contains("mIoU"), "{eval}");
     let images = dir.path().join("images");

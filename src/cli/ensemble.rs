@@ -12,7 +12,7 @@ use crate::train::report::class_names;
 use crate::train::{run_dir, setup};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The built-in gate preset.
 pub const DEFAULT_ENSEMBLE_PRESET: &str = "synthetic-ensemble/default";
@@ -107,6 +107,24 @@ pub fn run(args: &EnsembleArgs) -> Result<()> {
     }
 }
 
+/// An expert as given on the command line, with its existing paths made absolute so the
+/// ensemble run reads the same experts from any working directory: a run folder, or
+/// `PRESET::WEIGHTS` whose sides are made absolute where they name existing files (a built-in
+/// preset name stays as it is).
+fn expert_spec_absolute(spec: &str) -> String {
+    let absolute = |part: &str| {
+        let path = Path::new(part);
+        match path.exists().then(|| std::path::absolute(path)) {
+            Some(Ok(abs)) => abs.display().to_string(),
+            _ => part.to_string(),
+        }
+    };
+    match spec.split_once("::") {
+        Some((preset, weights)) => format!("{}::{}", absolute(preset), absolute(weights)),
+        None => absolute(spec),
+    }
+}
+
 fn run_train(args: &EnsembleTrainArgs) -> Result<()> {
     let (config, run, resume) = match &args.resume {
         Some(run) => (run_dir::read_config(run)?, run.clone(), true),
@@ -122,7 +140,7 @@ fn run_train(args: &EnsembleTrainArgs) -> Result<()> {
                 config.ensemble.experts = args
                     .experts
                     .iter()
-                    .map(|p| p.display().to_string())
+                    .map(|p| expert_spec_absolute(&p.display().to_string()))
                     .collect();
                 config.ensemble.expert_hashes.clear();
             }
@@ -375,11 +393,17 @@ fn print_table(rows: &[Row], names: &[String]) {
 }
 
 fn run_flops(args: &EnsembleRunArgs) -> Result<()> {
-    let config = run_config(&args.run, &args.set, &args.device)?;
-    let ensemble = load_run(&args.run, &config)?;
+    flops_of_run(&args.run, &args.set, &args.device)
+}
+
+/// `moeseg ensemble flops --run DIR` (and `moeseg flops --run DIR`): parameters and MACs per
+/// image of the experts and the gate, dense and top-k.
+pub fn flops_of_run(run: &Path, set: &[String], device: &Option<String>) -> Result<()> {
+    let config = run_config(run, set, device)?;
+    let ensemble = load_run(run, &config)?;
     let hw = eval_size(&config)?;
     let (experts, gate) = cost(&ensemble, hw)?;
-    println!("ensemble {} at 1x3x{}x{}", args.run.display(), hw[0], hw[1]);
+    println!("ensemble {} at 1x3x{}x{}", run.display(), hw[0], hw[1]);
     for (e, m) in ensemble.experts.iter().zip(&experts) {
         let params = crate::nn::parameter_count(&*e.model as &dyn crate::nn::Module);
         println!(

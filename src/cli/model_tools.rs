@@ -420,8 +420,12 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
 /// Options of `moeseg flops`.
 #[derive(Args, Debug, Clone)]
 pub struct FlopsArgs {
+    /// An ensemble run folder (`moeseg ensemble train`): the experts', the gate's, the dense and
+    /// the top-k MACs per image at the run's evaluation size (as `moeseg ensemble flops`).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["model", "size", "batch"])]
+    pub run: Option<std::path::PathBuf>,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: Option<ModelArgs>,
     /// Input size `HxW`.
     #[arg(long, default_value = "512x1024")]
     pub size: String,
@@ -433,13 +437,23 @@ pub struct FlopsArgs {
 /// Runs `moeseg flops`: parameters (total, active) and MACs as exact integers, for the network
 /// without and (when `--moe` is given) with its MoE layers.
 pub fn run_flops(args: &FlopsArgs) -> Result<()> {
-    if let Some(config) = args.model.dynamic_config() {
+    let model = match (&args.run, &args.model) {
+        (Some(run), _) => return super::ensemble::flops_of_run(run, &[], &None),
+        (None, Some(model)) => model,
+        (None, None) => {
+            return Err(Error::invalid(
+                "flops",
+                "give --model NAME (a network) or --run RUN_DIR (an ensemble run)",
+            ))
+        }
+    };
+    if let Some(config) = model.dynamic_config() {
         return print_dynamic_flops(config, parse_size("--size", &args.size)?);
     }
-    if let CliModel::Vit(name) = args.model.model {
+    if let CliModel::Vit(name) = model.model {
         // A ViT's input size is its `--img-size` (the positional embedding follows it).
-        let [h, w] = args.model.vit_config(name)?.img_size;
-        let (net, _) = args.model.build_module()?;
+        let [h, w] = model.vit_config(name)?.img_size;
+        let (net, _) = model.build_module()?;
         let counts = complexity(net.as_ref(), [args.batch, 3, h, w])?;
         println!(
             "{name} at {}x3x{h}x{w} (Linear, Conv2d and matmul MACs: attention and soft-routing \
@@ -453,20 +467,20 @@ pub fn run_flops(args: &FlopsArgs) -> Result<()> {
     let input = [args.batch, 3, h, w];
     let baseline_args = ModelArgs {
         moe: Vec::new(),
-        ..args.model.clone()
+        ..model.clone()
     };
     let (baseline_net, _) = baseline_args.build()?;
     let baseline = complexity(baseline_net.as_ref(), input)?;
     drop(baseline_net);
     println!(
         "{} at {}x3x{h}x{w} (Conv2d, ConvTranspose2d, Linear and routed expert MACs, eval mode)",
-        args.model.model, args.batch
+        model.model, args.batch
     );
     print_counts("baseline", &baseline);
-    if !args.model.moe.is_empty() {
-        let (net, placements) = args.model.build()?;
+    if !model.moe.is_empty() {
+        let (net, placements) = model.build()?;
         let moe = complexity(net.as_ref(), input)?;
-        print_counts(&args.model.title(&placements), &moe);
+        print_counts(&model.title(&placements), &moe);
         let percent = |new: u64, old: u64| 100.0 * (new as f64 - old as f64) / old as f64;
         println!(
             "increase: active params {:+.3} %, MACs {:+.3} %",
