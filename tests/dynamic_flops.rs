@@ -141,7 +141,7 @@ fn flops_command_prints_the_full_space() {
 /// α = 0 is not drawn.
 #[test]
 fn route_picture_widths_follow_alpha() {
-    use moeseg::models::dynamic::routes::{draw_route, Route};
+    use moeseg::models::dynamic::routes::{centre, draw_route, Route, PATH_COLOR};
     use moeseg::models::dynamic::Direction;
     let cells = [2, 3, 4];
     let mut route = Route::new();
@@ -150,17 +150,19 @@ fn route_picture_widths_follow_alpha() {
         (0, 0),
         vec![(Direction::Keep, 1.0), (Direction::Down, 0.25)],
     );
-    let img = draw_route(&route, &cells);
-    let blue = |x: u32, y: u32| img.get_pixel(x, y).0 == [40, 90, 200];
-    // The keep path runs horizontally at y = 24 from x = 24 to 72; the down path diagonally
-    // to (72, 72). Count blue pixels across each path's middle.
-    let keep_width = (0..48).filter(|&y| blue(48, y)).count();
-    let down_width = (30..66).filter(|&x| blue(x, 48)).count();
+    let img = draw_route(&route, &cells, "");
+    let blue = |x: i64, y: i64| img.get_pixel(x as u32, y as u32) == &PATH_COLOR;
+    // The keep path runs horizontally from node (0, 0) to node (1, 0); the down path
+    // diagonally to (1, 1). Count path pixels across each path's middle.
+    let ((x0, y0), (x1, y1)) = (centre(0, 0), centre(1, 1));
+    let (mx, my) = ((x0 + x1) / 2, (y0 + y1) / 2);
+    let keep_width = (y0 - 20..y0 + 20).filter(|&y| blue(mx, y)).count();
+    let down_width = (x0 + 4..x1 - 4).filter(|&x| blue(x, my)).count();
     assert!(keep_width >= 8, "keep path {keep_width} px");
     assert!(
         down_width >= 2 && down_width < keep_width,
         "down {down_width}, keep {keep_width}"
     );
-    let nothing = draw_route(&Route::new(), &cells);
-    assert!(nothing.pixels().all(|p| p.0 != [40, 90, 200]));
+    let nothing = draw_route(&Route::new(), &cells, "");
+    assert!(nothing.pixels().all(|p| p != &PATH_COLOR));
 }

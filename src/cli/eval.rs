@@ -236,11 +236,13 @@ fn write_route_pictures(
     use crate::models::dynamic::routes::{draw_route, scaled};
     for (k, route) in summary.routes.iter().enumerate() {
         let path = plots.join(format!("route_image{k}.png"));
-        crate::data::pictures::save_png(&draw_route(route, &summary.cells), &path)?;
+        let title = format!("route of image {k} (width ∝ α)");
+        crate::data::pictures::save_png(&draw_route(route, &summary.cells, &title), &path)?;
     }
     let mean = scaled(&summary.route_sum, summary.real.len());
     let path = plots.join("route_mean.png");
-    crate::data::pictures::save_png(&draw_route(&mean, &summary.cells), &path)?;
+    let title = format!("mean route, {} images (width ∝ mean α)", summary.real.len());
+    crate::data::pictures::save_png(&draw_route(&mean, &summary.cells, &title), &path)?;
     println!("{}", summary.line());
     println!(
         "route pictures: {} images and the split average in {}",

@@ -57,12 +57,25 @@ pub fn scaled(route: &Route, count: usize) -> Route {
         .collect()
 }
 
-const CELL: i64 = 48;
-const MARGIN: i64 = 24;
-const MAX_WIDTH: f64 = 9.0;
+/// Pixels between neighbouring nodes.
+pub const CELL: i64 = 56;
+/// Left margin (the scale labels) and top margin (the title) in pixels.
+const LEFT: i64 = 64;
+const TOP: i64 = 56;
+/// Bottom margin (the layer labels) and right margin.
+const BOTTOM: i64 = 44;
+const RIGHT: i64 = 28;
+const MAX_WIDTH: f64 = 11.0;
+/// Colours: background, paths (α > 0), nodes with some α > 0, nodes with every α = 0.
+const BACKGROUND: Rgb<u8> = Rgb([28, 30, 38]);
+/// The colour of a drawn path.
+pub const PATH_COLOR: Rgb<u8> = Rgb([90, 160, 255]);
+const NODE_ON: Rgb<u8> = Rgb([235, 90, 60]);
+const NODE_OFF: Rgb<u8> = Rgb([110, 110, 118]);
 
-fn centre(column: usize, scale: usize) -> (i64, i64) {
-    (MARGIN + column as i64 * CELL, MARGIN + scale as i64 * CELL)
+/// Centre of the node of `column` (0 = `init_layer`, i + 1 = layer i) and `scale` (0 = 1/4).
+pub fn centre(column: usize, scale: usize) -> (i64, i64) {
+    (LEFT + column as i64 * CELL, TOP + scale as i64 * CELL)
 }
 
 /// A line of `width` pixels from `a` to `b`.
@@ -88,13 +101,17 @@ fn thick_line(img: &mut RgbImage, a: (i64, i64), b: (i64, i64), width: f64, colo
     }
 }
 
-/// The picture of `route` for a space of `layers` layers with `cells[i]` nodes in layer i.
-pub fn draw_route(route: &Route, cells: &[usize]) -> RgbImage {
+/// The picture of `route` for a space with `cells[i]` nodes in layer i, headed by `title`:
+/// scales 1/4 … 1/32 labelled on the left, layers (`init`, 1 … L) below, in the plot font
+/// when one is found (the drawing itself needs none).
+pub fn draw_route(route: &Route, cells: &[usize], title: &str) -> RgbImage {
     let columns = cells.len() + 1;
-    let width = (2 * MARGIN + (columns as i64 - 1) * CELL) as u32;
-    let height = (2 * MARGIN + 3 * CELL) as u32;
-    let mut img = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
-    let path_color = Rgb([40, 90, 200]);
+    let (right_edge, bottom_edge) = centre(columns - 1, 3);
+    // Wide enough for the title (about 9 px per character at 18 px).
+    let width = (right_edge + RIGHT).max(24 + 9 * title.chars().count() as i64) as u32;
+    let height = (bottom_edge + BOTTOM) as u32;
+    let mut img = RgbImage::from_pixel(width, height, BACKGROUND);
+    let path_color = PATH_COLOR;
     for (i, &n) in cells.iter().enumerate() {
         for j in 0..n {
             for (from, direction) in senders(i, j, n) {
@@ -116,18 +133,43 @@ pub fn draw_route(route: &Route, cells: &[usize]) -> RgbImage {
     }
     for (&(column, scale), entries) in route {
         let on = entries.iter().any(|&(_, a)| a > 0.0);
-        let color = if on {
-            Rgb([220, 60, 40])
-        } else {
-            Rgb([170, 170, 170])
-        };
+        let color = if on { NODE_ON } else { NODE_OFF };
         thick_line(
             &mut img,
             centre(column, scale),
             centre(column, scale),
-            9.0,
+            10.0,
             color,
         );
     }
+    label(&mut img, title, cells);
     img
+}
+
+/// The title, the scale labels and the layer numbers (every layer up to 20 layers, else every
+/// fifth).
+fn label(img: &mut RgbImage, title: &str, cells: &[usize]) {
+    use crate::train::plots::draw_text_on;
+    draw_text_on(img, title, (12, 10), 18);
+    for (scale, name) in ["1/4", "1/8", "1/16", "1/32"].iter().enumerate() {
+        let (_, y) = centre(0, scale);
+        draw_text_on(img, name, (10, (y - 8) as usize), 15);
+    }
+    let every = if cells.len() > 20 { 5 } else { 1 };
+    let (_, bottom) = centre(0, 3);
+    for column in 0..=cells.len() {
+        let (x, _) = centre(column, 0);
+        let text = match column {
+            0 => "init".to_string(),
+            c if c % every == 0 => c.to_string(),
+            _ => continue,
+        };
+        let shift = 4 * text.len() as i64;
+        draw_text_on(
+            img,
+            &text,
+            ((x - shift).max(0) as usize, (bottom + 16) as usize),
+            14,
+        );
+    }
 }
