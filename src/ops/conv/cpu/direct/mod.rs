@@ -9,11 +9,11 @@
 //! so padded and VALID convolutions (and the full-padded flipped-kernel convolution that is a
 //! stride-1 input gradient) run the same kernel.
 //!
-//! Used where [`avx512_kernels`] holds; elsewhere the im2col + GEMM paths run. Every output
+//! Used on the SIMD kernel paths; elsewhere the im2col + GEMM paths run. Every output
 //! element is written by one task with a fixed summation order (chunks of input channels in
 //! order; within a chunk, taps, then channels), so results do not depend on the thread count.
 
-use crate::backend::cpu::{avx512_kernels, buffer_cache, SendPtr};
+use crate::backend::cpu::{buffer_cache, kernel_path, KernelPath, SendPtr};
 use crate::ops::conv::Conv2dGeometry;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -38,7 +38,7 @@ pub(crate) fn usable(geometry: &Conv2dGeometry) -> bool {
         && geometry.col_rows() <= MAX_DEPTH
         && geometry.out_size[1] >= 16
         && geometry.taps() <= MAX_TAPS
-        && avx512_kernels()
+        && kernel_path() == KernelPath::Avx512
 }
 
 /// Channel blocks of [`MR`] per group.

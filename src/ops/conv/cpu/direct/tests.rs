@@ -186,5 +186,5 @@ fn naive_weight_grad(g: &Conv2dGeometry, dy: &[f32], x: &[f32]) -> Vec<f64> {
 }
 
 fn usable_on_this_cpu() -> bool {
-    crate::backend::cpu::avx512_kernels()
+    crate::backend::cpu::kernel_path() == crate::backend::cpu::KernelPath::Avx512
 }
