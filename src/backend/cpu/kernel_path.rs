@@ -147,3 +147,24 @@ pub fn required_paths() -> Result<Vec<KernelPath>, String> {
         })
         .collect()
 }
+
+/// The SIMD families a test checks on this CPU: every one it can run. A family that it cannot
+/// run is reported on stderr as skipped, or, when `MOESEG_REQUIRE_SIMD` names it, is an error
+/// (the test fails instead of passing without checking that path).
+pub fn simd_paths_to_test(test: &str) -> Result<Vec<KernelPath>, String> {
+    let required = required_paths()?;
+    let mut paths = Vec::new();
+    for path in [KernelPath::Avx2, KernelPath::Avx512] {
+        if path.available() {
+            paths.push(path);
+        } else if required.contains(&path) {
+            return Err(format!(
+                "{test}: MOESEG_REQUIRE_SIMD requires the {} kernels, which this CPU cannot run",
+                path.name()
+            ));
+        } else {
+            eprintln!("{test}: {} kernels skipped (not on this CPU)", path.name());
+        }
+    }
+    Ok(paths)
+}

@@ -27,7 +27,9 @@ impl Backend for CpuBackend {
     }
 }
 
-pub use kernel_path::{global_path, kernel_path, required_paths, with_kernel_path, KernelPath};
+pub use kernel_path::{
+    global_path, kernel_path, required_paths, simd_paths_to_test, with_kernel_path, KernelPath,
+};
 
 /// The family the GEMM kernel follows: process-wide (not per thread), since GEMMs run inside
 /// other ops' parallel loops where a thread's forced family does not reach.

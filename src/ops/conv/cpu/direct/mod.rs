@@ -1,9 +1,12 @@
-//! Direct stride-1 convolution on AVX-512F: output rows computed straight from the input planes,
-//! with no im2col matrix and no packing of the input.
+//! Direct stride-1 convolution on SIMD registers: output rows computed straight from the input
+//! planes, with no im2col matrix and no packing of the input. The kernels ([`forward`](self::forward)
+//! tiles, [`grad`](self::grad) tiles) are written once over a small vector interface ([`simd`])
+//! and run at 8 lanes on AVX2+FMA or 16 lanes on AVX-512F, as [`kernel_path`] says.
 //!
 //! For stride 1 the input under one kernel tap, for a run of output columns, is a contiguous run
-//! of an input row, so a register tile of [`MR`] output channels × 48 output columns (32 or 16
-//! for a row's tail) is accumulated as `Σ_{tap, ci} w[co, ci, tap] · x[ci, row(tap), cols(tap)]`:
+//! of an input row, so a register tile of [`MR`] output channels × up to three vectors of output
+//! columns (fewer for a row's tail; one on AVX2, whose 16 registers hold 8 accumulators) is
+//! accumulated as `Σ_{tap, ci} w[co, ci, tap] · x[ci, row(tap), cols(tap)]`:
 //! up to three (masked) vector loads of the input and `MR` broadcast weights per step. Padding
 //! is handled by skipping input rows outside the map and by load masks for columns outside it,
 //! so padded and VALID convolutions (and the full-padded flipped-kernel convolution that is a
@@ -30,15 +33,15 @@ const CHANNEL_CHUNK: usize = 32;
 /// Most kernel taps the direct kernel takes (7×7).
 const MAX_TAPS: usize = 49;
 
-/// Whether `geometry` runs on the direct kernel on this machine: stride 1, not depthwise, a
-/// moderate depth, output rows at least a vector wide, and AVX-512F.
+/// Whether `geometry` runs on the direct kernel on the calling thread's kernel path: stride 1,
+/// not depthwise, a moderate depth, output rows at least 16 wide, and a SIMD path.
 pub(crate) fn usable(geometry: &Conv2dGeometry) -> bool {
     geometry.params.stride == [1, 1]
         && !geometry.is_depthwise()
         && geometry.col_rows() <= MAX_DEPTH
         && geometry.out_size[1] >= 16
         && geometry.taps() <= MAX_TAPS
-        && kernel_path() == KernelPath::Avx512
+        && kernel_path().is_simd()
 }
 
 /// Channel blocks of [`MR`] per group.
@@ -85,6 +88,8 @@ pub(crate) fn pack_weight_into(geometry: &Conv2dGeometry, weight: &[f32], packed
 /// image (`x`: `[Cin, in_h, in_w]`), written into `out` (`[Cout, out_h, out_w]` of that image)
 /// as `bias + conv`.
 pub(crate) struct BlockTask<'a> {
+    /// The SIMD path, read on the launching thread ([`kernel_path`]).
+    pub path: KernelPath,
     pub group: usize,
     pub block: usize,
     pub rows: Range<usize>,
@@ -105,9 +110,13 @@ impl BlockTask<'_> {
         assert!(self.x.len() >= geometry.in_channels * geometry.in_pixels());
         assert!(self.packed.len() >= packed_len(geometry));
         #[cfg(target_arch = "x86_64")]
-        avx512_forward::block(geometry, self, out);
+        match self.path {
+            KernelPath::Avx2 => forward::block_avx2(geometry, self, out),
+            KernelPath::Avx512 => forward::block_avx512(geometry, self, out),
+            KernelPath::Portable => unreachable!("the direct convolution needs a SIMD path"),
+        }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("the direct convolution needs x86-64 AVX-512F");
+        unreachable!("the direct convolution needs x86-64 AVX2 or AVX-512F");
     }
 }
 
@@ -137,9 +146,11 @@ pub(crate) fn forward(
         .collect();
     let mut out = buffer_cache::uninit(geometry.output_len());
     let out_ptr = SendPtr(out.as_mut_ptr());
+    let path = kernel_path();
     tasks.par_iter().for_each(|(image, block, rows)| {
         let ptr = out_ptr; // the whole `SendPtr`, not its raw field
         let task = BlockTask {
+            path,
             group: block / per_group,
             block: block % per_group,
             rows: rows.clone(),
@@ -155,8 +166,6 @@ pub(crate) fn forward(
     out
 }
 
-/// Columns of the weight gradient (`(ci, tap)` pairs) per register tile of [`grad`].
-pub(crate) const GRAD_NR: usize = 3;
 /// Fewest output rows per pass of the weight-gradient tiles.
 const GRAD_BAND_ROWS: usize = 8;
 /// Largest pack of one band's `∂y` (`MR` channels, 1 MiB); the bands are as tall as fit.
@@ -166,27 +175,44 @@ const GRAD_PACK_FLOATS: usize = if cfg!(test) { 1 << 12 } else { 1 << 18 };
 /// A task of the weight gradient: the entries of `∂W` for channel block `block` of group
 /// `group` (rows) and `(ci, tap)` tiles `tiles` (columns), accumulated over whole images.
 pub(crate) struct GradTask {
+    /// The SIMD path, read on the launching thread ([`kernel_path`]).
+    pub path: KernelPath,
     pub group: usize,
     pub block: usize,
     pub tiles: Range<usize>,
 }
 
-/// Number of `(ci, tap)` tiles of the weight gradient.
-pub(crate) fn grad_tiles(geometry: &Conv2dGeometry) -> usize {
-    geometry.col_rows().div_ceil(GRAD_NR)
+/// Columns of the weight gradient (`(ci, tap)` pairs) per register tile on `path`.
+fn grad_nr(path: KernelPath) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx2 {
+        return grad::GRAD_NR_AVX2;
+    } else if path == KernelPath::Avx512 {
+        return grad::GRAD_NR_AVX512;
+    }
+    let _ = path;
+    1
+}
+
+/// Number of `(ci, tap)` tiles of the weight gradient on `path`.
+pub(crate) fn grad_tiles(geometry: &Conv2dGeometry, path: KernelPath) -> usize {
+    geometry.col_rows().div_ceil(grad_nr(path))
 }
 
 /// The weight-gradient tasks: every (group, block) with its tiles cut into runs so there are at
-/// least `min_tasks` tasks where the tiles allow. Each entry of `∂W` belongs to one task.
+/// least `min_tasks` tasks where the tiles allow, on the calling thread's [`kernel_path`].
+/// Each entry of `∂W` belongs to one task.
 pub(crate) fn grad_tasks(geometry: &Conv2dGeometry, min_tasks: usize) -> Vec<GradTask> {
+    let path = kernel_path();
     let blocks = geometry.params.groups * blocks_per_group(geometry);
-    let tiles = grad_tiles(geometry);
+    let tiles = grad_tiles(geometry, path);
     let runs = min_tasks.div_ceil(blocks.max(1)).clamp(1, tiles.max(1));
     let per_run = tiles.div_ceil(runs).max(1);
     let mut tasks = Vec::new();
     for block in 0..blocks {
         for start in (0..tiles).step_by(per_run) {
             tasks.push(GradTask {
+                path,
                 group: block / blocks_per_group(geometry),
                 block: block % blocks_per_group(geometry),
                 tiles: start..(start + per_run).min(tiles),
@@ -216,9 +242,13 @@ impl GradTask {
         assert!(dy.len() >= geometry.out_channels * geometry.out_pixels());
         assert!(x.len() >= geometry.in_channels * geometry.in_pixels());
         #[cfg(target_arch = "x86_64")]
-        avx512_grad::grad(geometry, self, dy, x, scale, grad, buffer);
+        match self.path {
+            KernelPath::Avx2 => grad::grad_avx2(geometry, self, dy, x, scale, grad, buffer),
+            KernelPath::Avx512 => grad::grad_avx512(geometry, self, dy, x, scale, grad, buffer),
+            KernelPath::Portable => unreachable!("the direct convolution needs a SIMD path"),
+        }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("the direct convolution needs x86-64 AVX-512F");
+        unreachable!("the direct convolution needs x86-64 AVX2 or AVX-512F");
     }
 }
 
@@ -268,21 +298,11 @@ pub(crate) fn row_bands(rows: usize, parts: usize) -> Vec<Range<usize>> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512_forward;
+mod forward;
 #[cfg(target_arch = "x86_64")]
-mod avx512_grad;
-
-/// The lanes `l` of a 16-float vector whose column `start + l` lies in `0..len`.
+mod grad;
 #[cfg(target_arch = "x86_64")]
-fn lane_mask(start: isize, len: usize) -> std::arch::x86_64::__mmask16 {
-    let lo = (-start).clamp(0, 16);
-    let hi = (len as isize - start).clamp(0, 16);
-    if hi <= lo {
-        0
-    } else {
-        (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as std::arch::x86_64::__mmask16
-    }
-}
+mod simd;
 
 #[cfg(test)]
 mod tests;

@@ -55,10 +55,15 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
 /// groups, widths that end mid-vector, a channel count that is not a multiple of MR.
 #[test]
 fn direct_matches_naive_f64() {
-    if !usable_on_this_cpu() {
-        eprintln!("skipped: no AVX-512F");
-        return;
+    let paths = crate::backend::cpu::simd_paths_to_test("direct_matches_naive_f64")
+        .unwrap_or_else(|e| panic!("{e}"));
+    for path in paths {
+        crate::backend::cpu::with_kernel_path(path, || check_direct_kernels(path));
+        eprintln!("direct_matches_naive_f64: {} kernels checked", path.name());
     }
+}
+
+fn check_direct_kernels(path: KernelPath) {
     let cases = [
         // (cin, cout, in [h, w], kernel, padding [t, b, l, r], dilation, groups)
         (16, 16, [9, 40], [3, 3], [1, 1, 1, 1], [1, 1], 1),
@@ -95,7 +100,10 @@ fn direct_matches_naive_f64() {
                 groups,
             },
         };
-        assert!(usable(&g), "case {i} should take the direct kernel");
+        assert!(
+            usable(&g),
+            "case {i} should take the direct kernel on {path:?}"
+        );
         let x = values(g.input_len(), 1 + i as u64);
         let w = values(g.weight_len(), 100 + i as u64);
         let b = values(cout, 200 + i as u64);
@@ -105,6 +113,7 @@ fn direct_matches_naive_f64() {
             for block in 0..blocks_per_group(&g) {
                 for rows in row_bands(out_size[0], 3) {
                     let task = BlockTask {
+                        path,
                         group,
                         block,
                         rows,
@@ -124,7 +133,7 @@ fn direct_matches_naive_f64() {
             let tol = 4.0 * depth * f32::EPSILON as f64;
             assert!(
                 (got as f64 - want).abs() <= tol,
-                "case {i}: element {j} is {got}, expected {want}"
+                "{path:?} case {i}: element {j} is {got}, expected {want}"
             );
         }
         // Weight gradient for ∂y = dy over two images, against f64 sums.
@@ -138,7 +147,7 @@ fn direct_matches_naive_f64() {
             let tol = 4.0 * positions.sqrt() * positions.log2() * f32::EPSILON as f64;
             assert!(
                 (got as f64 - want).abs() <= tol,
-                "case {i}: weight gradient {j} is {got}, expected {want}"
+                "{path:?} case {i}: weight gradient {j} is {got}, expected {want}"
             );
         }
     }
@@ -183,8 +192,4 @@ fn naive_weight_grad(g: &Conv2dGeometry, dy: &[f32], x: &[f32]) -> Vec<f64> {
         }
     }
     grad
-}
-
-fn usable_on_this_cpu() -> bool {
-    crate::backend::cpu::kernel_path() == crate::backend::cpu::KernelPath::Avx512
 }
