@@ -1,8 +1,8 @@
 //! The forward register tiles of the direct convolution (see [`super::BlockTask`]), written
 //! once over [`Simd`] and instantiated for AVX2+FMA and AVX-512F.
 
-use super::simd::{Avx2, Avx512, Simd};
-use super::{BlockTask, CHANNEL_CHUNK, MAX_TAPS, MR};
+use super::simd::{array, Avx2, Avx512, Simd};
+use super::{BlockTask, MAX_TAPS, MR};
 use crate::ops::conv::Conv2dGeometry;
 use std::ops::Range;
 
@@ -71,8 +71,8 @@ unsafe fn block<S: Simd>(g: &Conv2dGeometry, task: &BlockTask, out: *mut f32) {
     }
     // Input channels in chunks, so one chunk's input rows and weights stay in L1 while the
     // tiles sweep the band.
-    for first in (0..in_group).step_by(CHANNEL_CHUNK) {
-        let chunk = first..(first + CHANNEL_CHUNK).min(in_group);
+    for first in (0..in_group).step_by(S::CHANNEL_CHUNK) {
+        let chunk = first..(first + S::CHANNEL_CHUNK).min(in_group);
         for oh in task.rows.clone() {
             row_tiles::<S>(&ctx, oh, out_w, &chunk);
         }
@@ -88,12 +88,12 @@ unsafe fn row_tiles<S: Simd>(ctx: &TileContext, oh: usize, width: usize, chunk: 
     while ow0 < width {
         match width - ow0 {
             left if S::TILE_VECTORS >= 3 && left > 2 * lanes => {
-                tile::<S, 3>(ctx, oh, ow0, chunk.clone())
+                channel_tiles::<S, 3>(ctx, oh, ow0, chunk)
             }
             left if S::TILE_VECTORS >= 2 && left > lanes => {
-                tile::<S, 2>(ctx, oh, ow0, chunk.clone())
+                channel_tiles::<S, 2>(ctx, oh, ow0, chunk)
             }
-            _ => tile::<S, 1>(ctx, oh, ow0, chunk.clone()),
+            _ => channel_tiles::<S, 1>(ctx, oh, ow0, chunk),
         }
         ow0 += S::TILE_VECTORS * lanes;
     }
@@ -134,8 +134,8 @@ unsafe fn flat_block<S: Simd>(
     ctx.out = buffer.as_mut_ptr();
     ctx.out_size = [1, len];
     ctx.flat = true;
-    for first in (0..g.in_channels_per_group()).step_by(CHANNEL_CHUNK) {
-        let chunk = first..(first + CHANNEL_CHUNK).min(g.in_channels_per_group());
+    for first in (0..g.in_channels_per_group()).step_by(S::CHANNEL_CHUNK) {
+        let chunk = first..(first + S::CHANNEL_CHUNK).min(g.in_channels_per_group());
         row_tiles::<S>(&ctx, 0, len, &chunk);
     }
     let first_channel = task.group * g.out_channels_per_group() + task.block * MR;
@@ -152,12 +152,32 @@ unsafe fn flat_block<S: Simd>(
     FLAT_ROWS.with(|b| b.replace(buffer));
 }
 
-/// The `MR × LANES·NV` output tile at row `oh`, columns from `ow0`.
+/// The block's `MR` channels at row `oh`, columns from `ow0`, in tiles of
+/// [`Simd::TILE_CHANNELS`] channels.
 #[inline(always)]
-unsafe fn tile<S: Simd, const NV: usize>(
+unsafe fn channel_tiles<S: Simd, const NV: usize>(
     ctx: &TileContext,
     oh: usize,
     ow0: usize,
+    chunk: &Range<usize>,
+) {
+    for c0 in (0..ctx.channels).step_by(S::TILE_CHANNELS) {
+        if S::TILE_CHANNELS == MR {
+            tile::<S, NV, MR>(ctx, oh, ow0, c0, chunk.clone());
+        } else {
+            tile::<S, NV, { MR / 2 }>(ctx, oh, ow0, c0, chunk.clone());
+        }
+    }
+}
+
+/// The `CH × LANES·NV` output tile of channels `c0..c0 + CH` of the block at row `oh`, columns
+/// from `ow0`.
+#[inline(always)]
+unsafe fn tile<S: Simd, const NV: usize, const CH: usize>(
+    ctx: &TileContext,
+    oh: usize,
+    ow0: usize,
+    c0: usize,
     input_channels: Range<usize>,
 ) {
     let [in_h, in_w] = ctx.in_size;
@@ -166,7 +186,7 @@ unsafe fn tile<S: Simd, const NV: usize>(
     let [dh, dw] = ctx.dilation;
     let [pad_top, pad_left] = ctx.pad;
     let lanes = S::LANES;
-    let store: [S::M; NV] = std::array::from_fn(|v| S::mask((ow0 + lanes * v) as isize, out_w));
+    let store: [S::M; NV] = array(|v| S::mask((ow0 + lanes * v) as isize, out_w));
     // The taps that fall on input rows, with their offsets and column masks.
     let mut offsets = [0isize; MAX_TAPS];
     let mut steps = [0usize; MAX_TAPS];
@@ -187,21 +207,20 @@ unsafe fn tile<S: Simd, const NV: usize>(
             } else {
                 in_w
             };
-            masks[live] = std::array::from_fn(|v| {
-                S::and(S::mask(c0 + (lanes * v) as isize, limit), store[v])
-            });
+            masks[live] = array(|v| S::and(S::mask(c0 + (lanes * v) as isize, limit), store[v]));
             live += 1;
         }
     }
     // The first chunk of input channels starts from the bias, later ones from the partial
     // sums already stored (an exact f32 round trip: the sums are as if never interrupted).
-    let mut acc = [[S::zero(); NV]; MR];
+    let mut acc = [[S::zero(); NV]; CH];
     for (i, row) in acc.iter_mut().enumerate() {
+        let i = c0 + i;
         *row = if input_channels.start == 0 {
             [S::splat(ctx.bias[i]); NV]
         } else if i < ctx.channels {
             let dst = ctx.out.add(i * out_h * out_w + oh * out_w + ow0);
-            std::array::from_fn(|v| S::load_masked(store[v], dst.wrapping_add(lanes * v)))
+            array(|v| S::load_masked(store[v], dst.wrapping_add(lanes * v)))
         } else {
             [S::zero(); NV]
         };
@@ -218,24 +237,43 @@ unsafe fn tile<S: Simd, const NV: usize>(
             .wrapping_offset(offsets[j]);
         let mut w = ctx
             .weights
-            .add(input_channels.start * ctx.taps * MR + steps[j]);
-        for _ in input_channels.clone() {
-            let b: [S::V; NV] =
-                std::array::from_fn(|v| S::load_masked(mask[v], src.wrapping_add(lanes * v)));
-            for (i, row) in acc.iter_mut().enumerate() {
-                let a = S::splat(*w.add(i));
-                for v in 0..NV {
-                    row[v] = S::fmadd(a, b[v], row[v]);
-                }
+            .add(input_channels.start * ctx.taps * MR + steps[j] + c0);
+        // Whole vectors inside the row load unmasked (no mask registers in the loop).
+        if mask.iter().all(|&m| S::is_full(m)) {
+            for _ in input_channels.clone() {
+                let b: [S::V; NV] = array(|v| S::load(src.add(lanes * v)));
+                step::<S, NV, CH>(&mut acc, &b, w);
+                src = src.add(ctx.plane);
+                w = w.add(ctx.taps * MR);
             }
-            src = src.wrapping_add(ctx.plane);
-            w = w.add(ctx.taps * MR);
+        } else {
+            for _ in input_channels.clone() {
+                let b: [S::V; NV] = array(|v| S::load_masked(mask[v], src.wrapping_add(lanes * v)));
+                step::<S, NV, CH>(&mut acc, &b, w);
+                src = src.wrapping_add(ctx.plane);
+                w = w.add(ctx.taps * MR);
+            }
         }
     }
-    for (i, row) in acc.iter().enumerate().take(ctx.channels) {
-        let dst = ctx.out.add(i * out_h * out_w + oh * out_w + ow0);
+    for (i, row) in acc.iter().enumerate().take(ctx.channels - c0) {
+        let dst = ctx.out.add((c0 + i) * out_h * out_w + oh * out_w + ow0);
         for v in 0..NV {
             S::store_masked(dst.wrapping_add(lanes * v), store[v], row[v]);
+        }
+    }
+}
+
+/// `acc[i] += w[i] · b` for the tile's channels: one input channel of one tap.
+#[inline(always)]
+unsafe fn step<S: Simd, const NV: usize, const CH: usize>(
+    acc: &mut [[S::V; NV]; CH],
+    b: &[S::V; NV],
+    w: *const f32,
+) {
+    for (i, row) in acc.iter_mut().enumerate() {
+        let a = S::splat(*w.add(i));
+        for v in 0..NV {
+            row[v] = S::fmadd(a, b[v], row[v]);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! over [`Simd`] and over the tile's width `NR` (`(ci, tap)` columns), and instantiated for
 //! AVX2+FMA (`NR` = [`GRAD_NR_AVX2`]) and AVX-512F (`NR` = [`GRAD_NR_AVX512`]).
 
-use super::simd::{Avx2, Avx512, Simd};
+use super::simd::{array, Avx2, Avx512, Simd};
 use super::{GradTask, GRAD_BAND_ROWS, GRAD_PACK_FLOATS, MR};
 use crate::ops::conv::Conv2dGeometry;
 use std::ops::Range;
@@ -134,10 +134,10 @@ unsafe fn grad<S: Simd, const NR: usize>(
             // it and after it), for rows whose input rows all lie in the map.
             let edge_masks = |v: usize| -> [S::M; NR] {
                 let m = S::mask((v * lanes) as isize, out_w);
-                std::array::from_fn(|c| S::and(S::mask((v * lanes) as isize + col0[c], in_w), m))
+                array(|c| S::and(S::mask((v * lanes) as isize + col0[c], in_w), m))
             };
-            let head: [[S::M; NR]; EDGES] = std::array::from_fn(edge_masks);
-            let tail: [[S::M; NR]; EDGES] = std::array::from_fn(|i| edge_masks(interior.end + i));
+            let head: [[S::M; NR]; EDGES] = array(edge_masks);
+            let tail: [[S::M; NR]; EDGES] = array(|i| edge_masks(interior.end + i));
             for (r, oh) in band.clone().enumerate() {
                 let mut src = [x; NR];
                 let mut row_ok = [true; NR];
@@ -164,12 +164,12 @@ unsafe fn grad<S: Simd, const NR: usize>(
                         None
                     };
                     let xv: [S::V; NR] = if fast.contains(&v) {
-                        std::array::from_fn(|c| S::load(src[c].wrapping_add(ow0)))
+                        array(|c| S::load(src[c].wrapping_add(ow0)))
                     } else if let Some(masks) = edge {
-                        std::array::from_fn(|c| S::load_masked(masks[c], src[c].wrapping_add(ow0)))
+                        array(|c| S::load_masked(masks[c], src[c].wrapping_add(ow0)))
                     } else {
                         let m = S::mask(ow0 as isize, out_w);
-                        std::array::from_fn(|c| {
+                        array(|c| {
                             let mask = if row_ok[c] {
                                 S::and(S::mask(ow0 as isize + col0[c], in_w), m)
                             } else {
@@ -281,9 +281,9 @@ unsafe fn flat_grad_band<S: Simd, const NR: usize>(
         for v in 0..vectors {
             let q = v * lanes;
             let xv: [S::V; NR] = if v < whole {
-                std::array::from_fn(|c| S::load(src[c].add(q)))
+                array(|c| S::load(src[c].add(q)))
             } else {
-                std::array::from_fn(|c| {
+                array(|c| {
                     let mask = S::mask(q as isize, limit[c]);
                     S::load_masked(mask, src[c].wrapping_add(q))
                 })
@@ -298,7 +298,7 @@ unsafe fn flat_grad_band<S: Simd, const NR: usize>(
 /// past the depth they repeat the last one.
 fn tile_columns<const NR: usize>(g: &Conv2dGeometry, tile: usize) -> [[usize; 3]; NR] {
     let (depth, taps, kw_n) = (g.col_rows(), g.taps(), g.kernel[1]);
-    std::array::from_fn(|c| {
+    array(|c| {
         let step = (tile * NR + c).min(depth - 1);
         let (ci, tap) = (step / taps, step % taps);
         [ci, tap / kw_n, tap % kw_n]
@@ -308,7 +308,7 @@ fn tile_columns<const NR: usize>(g: &Conv2dGeometry, tile: usize) -> [[usize; 3]
 /// A weight-gradient tile's partial sums (`[MR][NR]` vectors parked at `parked`).
 #[inline(always)]
 unsafe fn load_tile<S: Simd, const NR: usize>(parked: *const f32) -> [[S::V; NR]; MR] {
-    std::array::from_fn(|i| std::array::from_fn(|c| S::load(parked.add((i * NR + c) * S::LANES))))
+    array(|i| array(|c| S::load(parked.add((i * NR + c) * S::LANES))))
 }
 
 /// Parks a weight-gradient tile's partial sums at `parked` (see [`load_tile`]).

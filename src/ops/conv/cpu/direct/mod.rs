@@ -5,7 +5,8 @@
 //!
 //! For stride 1 the input under one kernel tap, for a run of output columns, is a contiguous run
 //! of an input row, so a register tile of [`MR`] output channels × up to three vectors of output
-//! columns (fewer for a row's tail; one on AVX2, whose 16 registers hold 8 accumulators) is
+//! columns (fewer for a row's tail; on AVX2, whose 16 registers hold 12 accumulators, the tile is
+//! half the channels) is
 //! accumulated as `Σ_{tap, ci} w[co, ci, tap] · x[ci, row(tap), cols(tap)]`:
 //! up to three (masked) vector loads of the input and `MR` broadcast weights per step. Padding
 //! is handled by skipping input rows outside the map and by load masks for columns outside it,
@@ -27,21 +28,36 @@ pub(crate) const MR: usize = 8;
 /// the weights and input rows of a tile in cache better.
 const MAX_DEPTH: usize = 512 * 9;
 
-/// Input channels per pass of the forward tiles over a band.
-const CHANNEL_CHUNK: usize = 32;
-
 /// Most kernel taps the direct kernel takes (7×7).
 const MAX_TAPS: usize = 49;
 
-/// Whether `geometry` runs on the direct kernel on the calling thread's kernel path: stride 1,
-/// not depthwise, a moderate depth, output rows at least 16 wide, and a SIMD path.
+/// Whether the direct kernels run by default on the AVX2 path. Measured on an AMD Zen 5 (2
+/// cores, `moeseg bench ops`, `MOESEG_CPU_KERNELS=avx2`): the 8-lane direct kernels reach
+/// 50 GFLOP/s on a 3×3 64→64 conv forward and 55 on its weight gradient, im2col + the `gemm`
+/// crate's AVX2 GEMM 98 and 80, so the AVX2 path runs the GEMM forms; the 8-lane kernels stay
+/// tested (`direct_matches_naive_f64`) and are taken only where a caller forces them
+/// ([`fits`] + [`forward`] / [`weight_backward`] under [`crate::backend::cpu::with_kernel_path`]).
+const DIRECT_ON_AVX2: bool = false;
+
+/// Whether `geometry` runs on the direct kernel on the calling thread's kernel path: it
+/// [`fits`], and the path is AVX-512 (or AVX2 where [`DIRECT_ON_AVX2`]).
 pub(crate) fn usable(geometry: &Conv2dGeometry) -> bool {
+    fits(geometry)
+        && match kernel_path() {
+            KernelPath::Avx512 => true,
+            KernelPath::Avx2 => DIRECT_ON_AVX2,
+            KernelPath::Portable => false,
+        }
+}
+
+/// Whether the direct kernels can run `geometry` on a SIMD path: stride 1, not depthwise, a
+/// moderate depth, output rows at least 16 wide, at most 7×7 taps.
+pub(crate) fn fits(geometry: &Conv2dGeometry) -> bool {
     geometry.params.stride == [1, 1]
         && !geometry.is_depthwise()
         && geometry.col_rows() <= MAX_DEPTH
         && geometry.out_size[1] >= 16
         && geometry.taps() <= MAX_TAPS
-        && kernel_path().is_simd()
 }
 
 /// Channel blocks of [`MR`] per group.
@@ -105,7 +121,7 @@ impl BlockTask<'_> {
     /// # Safety
     /// `out` must point to the image's `Cout · out_h · out_w` output floats; this task writes
     /// only its block's channels in `rows`, which no other thread may touch during the call.
-    /// [`usable`] must hold for `geometry`.
+    /// [`fits`] must hold for `geometry` and `self.path` must be an available SIMD path.
     pub(crate) unsafe fn run(&self, geometry: &Conv2dGeometry, out: *mut f32) {
         assert!(self.x.len() >= geometry.in_channels * geometry.in_pixels());
         assert!(self.packed.len() >= packed_len(geometry));
@@ -121,14 +137,15 @@ impl BlockTask<'_> {
 }
 
 /// A whole (batched) stride-1 convolution on the direct kernel: tasks (image, group, channel
-/// block, row band), at least four per thread where the map allows. [`usable`] must hold.
+/// block, row band), at least four per thread where the map allows, on the calling thread's
+/// [`kernel_path`], which must be an available SIMD path. [`fits`] must hold.
 pub(crate) fn forward(
     geometry: &Conv2dGeometry,
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    debug_assert!(usable(geometry));
+    assert!(fits(geometry) && kernel_path().is_simd());
     let packed = pack_weight(geometry, weight);
     let (in_len, out_len) = (
         geometry.input_len() / geometry.batch.max(1),
@@ -158,7 +175,7 @@ pub(crate) fn forward(
             packed: &packed,
             bias,
         };
-        // SAFETY: `usable` holds; each (image, block, band) is one task writing only its part
+        // SAFETY: `fits` holds on a SIMD path; each (image, block, band) is one task writing only its part
         // of image `image`'s output, and `out` outlives the loop.
         unsafe { task.run(geometry, ptr.0.add(image * out_len)) };
     });
@@ -228,7 +245,7 @@ impl GradTask {
     /// `[Cin, in_h, in_w]`. `buffer` is scratch space, reused across calls.
     ///
     /// # Safety
-    /// [`usable`] must hold for `geometry`; `grad` must hold the whole weight gradient, and no
+    /// [`fits`] must hold for `geometry` and `self.path` must be an available SIMD path; `grad` must hold the whole weight gradient, and no
     /// other thread may touch this task's entries during the call.
     pub(crate) unsafe fn accumulate(
         &self,
@@ -253,9 +270,9 @@ impl GradTask {
 }
 
 /// The weight gradient of a whole (batched) stride-1 convolution on the direct kernel, summed
-/// over images in order. [`usable`] must hold.
+/// over images in order, on the calling thread's SIMD [`kernel_path`]. [`fits`] must hold.
 pub(crate) fn weight_backward(geometry: &Conv2dGeometry, grad_out: &[f32], x: &[f32]) -> Vec<f32> {
-    debug_assert!(usable(geometry));
+    assert!(fits(geometry) && kernel_path().is_simd());
     let mut grad = buffer_cache::zeroed(geometry.weight_len());
     let grad_ptr = SendPtr(grad.as_mut_ptr());
     let (in_len, out_len) = (
@@ -269,7 +286,7 @@ pub(crate) fn weight_backward(geometry: &Conv2dGeometry, grad_out: &[f32], x: &[
             for image in 0..geometry.batch {
                 let dy = &grad_out[image * out_len..][..out_len];
                 let x = &x[image * in_len..][..in_len];
-                // SAFETY: `usable` holds; tasks own disjoint entries of `grad`, which outlives
+                // SAFETY: `fits` holds on a SIMD path; tasks own disjoint entries of `grad`, which outlives
                 // the loop.
                 unsafe { task.accumulate(geometry, dy, x, 1.0, ptr.0, buffer) };
             }

@@ -13,6 +13,11 @@ pub(super) trait Simd: Copy {
     /// Most vectors per row of a forward register tile (`MR × TILE_VECTORS` accumulators, plus
     /// the loads and the broadcast, fit the register file).
     const TILE_VECTORS: usize;
+    /// Output channels per forward register tile: `MR` or `MR / 2`.
+    const TILE_CHANNELS: usize;
+    /// Input channels per pass of the forward tiles over a band: few enough that the chunk's
+    /// input rows (one plane apart, so in the same L1 sets) stay in L1.
+    const CHANNEL_CHUNK: usize;
     type V: Copy;
     type M: Copy;
 
@@ -27,6 +32,8 @@ pub(super) trait Simd: Copy {
     /// No lane.
     unsafe fn none() -> Self::M;
     unsafe fn and(a: Self::M, b: Self::M) -> Self::M;
+    /// Whether every lane is set.
+    unsafe fn is_full(m: Self::M) -> bool;
     /// The masked lanes from `ptr`, zero elsewhere; masked-out lanes are never read.
     unsafe fn load_masked(m: Self::M, ptr: *const f32) -> Self::V;
     /// The masked lanes from `ptr`, `src` elsewhere.
@@ -49,8 +56,10 @@ pub(super) struct Avx2;
 
 impl Simd for Avx2 {
     const LANES: usize = 8;
-    // 16 registers: 8 channels × 1 vector of accumulators, the input vector and a broadcast.
-    const TILE_VECTORS: usize = 1;
+    // 16 registers: 4 channels × 3 vectors of accumulators, three input vectors, a broadcast.
+    const TILE_VECTORS: usize = 2;
+    const TILE_CHANNELS: usize = 4;
+    const CHANNEL_CHUNK: usize = 8;
     type V = __m256;
     type M = __m256i;
 
@@ -91,6 +100,10 @@ impl Simd for Avx2 {
         _mm256_and_si256(a, b)
     }
     #[inline(always)]
+    unsafe fn is_full(m: __m256i) -> bool {
+        _mm256_movemask_ps(_mm256_castsi256_ps(m)) == 0xFF
+    }
+    #[inline(always)]
     unsafe fn load_masked(m: __m256i, ptr: *const f32) -> __m256 {
         _mm256_maskload_ps(ptr, m)
     }
@@ -112,6 +125,8 @@ impl Simd for Avx512 {
     const LANES: usize = 16;
     // 32 registers: 8 channels × 3 vectors of accumulators, three input vectors, a broadcast.
     const TILE_VECTORS: usize = 3;
+    const TILE_CHANNELS: usize = 8;
+    const CHANNEL_CHUNK: usize = 32;
     type V = __m512;
     type M = __mmask16;
 
@@ -149,6 +164,10 @@ impl Simd for Avx512 {
         a & b
     }
     #[inline(always)]
+    unsafe fn is_full(m: __mmask16) -> bool {
+        m == 0xFFFF
+    }
+    #[inline(always)]
     unsafe fn load_masked(m: __mmask16, ptr: *const f32) -> __m512 {
         _mm512_maskz_loadu_ps(m, ptr)
     }
@@ -160,4 +179,17 @@ impl Simd for Avx512 {
     unsafe fn store_masked(ptr: *mut f32, m: __mmask16, v: __m512) {
         _mm512_mask_storeu_ps(ptr, m, v)
     }
+}
+
+/// `[f(0), …, f(N − 1)]`, built by a loop that inlines into the calling kernel (unlike
+/// `std::array::from_fn`, whose out-of-line body would compile the SIMD closure without the
+/// kernel's target features and call every intrinsic).
+#[inline(always)]
+pub(super) fn array<T: Copy, const N: usize>(mut f: impl FnMut(usize) -> T) -> [T; N] {
+    let mut out = [const { std::mem::MaybeUninit::<T>::uninit() }; N];
+    for (i, slot) in out.iter_mut().enumerate() {
+        slot.write(f(i));
+    }
+    // SAFETY: every element was written; `T: Copy`, so nothing is dropped twice.
+    unsafe { std::mem::transmute_copy(&out) }
 }
