@@ -88,21 +88,20 @@ impl Strided {
     }
 }
 
-/// `C = A·B + beta·C` for `m×n` `C` at `c` (row stride `ldc`) on one thread.
+/// The output of one GEMM call: `C` at `ptr`, rows `ld` floats apart.
+#[derive(Clone, Copy)]
+struct Dst {
+    ptr: *mut f32,
+    ld: usize,
+}
+
+/// `C = A·B + beta·C` for the `m×n` `C` at `c` on one thread.
 ///
 /// # Safety
 /// `a`, `b` must describe readable `m×k`, `k×n` matrices and `c` a writable `m×n` one that no
 /// other thread touches during the call.
-unsafe fn kernel(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: Strided,
-    b: Strided,
-    c: *mut f32,
-    ldc: usize,
-    beta: f32,
-) {
+unsafe fn kernel(m: usize, n: usize, k: usize, a: Strided, b: Strided, c: Dst, beta: f32) {
+    let Dst { ptr: c, ld: ldc } = c;
     if m == 0 || n == 0 {
         return;
     }
@@ -118,7 +117,7 @@ unsafe fn kernel(
         return;
     }
     if super::gemm_path() != KernelPath::Avx2 {
-        return matrixmultiply_kernel(m, n, k, a, b, c, ldc, beta);
+        return matrixmultiply_kernel(m, n, k, a, b, Dst { ptr: c, ld: ldc }, beta);
     }
     // The crate computes `dst = alpha·dst + beta·lhs·rhs`, reading `dst` only with `read_dst`.
     gemm::gemm(
@@ -154,10 +153,10 @@ unsafe fn matrixmultiply_kernel(
     k: usize,
     a: Strided,
     b: Strided,
-    c: *mut f32,
-    ldc: usize,
+    c: Dst,
     beta: f32,
 ) {
+    let Dst { ptr: c, ld: ldc } = c;
     matrixmultiply::sgemm(
         m,
         k,
@@ -190,7 +189,20 @@ pub fn gemm(m: usize, n: usize, k: usize, a: Operand, b: Operand, c: &mut [f32],
     let (a, b) = (a.strided(m, k), b.strided(k, n));
     // SAFETY: the operands and `c` were checked to hold their matrices; `c` is borrowed
     // mutably.
-    unsafe { kernel(m, n, k, a, b, c.as_mut_ptr(), n, beta) };
+    unsafe {
+        kernel(
+            m,
+            n,
+            k,
+            a,
+            b,
+            Dst {
+                ptr: c.as_mut_ptr(),
+                ld: n,
+            },
+            beta,
+        )
+    };
 }
 
 /// Work (multiply-adds) below which splitting a GEMM across threads does not pay.
@@ -228,9 +240,17 @@ pub fn gemm_parallel(
                          // sub-matrices lie inside the checked operands.
         unsafe {
             if along_rows {
-                kernel(e - s, n, k, a.at(s, 0), b, ptr.0.add(s * n), n, beta);
+                let c = Dst {
+                    ptr: ptr.0.add(s * n),
+                    ld: n,
+                };
+                kernel(e - s, n, k, a.at(s, 0), b, c, beta);
             } else {
-                kernel(m, e - s, k, a, b.at(0, s), ptr.0.add(s), n, beta);
+                let c = Dst {
+                    ptr: ptr.0.add(s),
+                    ld: n,
+                };
+                kernel(m, e - s, k, a, b.at(0, s), c, beta);
             }
         }
     });
