@@ -1,4 +1,4 @@
-//! The CPU reference backend: plain slices, rayon for parallelism, ndarray's GEMM for the
+//! The CPU reference backend: plain slices, rayon for parallelism, [`gemm`] (per kernel path) for the
 //! matrix products. Each op family implements its trait for [`CpuBackend`] in
 //! `ops/<family>/cpu_kernel.rs`; this module holds what they share.
 
@@ -60,10 +60,11 @@ pub fn kernels_description() -> String {
         KernelPath::Portable => {
             format!("portable: im2col + {gemm} convs, routed conv by slot outputs")
         }
-        path => format!(
-            "{}: {}-lane direct stride-1/depthwise convs, {gemm}, routed conv by weight mixing",
-            path.name(),
-            if path == KernelPath::Avx512 { 16 } else { 8 }
+        KernelPath::Avx2 => format!(
+            "avx2: im2col + {gemm} convs, 8-lane depthwise convs, routed conv by weight mixing"
+        ),
+        KernelPath::Avx512 => format!(
+            "avx512: 16-lane direct stride-1 and depthwise convs, {gemm}, routed conv by weight mixing"
         ),
     }
 }
