@@ -1,5 +1,5 @@
-//! The CPU reference backend: plain slices, rayon for parallelism, [`gemm`] (per kernel path) for the
-//! matrix products. Each op family implements its trait for [`CpuBackend`] in
+//! The CPU reference backend: plain slices, rayon for parallelism, [`gemm`] (per kernel path)
+//! for the matrix products. Each op family implements its trait for [`CpuBackend`] in
 //! `ops/<family>/cpu_kernel.rs`; this module holds what they share.
 
 pub mod buffer_cache;
