@@ -236,7 +236,8 @@ pub fn gemm_parallel(
     let c_ptr = SendPtr(c.as_mut_ptr());
     blocks.par_iter().for_each(|&(s, e)| {
         let ptr = c_ptr; // the whole `SendPtr`, not its raw field
-                         // SAFETY: the blocks are disjoint rows (or columns) of C, which outlives the loop; the
+                         // SAFETY: the blocks are disjoint rows (or columns) of C, which outlives
+                         // the loop; the
                          // sub-matrices lie inside the checked operands.
         unsafe {
             if along_rows {

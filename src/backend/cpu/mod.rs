@@ -64,7 +64,7 @@ pub fn kernels_description() -> String {
             "avx2: im2col + {gemm} convs, 8-lane depthwise convs, routed conv by weight mixing"
         ),
         KernelPath::Avx512 => format!(
-            "avx512: 16-lane direct stride-1 and depthwise convs, {gemm}, routed conv by weight mixing"
+            "avx512: 16-lane direct stride-1/depthwise convs, {gemm}, routed conv by weight mixing"
         ),
     }
 }

@@ -1,5 +1,6 @@
 //! Direct stride-1 convolution on SIMD registers: output rows computed straight from the input
-//! planes, with no im2col matrix and no packing of the input. The kernels ([`forward`](self::forward)
+//! planes, with no im2col matrix and no packing of the input. The kernels
+//! ([`forward`](self::forward)
 //! tiles, [`grad`](self::grad) tiles) are written once over a small vector interface ([`simd`])
 //! and run at 8 lanes on AVX2+FMA or 16 lanes on AVX-512F, as [`kernel_path`] says.
 //!
@@ -175,7 +176,8 @@ pub(crate) fn forward(
             packed: &packed,
             bias,
         };
-        // SAFETY: `fits` holds on a SIMD path; each (image, block, band) is one task writing only its part
+        // SAFETY: `fits` holds on a SIMD path; each (image, block, band) is one task writing only
+        // its part
         // of image `image`'s output, and `out` outlives the loop.
         unsafe { task.run(geometry, ptr.0.add(image * out_len)) };
     });
@@ -245,7 +247,8 @@ impl GradTask {
     /// `[Cin, in_h, in_w]`. `buffer` is scratch space, reused across calls.
     ///
     /// # Safety
-    /// [`fits`] must hold for `geometry` and `self.path` must be an available SIMD path; `grad` must hold the whole weight gradient, and no
+    /// [`fits`] must hold for `geometry` and `self.path` must be an available SIMD path; `grad`
+    /// must hold the whole weight gradient, and no
     /// other thread may touch this task's entries during the call.
     pub(crate) unsafe fn accumulate(
         &self,
@@ -286,7 +289,8 @@ pub(crate) fn weight_backward(geometry: &Conv2dGeometry, grad_out: &[f32], x: &[
             for image in 0..geometry.batch {
                 let dy = &grad_out[image * out_len..][..out_len];
                 let x = &x[image * in_len..][..in_len];
-                // SAFETY: `fits` holds on a SIMD path; tasks own disjoint entries of `grad`, which outlives
+                // SAFETY: `fits` holds on a SIMD path; tasks own disjoint entries of `grad`, which
+                // outlives
                 // the loop.
                 unsafe { task.accumulate(geometry, dy, x, 1.0, ptr.0, buffer) };
             }

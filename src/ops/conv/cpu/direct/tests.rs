@@ -121,7 +121,8 @@ fn check_direct_kernels(path: KernelPath) {
                         packed: &packed,
                         bias: Some(&b),
                     };
-                    // SAFETY: `fits` holds on an available SIMD path; tasks are disjoint and run one at a time.
+                    // SAFETY: `fits` holds on an available SIMD path; tasks are disjoint and run
+                    // one at a time.
                     unsafe { task.run(&g, out.as_mut_ptr()) };
                 }
             }
