@@ -53,10 +53,11 @@ pub fn run_nets(args: &NetsArgs) -> Result<()> {
         .collect();
     let target = Tensor::from_vec(target, [args.batch, height, width])?;
     println!(
-        "moeseg bench nets: batch {}, 3x{height}x{width}, {} threads, median of {} runs",
+        "moeseg bench nets: batch {}, 3x{height}x{width}, {} threads, median of {} runs; CPU kernels {}",
         args.batch,
         rayon::current_num_threads(),
-        args.repeats
+        args.repeats,
+        crate::backend::cpu::kernels_description()
     );
     println!(
         "{:<22} {:>12} {:>16}",

@@ -128,6 +128,12 @@ pub fn run(args: &BenchTrainArgs) -> Result<()> {
         args.steps,
         times[0]
     );
+    if device == crate::backend::Device::Cpu {
+        println!(
+            "CPU kernels: {}",
+            crate::backend::cpu::kernels_description()
+        );
+    }
     println!(
         "train_step_ms={median:.1} images_per_s={:.1}",
         args.batch as f64 * 1e3 / median

@@ -1,12 +1,20 @@
-//! Single-precision GEMM for the CPU backend, on ndarray's packed SIMD kernel
-//! (`ndarray::linalg::general_mat_mul`), with a rayon-parallel variant that splits the output.
+//! Single-precision GEMM for the CPU backend, with a rayon-parallel variant that splits the
+//! output into blocks, one single-threaded GEMM each. The packed kernel follows the CPU kernel
+//! path ([`super::gemm_path`]): `matrixmultiply`'s AVX-512F kernel on the AVX-512 path, the
+//! `gemm` crate's AVX2+FMA kernel on the AVX2 path, `matrixmultiply` as it detects the CPU on
+//! the portable path.
+//!
+//! Chosen by measurement (`cargo bench --bench gemm` beside `scripts/bench_gemm_torch.py`, at
+//! the networks' 1×1 and im2col shapes and the soft-routing products, README "Benchmarks"): with
+//! AVX2+FMA the `gemm` crate ran 10–40 % faster per core than `matrixmultiply`, whose AVX-512F
+//! kernel (its `avx512` feature) in turn ran about 1.7× the `gemm` crate's AVX2 one (the crate's
+//! AVX-512 kernels need a nightly compiler). Splitting the output ourselves scaled better at
+//! small `m` than either crate's own threading.
 //!
 //! All matrices are row-major slices. `op(X)` is `X` or its transpose: a transposed operand is
 //! stored as the transpose's row-major layout, exactly as the caller has it in memory.
 
-use super::SendPtr;
-use ndarray::linalg::general_mat_mul;
-use ndarray::{s, ArrayView2, ArrayViewMut2, ShapeBuilder};
+use super::{KernelPath, SendPtr};
 use rayon::prelude::*;
 
 /// One GEMM operand: a row-major slice read as `op(X)` of shape `rows × cols`.
@@ -35,30 +43,166 @@ impl<'a> Operand<'a> {
         }
     }
 
-    fn view(&self, rows: usize, cols: usize) -> ArrayView2<'a, f32> {
-        let len = rows * cols;
-        if self.transposed {
-            // Shapes are checked by the callers; a wrong length here is a bug in the engine.
-            ArrayView2::from_shape((cols, rows), &self.data[..len])
-                .expect("gemm operand length checked by caller")
-                .reversed_axes()
+    /// The operand as `rows × cols` with its (row, column) strides. Shapes are checked by the
+    /// callers; a short slice here is a bug in the engine.
+    fn strided(&self, rows: usize, cols: usize) -> Strided {
+        assert!(
+            self.data.len() >= rows * cols,
+            "gemm operand of {} floats for a {rows}×{cols} matrix",
+            self.data.len()
+        );
+        let (row, col) = if self.transposed {
+            (1, rows)
         } else {
-            ArrayView2::from_shape((rows, cols), &self.data[..len])
-                .expect("gemm operand length checked by caller")
+            (cols, 1)
+        };
+        Strided {
+            ptr: self.data.as_ptr(),
+            row,
+            col,
         }
     }
 }
 
-/// `C[m×n] = op(A)[m×k] · op(B)[k×n] + beta · C`, single-threaded.
-pub fn gemm(m: usize, n: usize, k: usize, a: Operand, b: Operand, c: &mut [f32], beta: f32) {
+/// A matrix as a pointer and element strides.
+#[derive(Clone, Copy)]
+struct Strided {
+    ptr: *const f32,
+    row: usize,
+    col: usize,
+}
+
+// SAFETY: a `Strided` only reads through `ptr`, which borrows an `Operand`'s slice that outlives
+// every parallel loop using it.
+unsafe impl Send for Strided {}
+unsafe impl Sync for Strided {}
+
+impl Strided {
+    /// The sub-matrix starting at `(row, col)`.
+    fn at(self, row: usize, col: usize) -> Strided {
+        Strided {
+            // SAFETY (of the offset): callers stay inside the matrix described by `strided`.
+            ptr: self.ptr.wrapping_add(row * self.row + col * self.col),
+            ..self
+        }
+    }
+}
+
+/// The output of one GEMM call: `C` at `ptr`, rows `ld` floats apart.
+#[derive(Clone, Copy)]
+struct Dst {
+    ptr: *mut f32,
+    ld: usize,
+}
+
+/// `C = A·B + beta·C` for the `m×n` `C` at `c` on one thread.
+///
+/// # Safety
+/// `a`, `b` must describe readable `m×k`, `k×n` matrices and `c` a writable `m×n` one that no
+/// other thread touches during the call.
+unsafe fn kernel(m: usize, n: usize, k: usize, a: Strided, b: Strided, c: Dst, beta: f32) {
+    let Dst { ptr: c, ld: ldc } = c;
     if m == 0 || n == 0 {
         return;
     }
-    let a = a.view(m, k);
-    let b = b.view(k, n);
-    let mut c = ArrayViewMut2::from_shape((m, n), &mut c[..m * n])
-        .expect("gemm output length checked by caller");
-    general_mat_mul(1.0, &a, &b, beta, &mut c);
+    if k == 0 {
+        for i in 0..m {
+            let row = std::slice::from_raw_parts_mut(c.add(i * ldc), n);
+            if beta == 0.0 {
+                row.fill(0.0);
+            } else {
+                row.iter_mut().for_each(|v| *v *= beta);
+            }
+        }
+        return;
+    }
+    if super::gemm_path() != KernelPath::Avx2 {
+        return matrixmultiply_kernel(m, n, k, a, b, Dst { ptr: c, ld: ldc }, beta);
+    }
+    // The crate computes `dst = alpha·dst + beta·lhs·rhs`, reading `dst` only with `read_dst`.
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        ldc as isize,
+        beta != 0.0,
+        a.ptr,
+        a.col as isize,
+        a.row as isize,
+        b.ptr,
+        b.col as isize,
+        b.row as isize,
+        beta,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
+/// [`kernel`] on `matrixmultiply`.
+///
+/// # Safety
+/// As [`kernel`].
+unsafe fn matrixmultiply_kernel(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided,
+    b: Strided,
+    c: Dst,
+    beta: f32,
+) {
+    let Dst { ptr: c, ld: ldc } = c;
+    matrixmultiply::sgemm(
+        m,
+        k,
+        n,
+        1.0,
+        a.ptr,
+        a.row as isize,
+        a.col as isize,
+        b.ptr,
+        b.row as isize,
+        b.col as isize,
+        beta,
+        c,
+        ldc as isize,
+        1,
+    );
+}
+
+fn check_output(m: usize, n: usize, c: &[f32]) {
+    assert!(
+        c.len() >= m * n,
+        "gemm output of {} floats for {m}×{n}",
+        c.len()
+    );
+}
+
+/// `C[m×n] = op(A)[m×k] · op(B)[k×n] + beta · C`, single-threaded.
+pub fn gemm(m: usize, n: usize, k: usize, a: Operand, b: Operand, c: &mut [f32], beta: f32) {
+    check_output(m, n, c);
+    let (a, b) = (a.strided(m, k), b.strided(k, n));
+    // SAFETY: the operands and `c` were checked to hold their matrices; `c` is borrowed
+    // mutably.
+    unsafe {
+        kernel(
+            m,
+            n,
+            k,
+            a,
+            b,
+            Dst {
+                ptr: c.as_mut_ptr(),
+                ld: n,
+            },
+            beta,
+        )
+    };
 }
 
 /// Work (multiply-adds) below which splitting a GEMM across threads does not pay.
@@ -80,41 +224,37 @@ pub fn gemm_parallel(
         gemm(m, n, k, a, b, c, beta);
         return;
     }
-    let a_view = a.view(m, k);
-    let b_view = b.view(k, n);
-    if m >= n {
-        // Split rows of C (and of op(A)): each block of rows is contiguous in C.
-        let rows = m.div_ceil(threads * 2).max(1);
-        c[..m * n]
-            .par_chunks_mut(rows * n)
-            .enumerate()
-            .for_each(|(i, c_block)| {
-                let r0 = i * rows;
-                let r1 = (r0 + rows).min(m);
-                let a_block = a_view.slice(s![r0..r1, ..]);
-                let mut c_block = ArrayViewMut2::from_shape((r1 - r0, n), c_block)
-                    .expect("gemm row block length");
-                general_mat_mul(1.0, &a_block, &b_view, beta, &mut c_block);
-            });
-    } else {
-        // Split columns of C: blocks are strided, so each thread writes through its own view.
-        let cols = n.div_ceil(threads * 2).max(1);
-        let blocks: Vec<(usize, usize)> = (0..n)
-            .step_by(cols)
-            .map(|c0| (c0, (c0 + cols).min(n)))
-            .collect();
-        let c_ptr = SendPtr(c.as_mut_ptr());
-        blocks.par_iter().for_each(|&(c0, c1)| {
-            let ptr = c_ptr;
-            // SAFETY: the column blocks are disjoint, so no two threads write the same element,
-            // and `c` outlives the parallel loop.
-            let mut c_block = unsafe {
-                ArrayViewMut2::from_shape_ptr((m, c1 - c0).strides((n, 1)), ptr.0.add(c0))
-            };
-            let b_block = b_view.slice(s![.., c0..c1]);
-            general_mat_mul(1.0, &a_view, &b_block, beta, &mut c_block);
-        });
-    }
+    check_output(m, n, c);
+    let (a, b) = (a.strided(m, k), b.strided(k, n));
+    // Blocks of rows (or columns) of C, two per thread, each a multiple of the kernels' tile.
+    let (along_rows, len) = if m >= n { (true, m) } else { (false, n) };
+    let step = len.div_ceil(threads * 2).next_multiple_of(16).max(16);
+    let blocks: Vec<(usize, usize)> = (0..len)
+        .step_by(step)
+        .map(|s| (s, (s + step).min(len)))
+        .collect();
+    let c_ptr = SendPtr(c.as_mut_ptr());
+    blocks.par_iter().for_each(|&(s, e)| {
+        let ptr = c_ptr; // the whole `SendPtr`, not its raw field
+                         // SAFETY: the blocks are disjoint rows (or columns) of C, which outlives
+                         // the loop; the
+                         // sub-matrices lie inside the checked operands.
+        unsafe {
+            if along_rows {
+                let c = Dst {
+                    ptr: ptr.0.add(s * n),
+                    ld: n,
+                };
+                kernel(e - s, n, k, a.at(s, 0), b, c, beta);
+            } else {
+                let c = Dst {
+                    ptr: ptr.0.add(s),
+                    ld: n,
+                };
+                kernel(m, e - s, k, a, b.at(0, s), c, beta);
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
-//! The CPU reference backend: plain slices, rayon for parallelism, ndarray's GEMM for the
-//! matrix products. Each op family implements its trait for [`CpuBackend`] in
+//! The CPU reference backend: plain slices, rayon for parallelism, [`gemm`] (per kernel path)
+//! for the matrix products. Each op family implements its trait for [`CpuBackend`] in
 //! `ops/<family>/cpu_kernel.rs`; this module holds what they share.
 
 pub mod buffer_cache;
 pub mod gemm;
+mod kernel_path;
 
 use crate::backend::Backend;
 use crate::error::Result;
@@ -26,56 +27,45 @@ impl Backend for CpuBackend {
     }
 }
 
-/// Whether the hand-written AVX-512F kernels run (e.g. [`crate::ops::conv::cpu::direct`]): the CPU
-/// has AVX-512F, `MOESEG_CPU_KERNELS` is not `portable`, and the calling thread is not inside
-/// [`with_portable_kernels`]. Where it is false every product runs on the portable im2col + GEMM
-/// paths. The choice is made on the thread that launches an op, before its parallel part.
-pub fn avx512_kernels() -> bool {
-    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let detected = *DETECTED.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        let available = std::is_x86_feature_detected!("avx512f");
-        #[cfg(not(target_arch = "x86_64"))]
-        let available = false;
-        available
-    });
-    detected && !portable_forced()
+pub use kernel_path::{
+    global_path, kernel_path, required_paths, simd_paths_to_test, with_kernel_path, KernelPath,
+};
+
+/// The family the GEMM kernel follows: process-wide (not per thread), since GEMMs run inside
+/// other ops' parallel loops where a thread's forced family does not reach.
+pub(crate) fn gemm_path() -> KernelPath {
+    global_path()
 }
 
-/// Whether the calling thread is inside [`with_portable_kernels`] (or `MOESEG_CPU_KERNELS` is
-/// `portable`): then every op takes its plain reference form — im2col + GEMM convolutions and
-/// the slot-output form of the routed convolution instead of weight mixing.
+/// Whether the calling thread runs the plain reference forms ([`KernelPath::Portable`]):
+/// im2col + GEMM convolutions and the slot-output form of the routed convolution instead of
+/// weight mixing.
 pub fn portable_forced() -> bool {
-    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let env =
-        *ENV.get_or_init(|| std::env::var("MOESEG_CPU_KERNELS").is_ok_and(|v| v == "portable"));
-    env || FORCE_PORTABLE.with(|f| f.get())
+    kernel_path() == KernelPath::Portable
 }
 
-thread_local! {
-    static FORCE_PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` with the AVX-512F kernels and the routed convolution's weight mixing off on this
-/// thread, so that ops launched by `f` take their plain reference forms (to compare, in tests
-/// and benchmarks).
+/// Runs `f` with the portable kernels forced on this thread (see [`with_kernel_path`]).
 pub fn with_portable_kernels<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            FORCE_PORTABLE.with(|flag| flag.set(self.0));
-        }
-    }
-    let _restore = Restore(FORCE_PORTABLE.with(|flag| flag.replace(true)));
-    f()
+    with_kernel_path(KernelPath::Portable, f)
 }
 
 /// A short description of the CPU kernels in use, for benchmark headers.
-pub fn kernels_description() -> &'static str {
-    match (avx512_kernels(), portable_forced()) {
-        (true, _) => "AVX-512F direct stride-1 convs, routed conv by weight mixing",
-        (false, false) => "im2col + ndarray GEMM convs, routed conv by weight mixing",
-        (false, true) => "portable: im2col + ndarray GEMM convs, routed conv by slot outputs",
+pub fn kernels_description() -> String {
+    let gemm = match gemm_path() {
+        KernelPath::Avx2 => "gemm-crate AVX2+FMA GEMM",
+        KernelPath::Avx512 => "matrixmultiply AVX-512F GEMM",
+        KernelPath::Portable => "matrixmultiply GEMM",
+    };
+    match kernel_path() {
+        KernelPath::Portable => {
+            format!("portable: im2col + {gemm} convs, routed conv by slot outputs")
+        }
+        KernelPath::Avx2 => format!(
+            "avx2: im2col + {gemm} convs, 8-lane depthwise convs, routed conv by weight mixing"
+        ),
+        KernelPath::Avx512 => format!(
+            "avx512: 16-lane direct stride-1/depthwise convs, {gemm}, routed conv by weight mixing"
+        ),
     }
 }
 

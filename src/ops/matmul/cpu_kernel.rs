@@ -1,6 +1,6 @@
 //! CPU kernels of the matrix-product family: every product and gradient is one call of
-//! [`batched_gemm`] on ndarray's GEMM, with the batch folded into the rows (or into the
-//! contraction) when `B` is shared.
+//! [`batched_gemm`] on the backend GEMM ([`crate::backend::cpu::gemm`]), with the batch folded
+//! into the rows (or into the contraction) when `B` is shared.
 
 use super::{MatmulBackend, MatmulDims};
 use crate::backend::cpu::gemm::{gemm, gemm_parallel, Operand};

@@ -40,6 +40,7 @@ fn valid_outputs(
 
 /// Calls `f` for every kernel tap (outer loop) and output row (inner loop) touching the
 /// flattened output positions `positions` (`oh·Wo + ow`), restricted to taps inside the input.
+#[inline(always)] // into the SIMD-compiled depthwise plane loops (see `depthwise`)
 pub(crate) fn for_each_tap_row(
     geometry: &Conv2dGeometry,
     positions: Range<usize>,
@@ -125,7 +126,17 @@ pub(in crate::ops::conv) fn strided_update(
 #[inline(always)]
 pub(in crate::ops::conv) fn strided_dot(a: &[f32], b: &[f32], b_step: usize, n: usize) -> f32 {
     if b_step == 1 {
-        a[..n].iter().zip(&b[..n]).map(|(&x, &y)| x * y).sum()
+        // 16 running sums, so the loop vectorises (a single f32 sum must stay sequential).
+        let (a, b) = (&a[..n], &b[..n]);
+        let mut lanes = [0.0f32; 16];
+        for (x, y) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
+            for l in 0..16 {
+                lanes[l] += x[l] * y[l];
+            }
+        }
+        let tail = n - n % 16;
+        let rest: f32 = a[tail..].iter().zip(&b[tail..]).map(|(&x, &y)| x * y).sum();
+        lanes.iter().sum::<f32>() + rest
     } else {
         a[..n]
             .iter()

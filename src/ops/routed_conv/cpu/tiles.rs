@@ -227,12 +227,14 @@ pub(super) fn direct_packed_convolutions(
     let mut out = buffer_cache::uninit(plan.assignment_count() * out_len);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let per_group = direct::blocks_per_group(conv);
+    let path = crate::backend::cpu::kernel_path();
     tasks
         .par_iter()
         .for_each(|(expert, assignment, block, rows)| {
             let ptr = out_ptr; // the whole `SendPtr`, not its raw field
             let token = plan.token_of(*assignment);
             let task = direct::BlockTask {
+                path,
                 group: block / per_group,
                 block: block % per_group,
                 rows: rows.clone(),

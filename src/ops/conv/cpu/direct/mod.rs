@@ -1,19 +1,24 @@
-//! Direct stride-1 convolution on AVX-512F: output rows computed straight from the input planes,
-//! with no im2col matrix and no packing of the input.
+//! Direct stride-1 convolution on SIMD registers: output rows computed straight from the input
+//! planes, with no im2col matrix and no packing of the input. The kernels
+//! ([`forward`](self::forward)
+//! tiles, [`grad`](self::grad) tiles) are written once over a small vector interface ([`simd`])
+//! and run at 8 lanes on AVX2+FMA or 16 lanes on AVX-512F, as [`kernel_path`] says.
 //!
 //! For stride 1 the input under one kernel tap, for a run of output columns, is a contiguous run
-//! of an input row, so a register tile of [`MR`] output channels × 48 output columns (32 or 16
-//! for a row's tail) is accumulated as `Σ_{tap, ci} w[co, ci, tap] · x[ci, row(tap), cols(tap)]`:
+//! of an input row, so a register tile of [`MR`] output channels × up to three vectors of output
+//! columns (fewer for a row's tail; on AVX2, whose 16 registers hold 12 accumulators, the tile is
+//! half the channels) is
+//! accumulated as `Σ_{tap, ci} w[co, ci, tap] · x[ci, row(tap), cols(tap)]`:
 //! up to three (masked) vector loads of the input and `MR` broadcast weights per step. Padding
 //! is handled by skipping input rows outside the map and by load masks for columns outside it,
 //! so padded and VALID convolutions (and the full-padded flipped-kernel convolution that is a
 //! stride-1 input gradient) run the same kernel.
 //!
-//! Used where [`avx512_kernels`] holds; elsewhere the im2col + GEMM paths run. Every output
+//! Used on the SIMD kernel paths; elsewhere the im2col + GEMM paths run. Every output
 //! element is written by one task with a fixed summation order (chunks of input channels in
 //! order; within a chunk, taps, then channels), so results do not depend on the thread count.
 
-use crate::backend::cpu::{avx512_kernels, buffer_cache, SendPtr};
+use crate::backend::cpu::{buffer_cache, kernel_path, KernelPath, SendPtr};
 use crate::ops::conv::Conv2dGeometry;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -24,21 +29,36 @@ pub(crate) const MR: usize = 8;
 /// the weights and input rows of a tile in cache better.
 const MAX_DEPTH: usize = 512 * 9;
 
-/// Input channels per pass of the forward tiles over a band.
-const CHANNEL_CHUNK: usize = 32;
-
 /// Most kernel taps the direct kernel takes (7×7).
 const MAX_TAPS: usize = 49;
 
-/// Whether `geometry` runs on the direct kernel on this machine: stride 1, not depthwise, a
-/// moderate depth, output rows at least a vector wide, and AVX-512F.
+/// Whether the direct kernels run by default on the AVX2 path. Measured on an AMD Zen 5 (2
+/// cores, `moeseg bench ops`, `MOESEG_CPU_KERNELS=avx2`): the 8-lane direct kernels reach
+/// 50 GFLOP/s on a 3×3 64→64 conv forward and 55 on its weight gradient, im2col + the `gemm`
+/// crate's AVX2 GEMM 98 and 80, so the AVX2 path runs the GEMM forms; the 8-lane kernels stay
+/// tested (`direct_matches_naive_f64`) and are taken only where a caller forces them
+/// ([`fits`] + [`forward`] / [`weight_backward`] under [`crate::backend::cpu::with_kernel_path`]).
+const DIRECT_ON_AVX2: bool = false;
+
+/// Whether `geometry` runs on the direct kernel on the calling thread's kernel path: it
+/// [`fits`], and the path is AVX-512 (or AVX2 where [`DIRECT_ON_AVX2`]).
 pub(crate) fn usable(geometry: &Conv2dGeometry) -> bool {
+    fits(geometry)
+        && match kernel_path() {
+            KernelPath::Avx512 => true,
+            KernelPath::Avx2 => DIRECT_ON_AVX2,
+            KernelPath::Portable => false,
+        }
+}
+
+/// Whether the direct kernels can run `geometry` on a SIMD path: stride 1, not depthwise, a
+/// moderate depth, output rows at least 16 wide, at most 7×7 taps.
+pub(crate) fn fits(geometry: &Conv2dGeometry) -> bool {
     geometry.params.stride == [1, 1]
         && !geometry.is_depthwise()
         && geometry.col_rows() <= MAX_DEPTH
         && geometry.out_size[1] >= 16
         && geometry.taps() <= MAX_TAPS
-        && avx512_kernels()
 }
 
 /// Channel blocks of [`MR`] per group.
@@ -85,6 +105,8 @@ pub(crate) fn pack_weight_into(geometry: &Conv2dGeometry, weight: &[f32], packed
 /// image (`x`: `[Cin, in_h, in_w]`), written into `out` (`[Cout, out_h, out_w]` of that image)
 /// as `bias + conv`.
 pub(crate) struct BlockTask<'a> {
+    /// The SIMD path, read on the launching thread ([`kernel_path`]).
+    pub path: KernelPath,
     pub group: usize,
     pub block: usize,
     pub rows: Range<usize>,
@@ -100,26 +122,31 @@ impl BlockTask<'_> {
     /// # Safety
     /// `out` must point to the image's `Cout · out_h · out_w` output floats; this task writes
     /// only its block's channels in `rows`, which no other thread may touch during the call.
-    /// [`usable`] must hold for `geometry`.
+    /// [`fits`] must hold for `geometry` and `self.path` must be an available SIMD path.
     pub(crate) unsafe fn run(&self, geometry: &Conv2dGeometry, out: *mut f32) {
         assert!(self.x.len() >= geometry.in_channels * geometry.in_pixels());
         assert!(self.packed.len() >= packed_len(geometry));
         #[cfg(target_arch = "x86_64")]
-        avx512_forward::block(geometry, self, out);
+        match self.path {
+            KernelPath::Avx2 => forward::block_avx2(geometry, self, out),
+            KernelPath::Avx512 => forward::block_avx512(geometry, self, out),
+            KernelPath::Portable => unreachable!("the direct convolution needs a SIMD path"),
+        }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("the direct convolution needs x86-64 AVX-512F");
+        unreachable!("the direct convolution needs x86-64 AVX2 or AVX-512F");
     }
 }
 
 /// A whole (batched) stride-1 convolution on the direct kernel: tasks (image, group, channel
-/// block, row band), at least four per thread where the map allows. [`usable`] must hold.
+/// block, row band), at least four per thread where the map allows, on the calling thread's
+/// [`kernel_path`], which must be an available SIMD path. [`fits`] must hold.
 pub(crate) fn forward(
     geometry: &Conv2dGeometry,
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    debug_assert!(usable(geometry));
+    assert!(fits(geometry) && kernel_path().is_simd());
     let packed = pack_weight(geometry, weight);
     let (in_len, out_len) = (
         geometry.input_len() / geometry.batch.max(1),
@@ -137,9 +164,11 @@ pub(crate) fn forward(
         .collect();
     let mut out = buffer_cache::uninit(geometry.output_len());
     let out_ptr = SendPtr(out.as_mut_ptr());
+    let path = kernel_path();
     tasks.par_iter().for_each(|(image, block, rows)| {
         let ptr = out_ptr; // the whole `SendPtr`, not its raw field
         let task = BlockTask {
+            path,
             group: block / per_group,
             block: block % per_group,
             rows: rows.clone(),
@@ -147,7 +176,8 @@ pub(crate) fn forward(
             packed: &packed,
             bias,
         };
-        // SAFETY: `usable` holds; each (image, block, band) is one task writing only its part
+        // SAFETY: `fits` holds on a SIMD path; each (image, block, band) is one task writing only
+        // its part
         // of image `image`'s output, and `out` outlives the loop.
         unsafe { task.run(geometry, ptr.0.add(image * out_len)) };
     });
@@ -155,8 +185,6 @@ pub(crate) fn forward(
     out
 }
 
-/// Columns of the weight gradient (`(ci, tap)` pairs) per register tile of [`grad`].
-pub(crate) const GRAD_NR: usize = 3;
 /// Fewest output rows per pass of the weight-gradient tiles.
 const GRAD_BAND_ROWS: usize = 8;
 /// Largest pack of one band's `∂y` (`MR` channels, 1 MiB); the bands are as tall as fit.
@@ -166,27 +194,44 @@ const GRAD_PACK_FLOATS: usize = if cfg!(test) { 1 << 12 } else { 1 << 18 };
 /// A task of the weight gradient: the entries of `∂W` for channel block `block` of group
 /// `group` (rows) and `(ci, tap)` tiles `tiles` (columns), accumulated over whole images.
 pub(crate) struct GradTask {
+    /// The SIMD path, read on the launching thread ([`kernel_path`]).
+    pub path: KernelPath,
     pub group: usize,
     pub block: usize,
     pub tiles: Range<usize>,
 }
 
-/// Number of `(ci, tap)` tiles of the weight gradient.
-pub(crate) fn grad_tiles(geometry: &Conv2dGeometry) -> usize {
-    geometry.col_rows().div_ceil(GRAD_NR)
+/// Columns of the weight gradient (`(ci, tap)` pairs) per register tile on `path`.
+fn grad_nr(path: KernelPath) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx2 {
+        return grad::GRAD_NR_AVX2;
+    } else if path == KernelPath::Avx512 {
+        return grad::GRAD_NR_AVX512;
+    }
+    let _ = path;
+    1
+}
+
+/// Number of `(ci, tap)` tiles of the weight gradient on `path`.
+pub(crate) fn grad_tiles(geometry: &Conv2dGeometry, path: KernelPath) -> usize {
+    geometry.col_rows().div_ceil(grad_nr(path))
 }
 
 /// The weight-gradient tasks: every (group, block) with its tiles cut into runs so there are at
-/// least `min_tasks` tasks where the tiles allow. Each entry of `∂W` belongs to one task.
+/// least `min_tasks` tasks where the tiles allow, on the calling thread's [`kernel_path`].
+/// Each entry of `∂W` belongs to one task.
 pub(crate) fn grad_tasks(geometry: &Conv2dGeometry, min_tasks: usize) -> Vec<GradTask> {
+    let path = kernel_path();
     let blocks = geometry.params.groups * blocks_per_group(geometry);
-    let tiles = grad_tiles(geometry);
+    let tiles = grad_tiles(geometry, path);
     let runs = min_tasks.div_ceil(blocks.max(1)).clamp(1, tiles.max(1));
     let per_run = tiles.div_ceil(runs).max(1);
     let mut tasks = Vec::new();
     for block in 0..blocks {
         for start in (0..tiles).step_by(per_run) {
             tasks.push(GradTask {
+                path,
                 group: block / blocks_per_group(geometry),
                 block: block % blocks_per_group(geometry),
                 tiles: start..(start + per_run).min(tiles),
@@ -202,7 +247,8 @@ impl GradTask {
     /// `[Cin, in_h, in_w]`. `buffer` is scratch space, reused across calls.
     ///
     /// # Safety
-    /// [`usable`] must hold for `geometry`; `grad` must hold the whole weight gradient, and no
+    /// [`fits`] must hold for `geometry` and `self.path` must be an available SIMD path; `grad`
+    /// must hold the whole weight gradient, and no
     /// other thread may touch this task's entries during the call.
     pub(crate) unsafe fn accumulate(
         &self,
@@ -216,16 +262,20 @@ impl GradTask {
         assert!(dy.len() >= geometry.out_channels * geometry.out_pixels());
         assert!(x.len() >= geometry.in_channels * geometry.in_pixels());
         #[cfg(target_arch = "x86_64")]
-        avx512_grad::grad(geometry, self, dy, x, scale, grad, buffer);
+        match self.path {
+            KernelPath::Avx2 => grad::grad_avx2(geometry, self, dy, x, scale, grad, buffer),
+            KernelPath::Avx512 => grad::grad_avx512(geometry, self, dy, x, scale, grad, buffer),
+            KernelPath::Portable => unreachable!("the direct convolution needs a SIMD path"),
+        }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("the direct convolution needs x86-64 AVX-512F");
+        unreachable!("the direct convolution needs x86-64 AVX2 or AVX-512F");
     }
 }
 
 /// The weight gradient of a whole (batched) stride-1 convolution on the direct kernel, summed
-/// over images in order. [`usable`] must hold.
+/// over images in order, on the calling thread's SIMD [`kernel_path`]. [`fits`] must hold.
 pub(crate) fn weight_backward(geometry: &Conv2dGeometry, grad_out: &[f32], x: &[f32]) -> Vec<f32> {
-    debug_assert!(usable(geometry));
+    assert!(fits(geometry) && kernel_path().is_simd());
     let mut grad = buffer_cache::zeroed(geometry.weight_len());
     let grad_ptr = SendPtr(grad.as_mut_ptr());
     let (in_len, out_len) = (
@@ -239,7 +289,8 @@ pub(crate) fn weight_backward(geometry: &Conv2dGeometry, grad_out: &[f32], x: &[
             for image in 0..geometry.batch {
                 let dy = &grad_out[image * out_len..][..out_len];
                 let x = &x[image * in_len..][..in_len];
-                // SAFETY: `usable` holds; tasks own disjoint entries of `grad`, which outlives
+                // SAFETY: `fits` holds on a SIMD path; tasks own disjoint entries of `grad`, which
+                // outlives
                 // the loop.
                 unsafe { task.accumulate(geometry, dy, x, 1.0, ptr.0, buffer) };
             }
@@ -268,21 +319,11 @@ pub(crate) fn row_bands(rows: usize, parts: usize) -> Vec<Range<usize>> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512_forward;
+mod forward;
 #[cfg(target_arch = "x86_64")]
-mod avx512_grad;
-
-/// The lanes `l` of a 16-float vector whose column `start + l` lies in `0..len`.
+mod grad;
 #[cfg(target_arch = "x86_64")]
-fn lane_mask(start: isize, len: usize) -> std::arch::x86_64::__mmask16 {
-    let lo = (-start).clamp(0, 16);
-    let hi = (len as isize - start).clamp(0, 16);
-    if hi <= lo {
-        0
-    } else {
-        (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as std::arch::x86_64::__mmask16
-    }
-}
+mod simd;
 
 #[cfg(test)]
 mod tests;

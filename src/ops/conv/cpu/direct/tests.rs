@@ -55,10 +55,15 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
 /// groups, widths that end mid-vector, a channel count that is not a multiple of MR.
 #[test]
 fn direct_matches_naive_f64() {
-    if !usable_on_this_cpu() {
-        eprintln!("skipped: no AVX-512F");
-        return;
+    let paths = crate::backend::cpu::simd_paths_to_test("direct_matches_naive_f64")
+        .unwrap_or_else(|e| panic!("{e}"));
+    for path in paths {
+        crate::backend::cpu::with_kernel_path(path, || check_direct_kernels(path));
+        eprintln!("direct_matches_naive_f64: {} kernels checked", path.name());
     }
+}
+
+fn check_direct_kernels(path: KernelPath) {
     let cases = [
         // (cin, cout, in [h, w], kernel, padding [t, b, l, r], dilation, groups)
         (16, 16, [9, 40], [3, 3], [1, 1, 1, 1], [1, 1], 1),
@@ -95,7 +100,10 @@ fn direct_matches_naive_f64() {
                 groups,
             },
         };
-        assert!(usable(&g), "case {i} should take the direct kernel");
+        assert!(
+            fits(&g),
+            "case {i} should take the direct kernel on {path:?}"
+        );
         let x = values(g.input_len(), 1 + i as u64);
         let w = values(g.weight_len(), 100 + i as u64);
         let b = values(cout, 200 + i as u64);
@@ -105,6 +113,7 @@ fn direct_matches_naive_f64() {
             for block in 0..blocks_per_group(&g) {
                 for rows in row_bands(out_size[0], 3) {
                     let task = BlockTask {
+                        path,
                         group,
                         block,
                         rows,
@@ -112,7 +121,8 @@ fn direct_matches_naive_f64() {
                         packed: &packed,
                         bias: Some(&b),
                     };
-                    // SAFETY: `usable` holds; tasks are disjoint and run one at a time.
+                    // SAFETY: `fits` holds on an available SIMD path; tasks are disjoint and run
+                    // one at a time.
                     unsafe { task.run(&g, out.as_mut_ptr()) };
                 }
             }
@@ -124,7 +134,7 @@ fn direct_matches_naive_f64() {
             let tol = 4.0 * depth * f32::EPSILON as f64;
             assert!(
                 (got as f64 - want).abs() <= tol,
-                "case {i}: element {j} is {got}, expected {want}"
+                "{path:?} case {i}: element {j} is {got}, expected {want}"
             );
         }
         // Weight gradient for ∂y = dy over two images, against f64 sums.
@@ -138,7 +148,7 @@ fn direct_matches_naive_f64() {
             let tol = 4.0 * positions.sqrt() * positions.log2() * f32::EPSILON as f64;
             assert!(
                 (got as f64 - want).abs() <= tol,
-                "case {i}: weight gradient {j} is {got}, expected {want}"
+                "{path:?} case {i}: weight gradient {j} is {got}, expected {want}"
             );
         }
     }
@@ -185,6 +195,138 @@ fn naive_weight_grad(g: &Conv2dGeometry, dy: &[f32], x: &[f32]) -> Vec<f64> {
     grad
 }
 
-fn usable_on_this_cpu() -> bool {
-    crate::backend::cpu::avx512_kernels()
+/// `∂x[ci, ih, iw] = Σ ∂y[co, oh, ow] · w[co, ci, tap]` of one image in f64.
+fn naive_input_grad(g: &Conv2dGeometry, dy: &[f32], w: &[f32]) -> Vec<f64> {
+    let [in_h, in_w] = g.in_size;
+    let [out_h, out_w] = g.out_size;
+    let [kh_n, kw_n] = g.kernel;
+    let [dh, dw] = g.params.dilation;
+    let [pt, _, pl, _] = g.params.padding;
+    let (ig, og) = (g.in_channels_per_group(), g.out_channels_per_group());
+    let mut grad = vec![0.0f64; g.in_channels * in_h * in_w];
+    for co in 0..g.out_channels {
+        let group = co / og;
+        for ci in 0..ig {
+            for (tap, &wv) in w[(co * ig + ci) * kh_n * kw_n..][..kh_n * kw_n]
+                .iter()
+                .enumerate()
+            {
+                let (kh, kw) = (tap / kw_n, tap % kw_n);
+                for oh in 0..out_h {
+                    for ow in 0..out_w {
+                        let ih = (oh + kh * dh) as isize - pt as isize;
+                        let iw = (ow + kw * dw) as isize - pl as isize;
+                        if ih < 0 || iw < 0 || ih >= in_h as isize || iw >= in_w as isize {
+                            continue;
+                        }
+                        let d = dy[(co * out_h + oh) * out_w + ow];
+                        grad[((group * ig + ci) * in_h + ih as usize) * in_w + iw as usize] +=
+                            d as f64 * wv as f64;
+                    }
+                }
+            }
+        }
+    }
+    grad
+}
+
+/// The CPU backend's convolution, input and weight gradients on every kernel family this CPU
+/// runs (portable, AVX2, AVX-512; `MOESEG_REQUIRE_SIMD` makes a missing one a failure) against
+/// f64 sums: 3×3 padded, ERFNet's dilated 3×1 and 1×3, a 1×1, a depthwise 3×3.
+#[test]
+fn every_kernel_family_matches_f64() {
+    use crate::backend::cpu::{simd_paths_to_test, with_kernel_path, CpuBackend};
+    use crate::ops::conv::ConvBackend;
+    use crate::tensor::Storage;
+    let mut paths = vec![KernelPath::Portable];
+    paths.extend(
+        simd_paths_to_test("every_kernel_family_matches_f64").unwrap_or_else(|e| panic!("{e}")),
+    );
+    let cases = [
+        // (cin, cout, in [h, w], kernel, padding [t, b, l, r], dilation, groups)
+        (16, 24, [12, 40], [3, 3], [1, 1, 1, 1], [1, 1], 1),
+        (16, 16, [10, 37], [3, 1], [2, 2, 0, 0], [2, 1], 1),
+        (16, 16, [10, 37], [1, 3], [0, 0, 4, 4], [1, 4], 1),
+        (24, 8, [9, 33], [1, 1], [0, 0, 0, 0], [1, 1], 1),
+        (16, 16, [11, 35], [3, 3], [1, 1, 1, 1], [1, 1], 16),
+    ];
+    for path in paths {
+        for (i, &(cin, cout, in_size, kernel, padding, dilation, groups)) in
+            cases.iter().enumerate()
+        {
+            let out_size = [
+                in_size[0] + padding[0] + padding[1] - dilation[0] * (kernel[0] - 1),
+                in_size[1] + padding[2] + padding[3] - dilation[1] * (kernel[1] - 1),
+            ];
+            let g = Conv2dGeometry {
+                batch: 1,
+                in_channels: cin,
+                in_size,
+                out_channels: cout,
+                kernel,
+                out_size,
+                params: Conv2dParams {
+                    stride: [1, 1],
+                    padding,
+                    dilation,
+                    groups,
+                },
+            };
+            let x = values(g.input_len(), 500 + i as u64);
+            let w = values(g.weight_len(), 600 + i as u64);
+            let dy = values(g.output_len(), 700 + i as u64);
+            let (got_y, got_dx, got_dw) = with_kernel_path(path, || {
+                let cpu = CpuBackend;
+                let (xs, ws, dys) = (
+                    Storage::cpu(x.clone()),
+                    Storage::cpu(w.clone()),
+                    Storage::cpu(dy.clone()),
+                );
+                let y = cpu.conv2d(&xs, &ws, None, g).expect("cpu conv2d");
+                let dx = cpu
+                    .conv2d_input_backward(&dys, &ws, g)
+                    .expect("cpu input grad");
+                let dw = cpu
+                    .conv2d_weight_backward(&dys, &xs, g)
+                    .expect("cpu weight grad");
+                let read = |s: &Storage| s.as_cpu("test").expect("cpu storage").to_vec();
+                (read(&y), read(&dx), read(&dw))
+            });
+            let zero_bias = vec![0.0f32; cout];
+            let checks = [
+                (
+                    "forward",
+                    got_y,
+                    naive(&g, &x, &w, &zero_bias),
+                    g.col_rows(),
+                ),
+                (
+                    "input grad",
+                    got_dx,
+                    naive_input_grad(&g, &dy, &w),
+                    g.out_channels_per_group() * g.taps(),
+                ),
+                (
+                    "weight grad",
+                    got_dw,
+                    naive_weight_grad(&g, &dy, &x),
+                    g.out_pixels(),
+                ),
+            ];
+            for (what, got, want, terms) in checks {
+                assert_eq!(got.len(), want.len(), "{path:?} case {i} {what}: length");
+                let tol = 4.0 * terms as f64 * f32::EPSILON as f64;
+                for (j, (&got, &want)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (got as f64 - want).abs() <= tol,
+                        "{path:?} case {i} {what}: element {j} is {got}, expected {want}"
+                    );
+                }
+            }
+        }
+        eprintln!(
+            "every_kernel_family_matches_f64: {} kernels checked",
+            path.name()
+        );
+    }
 }

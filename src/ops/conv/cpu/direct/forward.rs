@@ -1,9 +1,22 @@
-//! The AVX-512F forward register tiles of the direct convolution (see [`super::BlockTask`]).
+//! The forward register tiles of the direct convolution (see [`super::BlockTask`]), written
+//! once over [`Simd`] and instantiated for AVX2+FMA and AVX-512F.
 
-use super::{lane_mask, BlockTask, CHANNEL_CHUNK, MAX_TAPS, MR};
+use super::simd::{array, Avx2, Avx512, Simd};
+use super::{BlockTask, MAX_TAPS, MR};
 use crate::ops::conv::Conv2dGeometry;
-use std::arch::x86_64::*;
 use std::ops::Range;
+
+/// [`block`] on AVX2+FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn block_avx2(g: &Conv2dGeometry, task: &BlockTask, out: *mut f32) {
+    block::<Avx2>(g, task, out)
+}
+
+/// [`block`] on AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn block_avx512(g: &Conv2dGeometry, task: &BlockTask, out: *mut f32) {
+    block::<Avx512>(g, task, out)
+}
 
 /// What the register tiles of one forward task share.
 struct TileContext {
@@ -24,8 +37,8 @@ struct TileContext {
     flat: bool,
 }
 
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn block(g: &Conv2dGeometry, task: &BlockTask, out: *mut f32) {
+#[inline(always)]
+unsafe fn block<S: Simd>(g: &Conv2dGeometry, task: &BlockTask, out: *mut f32) {
     let (in_group, out_group) = (g.in_channels_per_group(), g.out_channels_per_group());
     let depth = g.col_rows();
     let first_channel = task.group * out_group + task.block * MR;
@@ -54,31 +67,35 @@ pub(super) unsafe fn block(g: &Conv2dGeometry, task: &BlockTask, out: *mut f32) 
     };
     let out_w = g.out_size[1];
     if g.params.padding == [0; 4] {
-        return flat_block(g, task, ctx, out);
+        return flat_block::<S>(g, task, ctx, out);
     }
     // Input channels in chunks, so one chunk's input rows and weights stay in L1 while the
     // tiles sweep the band.
-    for first in (0..in_group).step_by(CHANNEL_CHUNK) {
-        let chunk = first..(first + CHANNEL_CHUNK).min(in_group);
+    for first in (0..in_group).step_by(S::CHANNEL_CHUNK) {
+        let chunk = first..(first + S::CHANNEL_CHUNK).min(in_group);
         for oh in task.rows.clone() {
-            row_tiles(&ctx, oh, out_w, &chunk);
+            row_tiles::<S>(&ctx, oh, out_w, &chunk);
         }
     }
 }
 
-/// Output row `oh`'s `width` columns in tiles of three vectors, and two or one for the
-/// row's tail (less wasted work on narrow rows).
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn row_tiles(ctx: &TileContext, oh: usize, width: usize, chunk: &Range<usize>) {
+/// Output row `oh`'s `width` columns in tiles of up to [`Simd::TILE_VECTORS`] vectors, fewer
+/// for the row's tail (less wasted work on narrow rows).
+#[inline(always)]
+unsafe fn row_tiles<S: Simd>(ctx: &TileContext, oh: usize, width: usize, chunk: &Range<usize>) {
+    let lanes = S::LANES;
     let mut ow0 = 0;
     while ow0 < width {
         match width - ow0 {
-            left if left > 32 => tile::<3>(ctx, oh, ow0, chunk.clone()),
-            left if left > 16 => tile::<2>(ctx, oh, ow0, chunk.clone()),
-            _ => tile::<1>(ctx, oh, ow0, chunk.clone()),
+            left if S::TILE_VECTORS >= 3 && left > 2 * lanes => {
+                channel_tiles::<S, 3>(ctx, oh, ow0, chunk)
+            }
+            left if S::TILE_VECTORS >= 2 && left > lanes => {
+                channel_tiles::<S, 2>(ctx, oh, ow0, chunk)
+            }
+            _ => channel_tiles::<S, 1>(ctx, oh, ow0, chunk),
         }
-        ow0 += 48;
+        ow0 += S::TILE_VECTORS * lanes;
     }
 }
 
@@ -93,8 +110,13 @@ thread_local! {
 /// plane. Positions with `ow ≥ out_w` are computed too and dropped, so a narrow map wastes
 /// `in_w − out_w` columns per row instead of the rest of a row's last vector. The long row
 /// is accumulated in a per-thread buffer and copied out row by row.
-#[target_feature(enable = "avx512f")]
-unsafe fn flat_block(g: &Conv2dGeometry, task: &BlockTask, ctx: TileContext, out: *mut f32) {
+#[inline(always)]
+unsafe fn flat_block<S: Simd>(
+    g: &Conv2dGeometry,
+    task: &BlockTask,
+    ctx: TileContext,
+    out: *mut f32,
+) {
     let [in_h, in_w] = g.in_size;
     let [_, out_w] = g.out_size;
     let (r0, rows) = (task.rows.start, task.rows.len());
@@ -112,9 +134,9 @@ unsafe fn flat_block(g: &Conv2dGeometry, task: &BlockTask, ctx: TileContext, out
     ctx.out = buffer.as_mut_ptr();
     ctx.out_size = [1, len];
     ctx.flat = true;
-    for first in (0..g.in_channels_per_group()).step_by(CHANNEL_CHUNK) {
-        let chunk = first..(first + CHANNEL_CHUNK).min(g.in_channels_per_group());
-        row_tiles(&ctx, 0, len, &chunk);
+    for first in (0..g.in_channels_per_group()).step_by(S::CHANNEL_CHUNK) {
+        let chunk = first..(first + S::CHANNEL_CHUNK).min(g.in_channels_per_group());
+        row_tiles::<S>(&ctx, 0, len, &chunk);
     }
     let first_channel = task.group * g.out_channels_per_group() + task.block * MR;
     for i in 0..ctx.channels {
@@ -130,13 +152,32 @@ unsafe fn flat_block(g: &Conv2dGeometry, task: &BlockTask, ctx: TileContext, out
     FLAT_ROWS.with(|b| b.replace(buffer));
 }
 
-/// The `MR × 16·NV` output tile at row `oh`, columns from `ow0`.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn tile<const NV: usize>(
+/// The block's `MR` channels at row `oh`, columns from `ow0`, in tiles of
+/// [`Simd::TILE_CHANNELS`] channels.
+#[inline(always)]
+unsafe fn channel_tiles<S: Simd, const NV: usize>(
     ctx: &TileContext,
     oh: usize,
     ow0: usize,
+    chunk: &Range<usize>,
+) {
+    for c0 in (0..ctx.channels).step_by(S::TILE_CHANNELS) {
+        if S::TILE_CHANNELS == MR {
+            tile::<S, NV, MR>(ctx, oh, ow0, c0, chunk.clone());
+        } else {
+            tile::<S, NV, { MR / 2 }>(ctx, oh, ow0, c0, chunk.clone());
+        }
+    }
+}
+
+/// The `CH × LANES·NV` output tile of channels `c0..c0 + CH` of the block at row `oh`, columns
+/// from `ow0`.
+#[inline(always)]
+unsafe fn tile<S: Simd, const NV: usize, const CH: usize>(
+    ctx: &TileContext,
+    oh: usize,
+    ow0: usize,
+    c0: usize,
     input_channels: Range<usize>,
 ) {
     let [in_h, in_w] = ctx.in_size;
@@ -144,11 +185,12 @@ unsafe fn tile<const NV: usize>(
     let [kh_n, kw_n] = ctx.kernel;
     let [dh, dw] = ctx.dilation;
     let [pad_top, pad_left] = ctx.pad;
-    let store: [__mmask16; NV] = std::array::from_fn(|v| lane_mask((ow0 + 16 * v) as isize, out_w));
+    let lanes = S::LANES;
+    let store: [S::M; NV] = array(|v| S::mask((ow0 + lanes * v) as isize, out_w));
     // The taps that fall on input rows, with their offsets and column masks.
     let mut offsets = [0isize; MAX_TAPS];
     let mut steps = [0usize; MAX_TAPS];
-    let mut masks = [[0 as __mmask16; NV]; MAX_TAPS];
+    let mut masks = [[S::none(); NV]; MAX_TAPS];
     let mut live = 0;
     for kh in 0..kh_n {
         let ih = (oh + kh * dh) as isize - pad_top as isize;
@@ -165,22 +207,22 @@ unsafe fn tile<const NV: usize>(
             } else {
                 in_w
             };
-            masks[live] =
-                std::array::from_fn(|v| lane_mask(c0 + 16 * v as isize, limit) & store[v]);
+            masks[live] = array(|v| S::and(S::mask(c0 + (lanes * v) as isize, limit), store[v]));
             live += 1;
         }
     }
     // The first chunk of input channels starts from the bias, later ones from the partial
     // sums already stored (an exact f32 round trip: the sums are as if never interrupted).
-    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    let mut acc = [[S::zero(); NV]; CH];
     for (i, row) in acc.iter_mut().enumerate() {
+        let i = c0 + i;
         *row = if input_channels.start == 0 {
-            [_mm512_set1_ps(ctx.bias[i]); NV]
+            [S::splat(ctx.bias[i]); NV]
         } else if i < ctx.channels {
             let dst = ctx.out.add(i * out_h * out_w + oh * out_w + ow0);
-            std::array::from_fn(|v| _mm512_maskz_loadu_ps(store[v], dst.wrapping_add(16 * v)))
+            array(|v| S::load_masked(store[v], dst.wrapping_add(lanes * v)))
         } else {
-            [_mm512_setzero_ps(); NV]
+            [S::zero(); NV]
         };
     }
     // Taps outer, channels inner: a tap's offset and masks stay in registers while the
@@ -195,24 +237,43 @@ unsafe fn tile<const NV: usize>(
             .wrapping_offset(offsets[j]);
         let mut w = ctx
             .weights
-            .add(input_channels.start * ctx.taps * MR + steps[j]);
-        for _ in input_channels.clone() {
-            let b: [__m512; NV] =
-                std::array::from_fn(|v| _mm512_maskz_loadu_ps(mask[v], src.wrapping_add(16 * v)));
-            for (i, row) in acc.iter_mut().enumerate() {
-                let a = _mm512_set1_ps(*w.add(i));
-                for v in 0..NV {
-                    row[v] = _mm512_fmadd_ps(a, b[v], row[v]);
-                }
+            .add(input_channels.start * ctx.taps * MR + steps[j] + c0);
+        // Whole vectors inside the row load unmasked (no mask registers in the loop).
+        if mask.iter().all(|&m| S::is_full(m)) {
+            for _ in input_channels.clone() {
+                let b: [S::V; NV] = array(|v| S::load(src.add(lanes * v)));
+                step::<S, NV, CH>(&mut acc, &b, w);
+                src = src.add(ctx.plane);
+                w = w.add(ctx.taps * MR);
             }
-            src = src.wrapping_add(ctx.plane);
-            w = w.add(ctx.taps * MR);
+        } else {
+            for _ in input_channels.clone() {
+                let b: [S::V; NV] = array(|v| S::load_masked(mask[v], src.wrapping_add(lanes * v)));
+                step::<S, NV, CH>(&mut acc, &b, w);
+                src = src.wrapping_add(ctx.plane);
+                w = w.add(ctx.taps * MR);
+            }
         }
     }
-    for (i, row) in acc.iter().enumerate().take(ctx.channels) {
-        let dst = ctx.out.add(i * out_h * out_w + oh * out_w + ow0);
+    for (i, row) in acc.iter().enumerate().take(ctx.channels - c0) {
+        let dst = ctx.out.add((c0 + i) * out_h * out_w + oh * out_w + ow0);
         for v in 0..NV {
-            _mm512_mask_storeu_ps(dst.wrapping_add(16 * v), store[v], row[v]);
+            S::store_masked(dst.wrapping_add(lanes * v), store[v], row[v]);
+        }
+    }
+}
+
+/// `acc[i] += w[i] · b` for the tile's channels: one input channel of one tap.
+#[inline(always)]
+unsafe fn step<S: Simd, const NV: usize, const CH: usize>(
+    acc: &mut [[S::V; NV]; CH],
+    b: &[S::V; NV],
+    w: *const f32,
+) {
+    for (i, row) in acc.iter_mut().enumerate() {
+        let a = S::splat(*w.add(i));
+        for v in 0..NV {
+            row[v] = S::fmadd(a, b[v], row[v]);
         }
     }
 }
