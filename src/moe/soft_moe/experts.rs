@@ -74,7 +74,14 @@ impl<'a> StackedExperts<'a> {
 }
 
 /// `x[j] · W_jᵀ + b_j` for every expert `j` at once: `x` is `[n, rows, in]`.
+/// On the CPU the weights are read where they are ([`Tensor::grouped_linear`]); elsewhere they
+/// are stacked for one batched matmul.
 fn stacked_linear(x: &Tensor, layers: &[&Linear]) -> Result<Tensor> {
+    if x.supports_grouped_linear() && layers.iter().all(|l| l.weight.supports_grouped_linear()) {
+        let weights: Vec<&Tensor> = layers.iter().map(|l| &l.weight).collect();
+        let biases: Option<Vec<&Tensor>> = layers.iter().map(|l| l.bias.as_ref()).collect();
+        return x.grouped_linear(&weights, biases.as_deref());
+    }
     let weights = stack(layers.iter().map(|l| &l.weight))?;
     let y = x.matmul_t(&weights)?;
     let biases: Option<Vec<&Tensor>> = layers.iter().map(|l| l.bias.as_ref()).collect();
