@@ -156,17 +156,14 @@ fn forward(storages: &[Storage], d: GroupDims, has_bias: bool) -> Result<Vec<f32
     if y.is_empty() {
         return Ok(y);
     }
+    let simd = Simd::current();
     y.par_chunks_mut(d.rows * d.outputs)
         .enumerate()
         .for_each(|(j, y)| {
             let x = &x[j * d.rows * d.inputs..(j + 1) * d.rows * d.inputs];
             let w = weights[j];
             if d.rows <= SMALL_ROWS {
-                for (o, w) in w.chunks_exact(d.inputs).enumerate() {
-                    for (i, x) in x.chunks_exact(d.inputs).enumerate() {
-                        y[i * d.outputs + o] = dot(x, w);
-                    }
-                }
+                simd.small_forward(x, w, y, d.inputs, d.outputs);
             } else {
                 let b = Operand::transposed(w);
                 gemm(d.rows, d.outputs, d.inputs, Operand::plain(x), b, y, 0.0);
@@ -198,6 +195,7 @@ fn backward(
     let need_w = |j: usize| needs[1 + j];
     let need_b = |j: usize| has_bias && needs[1 + n + j];
     let (rows, inp, out) = (d.rows, d.inputs, d.outputs);
+    let simd = Simd::current();
     let grads: Vec<GroupGrads> = (0..n)
         .into_par_iter()
         .map(|j| {
@@ -215,18 +213,7 @@ fn backward(
                 Vec::new()
             };
             if rows <= SMALL_ROWS {
-                // One pass over the weight rows: ∂x[i] += g[i,o]·W[o], ∂W[o] = Σ_i g[i,o]·x[i].
-                for (o, w) in w.chunks_exact(inp).enumerate() {
-                    for (i, x) in x.chunks_exact(inp).enumerate() {
-                        let go = g[i * out + o];
-                        if need_x {
-                            axpy(go, w, &mut dx[i * inp..(i + 1) * inp]);
-                        }
-                        if need_w(j) {
-                            axpy(go, x, &mut dw[o * inp..(o + 1) * inp]);
-                        }
-                    }
-                }
+                simd.small_backward(x, w, g, &mut dx, &mut dw, inp, out);
             } else {
                 if need_x {
                     let (a, b) = (Operand::plain(g), Operand::plain(w));
@@ -272,8 +259,109 @@ fn backward(
     Ok(result)
 }
 
+/// The instruction set the direct loops are compiled for, from the calling thread's
+/// [`kernel_path`](crate::backend::cpu::kernel_path) (read before the parallel loop).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Simd {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Simd {
+    fn current() -> Simd {
+        use crate::backend::cpu::KernelPath;
+        match crate::backend::cpu::kernel_path() {
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2 if KernelPath::Avx2.available() => Simd::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx512 if KernelPath::Avx512.available() => Simd::Avx512,
+            _ => Simd::Portable,
+        }
+    }
+}
+
+/// Methods of [`Simd`] that run one generic loop compiled for the chosen instruction set
+/// (`f32::mul_add` is an FMA instruction there; the portable form multiplies and adds).
+macro_rules! simd_dispatch {
+    ($(fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident;)*) => {
+        impl Simd {
+            $(fn $name(self, $($arg: $ty),*) {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn avx2($($arg: $ty),*) { $body($($arg),*, f32::mul_add) }
+                    #[target_feature(enable = "avx512f,avx2,fma")]
+                    unsafe fn avx512($($arg: $ty),*) { $body($($arg),*, f32::mul_add) }
+                    // SAFETY: `Simd::current` picks a variant only when the CPU has its features.
+                    match self {
+                        Simd::Avx2 => return unsafe { avx2($($arg),*) },
+                        Simd::Avx512 => return unsafe { avx512($($arg),*) },
+                        Simd::Portable => {}
+                    }
+                }
+                $body($($arg),*, |a, b, c| a * b + c)
+            })*
+        }
+    };
+}
+
+simd_dispatch! {
+    fn small_forward(x: &[f32], w: &[f32], y: &mut [f32], inp: usize, out: usize) => small_forward;
+    fn small_backward(
+        x: &[f32], w: &[f32], g: &[f32], dx: &mut [f32], dw: &mut [f32], inp: usize, out: usize
+    ) => small_backward;
+}
+
+/// One group's `y[i, o] = x[i] · w[o]` (no bias), a dot product per output, each weight row read
+/// once for all rows.
+#[inline(always)]
+fn small_forward(
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    inp: usize,
+    out: usize,
+    madd: impl Fn(f32, f32, f32) -> f32 + Copy,
+) {
+    for (o, w) in w.chunks_exact(inp).enumerate() {
+        for (i, x) in x.chunks_exact(inp).enumerate() {
+            y[i * out + o] = dot(x, w, madd);
+        }
+    }
+}
+
+/// One group's gradients in one pass over the weight rows: `∂x[i] += g[i, o]·w[o]` and
+/// `∂w[o] = Σ_i g[i, o]·x[i]` (an empty `dx` or `dw` is not wanted).
+#[inline(always)]
+fn small_backward(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    dx: &mut [f32],
+    dw: &mut [f32],
+    inp: usize,
+    out: usize,
+    madd: impl Fn(f32, f32, f32) -> f32 + Copy,
+) {
+    for (o, w) in w.chunks_exact(inp).enumerate() {
+        for (i, x) in x.chunks_exact(inp).enumerate() {
+            let go = g[i * out + o];
+            if !dx.is_empty() {
+                axpy(go, w, &mut dx[i * inp..(i + 1) * inp], madd);
+            }
+            if !dw.is_empty() {
+                axpy(go, x, &mut dw[o * inp..(o + 1) * inp], madd);
+            }
+        }
+    }
+}
+
 /// `Σ a·b`, with sixteen running sums so the loop vectorises.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32], madd: impl Fn(f32, f32, f32) -> f32) -> f32 {
     let mut acc = [0.0f32; 16];
     let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ac
@@ -284,15 +372,18 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         .sum();
     for (a, b) in ac.zip(bc) {
         for l in 0..16 {
-            acc[l] += a[l] * b[l];
+            acc[l] = madd(a[l], b[l], acc[l]);
         }
     }
     acc.iter().sum::<f32>() + tail
 }
 
 /// `y += alpha · x`.
-fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += alpha * x);
+#[inline(always)]
+fn axpy(alpha: f32, x: &[f32], y: &mut [f32], madd: impl Fn(f32, f32, f32) -> f32) {
+    y.iter_mut()
+        .zip(x)
+        .for_each(|(y, x)| *y = madd(alpha, *x, *y));
 }
 
 #[cfg(test)]
@@ -301,9 +392,20 @@ mod tests {
     use crate::tensor::Rng;
 
     /// Each group against `linear` (the packed GEMM path), forward and every gradient, at a
-    /// small (direct loops) and a large (packed GEMM) row count.
+    /// small (direct loops) and a large (packed GEMM) row count, on every kernel path this CPU
+    /// runs (`MOESEG_REQUIRE_SIMD` turns a skipped one into a failure).
     #[test]
     fn grouped_linear_matches_per_group_linear() -> Result<()> {
+        use crate::backend::cpu::{simd_paths_to_test, with_kernel_path, KernelPath};
+        let simd = simd_paths_to_test("grouped_linear_matches_per_group_linear")
+            .map_err(|e| Error::invalid("test", e))?;
+        for path in std::iter::once(KernelPath::Portable).chain(simd) {
+            with_kernel_path(path, check_against_linear)?;
+        }
+        Ok(())
+    }
+
+    fn check_against_linear() -> Result<()> {
         let mut rng = Rng::new(7);
         for rows in [2, SMALL_ROWS + 5] {
             let (n, inp, out) = (3, 37, 21);
