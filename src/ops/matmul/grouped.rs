@@ -127,12 +127,11 @@ fn check_shapes(x: &Tensor, weights: &[&Tensor], biases: Option<&[&Tensor]>) -> 
     })
 }
 
+/// `x`, the weights and the biases as CPU slices.
+type Slices<'a> = (&'a [f32], Vec<&'a [f32]>, Option<Vec<&'a [f32]>>);
+
 /// The CPU slices of `x`, the weights and (when `has_bias`) the biases, in that order.
-fn slices<'a>(
-    storages: &'a [Storage],
-    dims: GroupDims,
-    has_bias: bool,
-) -> Result<(&'a [f32], Vec<&'a [f32]>, Option<Vec<&'a [f32]>>)> {
+fn slices(storages: &[Storage], dims: GroupDims, has_bias: bool) -> Result<Slices<'_>> {
     let n = dims.groups;
     let x = storages[0].as_cpu("grouped_linear")?;
     let weights = storages[1..=n]
@@ -163,7 +162,7 @@ fn forward(storages: &[Storage], d: GroupDims, has_bias: bool) -> Result<Vec<f32
             let x = &x[j * d.rows * d.inputs..(j + 1) * d.rows * d.inputs];
             let w = weights[j];
             if d.rows <= SMALL_ROWS {
-                simd.small_forward(x, w, y, d.inputs, d.outputs);
+                simd.small_forward(x, w, y, (d.inputs, d.outputs));
             } else {
                 let b = Operand::transposed(w);
                 gemm(d.rows, d.outputs, d.inputs, Operand::plain(x), b, y, 0.0);
@@ -213,7 +212,7 @@ fn backward(
                 Vec::new()
             };
             if rows <= SMALL_ROWS {
-                simd.small_backward(x, w, g, &mut dx, &mut dw, inp, out);
+                simd.small_backward(x, w, g, &mut dx, &mut dw, (inp, out));
             } else {
                 if need_x {
                     let (a, b) = (Operand::plain(g), Operand::plain(w));
@@ -309,9 +308,9 @@ macro_rules! simd_dispatch {
 }
 
 simd_dispatch! {
-    fn small_forward(x: &[f32], w: &[f32], y: &mut [f32], inp: usize, out: usize) => small_forward;
+    fn small_forward(x: &[f32], w: &[f32], y: &mut [f32], in_out: (usize, usize)) => small_forward;
     fn small_backward(
-        x: &[f32], w: &[f32], g: &[f32], dx: &mut [f32], dw: &mut [f32], inp: usize, out: usize
+        x: &[f32], w: &[f32], g: &[f32], dx: &mut [f32], dw: &mut [f32], in_out: (usize, usize)
     ) => small_backward;
 }
 
@@ -322,8 +321,7 @@ fn small_forward(
     x: &[f32],
     w: &[f32],
     y: &mut [f32],
-    inp: usize,
-    out: usize,
+    (inp, out): (usize, usize),
     madd: impl Fn(f32, f32, f32) -> f32 + Copy,
 ) {
     for (o, w) in w.chunks_exact(inp).enumerate() {
@@ -342,8 +340,7 @@ fn small_backward(
     g: &[f32],
     dx: &mut [f32],
     dw: &mut [f32],
-    inp: usize,
-    out: usize,
+    (inp, out): (usize, usize),
     madd: impl Fn(f32, f32, f32) -> f32 + Copy,
 ) {
     for (o, w) in w.chunks_exact(inp).enumerate() {
