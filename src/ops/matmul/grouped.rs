@@ -7,7 +7,7 @@
 //! backward (the packed GEMM would copy the whole weight to multiply a couple of rows); larger
 //! groups call the packed GEMM on the weight as it is stored.
 
-use crate::backend::cpu::buffer_cache::zeroed;
+use crate::backend::cpu::buffer_cache::{uninit, zeroed};
 use crate::backend::cpu::gemm::{gemm, Operand};
 use crate::backend::Device;
 use crate::error::{Error, Result};
@@ -206,10 +206,11 @@ fn backward(
             } else {
                 Vec::new()
             };
-            let mut dw = if need_w(j) {
-                zeroed(out * inp)
-            } else {
-                Vec::new()
+            // The direct loops write every element of ∂W (its first row of `x` assigns).
+            let mut dw = match (need_w(j), rows <= SMALL_ROWS && rows > 0) {
+                (false, _) => Vec::new(),
+                (true, true) => uninit(out * inp),
+                (true, false) => zeroed(out * inp),
             };
             if rows <= SMALL_ROWS {
                 simd.small_backward(x, w, g, &mut dx, &mut dw, (inp, out));
@@ -332,7 +333,8 @@ fn small_forward(
 }
 
 /// One group's gradients in one pass over the weight rows: `∂x[i] += g[i, o]·w[o]` and
-/// `∂w[o] = Σ_i g[i, o]·x[i]` (an empty `dx` or `dw` is not wanted).
+/// `∂w[o] = Σ_i g[i, o]·x[i]` (an empty `dx` or `dw` is not wanted; `dw` is overwritten, `dx`
+/// accumulated into).
 #[inline(always)]
 fn small_backward(
     x: &[f32],
@@ -350,7 +352,12 @@ fn small_backward(
                 axpy(go, w, &mut dx[i * inp..(i + 1) * inp], madd);
             }
             if !dw.is_empty() {
-                axpy(go, x, &mut dw[o * inp..(o + 1) * inp], madd);
+                let dw = &mut dw[o * inp..(o + 1) * inp];
+                if i == 0 {
+                    dw.iter_mut().zip(x).for_each(|(d, x)| *d = go * x);
+                } else {
+                    axpy(go, x, dw, madd);
+                }
             }
         }
     }
