@@ -2,7 +2,8 @@
 //! an [`Mlp`] of one shape, each projection of all `n` experts is one batched matmul
 //! `[n, b·p, in] × [n, out, in]ᵀ` over the experts' weights stacked along a new leading axis
 //! (and a broadcast add of the stacked biases `[n, 1, out]`), instead of `n` small products.
-//! Gradients reach each expert's own weight through the stacking (a concatenation).
+//! Gradients reach each expert's own weight through the stacking (a concatenation). On the CPU
+//! the stacking is skipped: [`Tensor::grouped_linear`] reads every expert's weight in place.
 
 use crate::error::Result;
 use crate::nn::{Linear, Mlp, Module, ModuleList};
