@@ -2,7 +2,8 @@
 //! an [`Mlp`] of one shape, each projection of all `n` experts is one batched matmul
 //! `[n, b·p, in] × [n, out, in]ᵀ` over the experts' weights stacked along a new leading axis
 //! (and a broadcast add of the stacked biases `[n, 1, out]`), instead of `n` small products.
-//! Gradients reach each expert's own weight through the stacking (a concatenation).
+//! Gradients reach each expert's own weight through the stacking (a concatenation). On the CPU
+//! the stacking is skipped: [`Tensor::grouped_linear`] reads every expert's weight in place.
 
 use crate::error::Result;
 use crate::nn::{Linear, Mlp, Module, ModuleList};
@@ -74,7 +75,14 @@ impl<'a> StackedExperts<'a> {
 }
 
 /// `x[j] · W_jᵀ + b_j` for every expert `j` at once: `x` is `[n, rows, in]`.
+/// On the CPU the weights are read where they are ([`Tensor::grouped_linear`]); elsewhere they
+/// are stacked for one batched matmul.
 fn stacked_linear(x: &Tensor, layers: &[&Linear]) -> Result<Tensor> {
+    if x.supports_grouped_linear() && layers.iter().all(|l| l.weight.supports_grouped_linear()) {
+        let weights: Vec<&Tensor> = layers.iter().map(|l| &l.weight).collect();
+        let biases: Option<Vec<&Tensor>> = layers.iter().map(|l| l.bias.as_ref()).collect();
+        return x.grouped_linear(&weights, biases.as_deref());
+    }
     let weights = stack(layers.iter().map(|l| &l.weight))?;
     let y = x.matmul_t(&weights)?;
     let biases: Option<Vec<&Tensor>> = layers.iter().map(|l| l.bias.as_ref()).collect();

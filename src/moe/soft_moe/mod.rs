@@ -24,9 +24,9 @@
 //!
 //! The experts are any [`Module`] mapping `[b, p, d] → [b, p, d_out]`. When they are all
 //! [`Linear`](crate::nn::Linear) layers or all timm-style [`Mlp`](crate::nn::Mlp)s of one
-//! shape (the common case), the `n` expert GEMMs of each projection run as one batched matmul
-//! over the experts' stacked weights ([`experts`]); any other expert type runs expert by
-//! expert. [`SoftMoE::set_generic_experts`] forces the per-expert path (the tests compare the
+//! shape (the common case), the `n` expert GEMMs of each projection run as one op: on the CPU
+//! [`Tensor::grouped_linear`] on the experts' own weights, elsewhere one batched matmul over
+//! the stacked weights ([`experts`]); any other expert type runs expert by expert. [`SoftMoE::set_generic_experts`] forces the per-expert path (the tests compare the
 //! two).
 //!
 //! Routing diagnostics as vmoe logs them ([`diagnostics`]) are computed on every forward while

@@ -5,6 +5,7 @@
 
 mod cpu_kernel;
 mod cuda_kernel;
+pub mod grouped;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
