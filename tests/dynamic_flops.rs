@@ -88,9 +88,10 @@ fn saturated_gates_give_the_full_space_count() {
 /// `FLOPS_ALL = 26300` (Dynamic-A's normaliser) is not derived in the original: with every
 /// α = 1, Layer16's expected FLOPs are 95 614.9 MFLOPs at the config's
 /// FIX_SIZE_FOR_FLOPS 1024×2048 and 26 891.7 at the commented-out 768×768 (the training crop).
-/// 26300 is 2.2 % under the 768×768 figure: the full space at the crop size with an average
-/// α of ≈0.98, as a trained Dynamic-Raw gives, not an analytic count. The values here were
-/// derived independently in Python from `cal_op_flops.py`.
+/// 26300 is 2.2 % under the 768×768 figure, so it is not the analytic full-space count at
+/// either size; where the original's authors took it from is not in its code (a measured
+/// figure of a trained network is one possibility, unverified). The values here were derived
+/// independently in Python from `cal_op_flops.py`.
 #[test]
 fn layer16_full_space_against_flops_all() {
     let net = DynamicNet4Seg::new(DynamicConfig::layer16(19)).unwrap();

@@ -63,6 +63,37 @@ fn direct_matches_naive_f64() {
     }
 }
 
+/// A batch-1 stride-1 convolution of `cin → cout` channels on `in_size` with `padding`
+/// `[top, bottom, left, right]`.
+fn stride1_geometry(
+    cin: usize,
+    cout: usize,
+    in_size: [usize; 2],
+    kernel: [usize; 2],
+    padding: [usize; 4],
+    dilation: [usize; 2],
+    groups: usize,
+) -> Conv2dGeometry {
+    let out_size = [
+        in_size[0] + padding[0] + padding[1] - dilation[0] * (kernel[0] - 1),
+        in_size[1] + padding[2] + padding[3] - dilation[1] * (kernel[1] - 1),
+    ];
+    Conv2dGeometry {
+        batch: 1,
+        in_channels: cin,
+        in_size,
+        out_channels: cout,
+        kernel,
+        out_size,
+        params: Conv2dParams {
+            stride: [1, 1],
+            padding,
+            dilation,
+            groups,
+        },
+    }
+}
+
 fn check_direct_kernels(path: KernelPath) {
     let cases = [
         // (cin, cout, in [h, w], kernel, padding [t, b, l, r], dilation, groups)
@@ -82,24 +113,7 @@ fn check_direct_kernels(path: KernelPath) {
         (12, 16, [7, 19], [1, 1], [0, 0, 0, 0], [1, 1], 1),
     ];
     for (i, &(cin, cout, in_size, kernel, padding, dilation, groups)) in cases.iter().enumerate() {
-        let out_size = [
-            in_size[0] + padding[0] + padding[1] - dilation[0] * (kernel[0] - 1),
-            in_size[1] + padding[2] + padding[3] - dilation[1] * (kernel[1] - 1),
-        ];
-        let g = Conv2dGeometry {
-            batch: 1,
-            in_channels: cin,
-            in_size,
-            out_channels: cout,
-            kernel,
-            out_size,
-            params: Conv2dParams {
-                stride: [1, 1],
-                padding,
-                dilation,
-                groups,
-            },
-        };
+        let g = stride1_geometry(cin, cout, in_size, kernel, padding, dilation, groups);
         assert!(
             fits(&g),
             "case {i} should take the direct kernel on {path:?}"
@@ -111,7 +125,7 @@ fn check_direct_kernels(path: KernelPath) {
         let mut out = vec![f32::NAN; g.output_len()];
         for group in 0..groups {
             for block in 0..blocks_per_group(&g) {
-                for rows in row_bands(out_size[0], 3) {
+                for rows in row_bands(g.out_size[0], 3) {
                     let task = BlockTask {
                         path,
                         group,
@@ -143,7 +157,7 @@ fn check_direct_kernels(path: KernelPath) {
         let dy = values(g2.output_len(), 400 + i as u64);
         let got = weight_backward(&g2, &dy, &x2);
         let expected = naive_weight_grad(&g2, &dy, &x2);
-        let positions = (2 * out_size[0] * out_size[1]) as f64;
+        let positions = (2 * g.out_size[0] * g.out_size[1]) as f64;
         for (j, (&got, &want)) in got.iter().zip(&expected).enumerate() {
             let tol = 4.0 * positions.sqrt() * positions.log2() * f32::EPSILON as f64;
             assert!(
@@ -254,24 +268,7 @@ fn every_kernel_family_matches_f64() {
         for (i, &(cin, cout, in_size, kernel, padding, dilation, groups)) in
             cases.iter().enumerate()
         {
-            let out_size = [
-                in_size[0] + padding[0] + padding[1] - dilation[0] * (kernel[0] - 1),
-                in_size[1] + padding[2] + padding[3] - dilation[1] * (kernel[1] - 1),
-            ];
-            let g = Conv2dGeometry {
-                batch: 1,
-                in_channels: cin,
-                in_size,
-                out_channels: cout,
-                kernel,
-                out_size,
-                params: Conv2dParams {
-                    stride: [1, 1],
-                    padding,
-                    dilation,
-                    groups,
-                },
-            };
+            let g = stride1_geometry(cin, cout, in_size, kernel, padding, dilation, groups);
             let x = values(g.input_len(), 500 + i as u64);
             let w = values(g.weight_len(), 600 + i as u64);
             let dy = values(g.output_len(), 700 + i as u64);
