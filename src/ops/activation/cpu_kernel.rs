@@ -7,9 +7,22 @@ use crate::error::Result;
 use crate::tensor::Storage;
 use rayon::prelude::*;
 
+fn relu(x: f32) -> f32 {
+    x.max(0.0)
+}
+
+/// ReLU's gradient from its saved output (0 at the kink, as PyTorch).
+fn relu_backward(saved: f32, g: f32) -> f32 {
+    if saved > 0.0 {
+        g
+    } else {
+        0.0
+    }
+}
+
 fn forward_fn(op: Activation) -> impl Fn(f32) -> f32 + Sync {
     move |x: f32| match op {
-        Activation::Relu => x.max(0.0),
+        Activation::Relu => relu(x),
         Activation::LeakyRelu { negative_slope } => {
             if x > 0.0 {
                 x
@@ -54,13 +67,7 @@ fn gelu_cdf_and_slope(op: Activation, x: f64) -> (f64, f64) {
 /// `(saved, grad_out) ↦ grad_in`, with PyTorch's choices at the kinks.
 fn backward_fn(op: Activation) -> impl Fn(f32, f32) -> f32 + Sync {
     move |saved: f32, g: f32| match op {
-        Activation::Relu => {
-            if saved > 0.0 {
-                g
-            } else {
-                0.0
-            }
-        }
+        Activation::Relu => relu_backward(saved, g),
         Activation::LeakyRelu { negative_slope } => {
             if saved > 0.0 {
                 g
@@ -114,10 +121,13 @@ fn for_each_channel_run(
 
 impl ActivationBackend for CpuBackend {
     fn activation_forward(&self, op: Activation, x: &Storage) -> Result<Storage> {
-        Ok(Storage::cpu(map_unary(
-            x.as_cpu("activation")?,
-            forward_fn(op),
-        )))
+        let x = x.as_cpu("activation")?;
+        // ReLU gets a loop of its own (vectorised); the general closure matches `op` per
+        // element.
+        Ok(Storage::cpu(match op {
+            Activation::Relu => map_unary(x, relu),
+            _ => map_unary(x, forward_fn(op)),
+        }))
     }
 
     fn activation_backward(
@@ -126,11 +136,14 @@ impl ActivationBackend for CpuBackend {
         saved: &Storage,
         grad_out: &Storage,
     ) -> Result<Storage> {
-        Ok(Storage::cpu(map_binary(
+        let (saved, grad_out) = (
             saved.as_cpu("activation_backward")?,
             grad_out.as_cpu("activation_backward")?,
-            backward_fn(op),
-        )))
+        );
+        Ok(Storage::cpu(match op {
+            Activation::Relu => map_binary(saved, grad_out, relu_backward),
+            _ => map_binary(saved, grad_out, backward_fn(op)),
+        }))
     }
 
     fn prelu_forward(

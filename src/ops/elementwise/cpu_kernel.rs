@@ -46,11 +46,19 @@ fn unary_fn(op: UnaryOp) -> impl Fn(f32) -> f32 + Sync {
     }
 }
 
+fn add(a: f32, b: f32) -> f32 {
+    a + b
+}
+
+fn mul(a: f32, b: f32) -> f32 {
+    a * b
+}
+
 fn binary_fn(op: BinaryOp) -> impl Fn(f32, f32) -> f32 + Sync {
     move |a: f32, b: f32| match op {
-        BinaryOp::Add => a + b,
+        BinaryOp::Add => add(a, b),
         BinaryOp::Sub => a - b,
-        BinaryOp::Mul => a * b,
+        BinaryOp::Mul => mul(a, b),
         BinaryOp::Div => a / b,
         BinaryOp::Maximum => {
             if a >= b || a.is_nan() {
@@ -107,6 +115,40 @@ fn for_each_broadcast_row(
         });
 }
 
+/// `f(lhs, rhs)` elementwise with broadcasting; `shapes` are `[lhs, rhs, out]`.
+fn binary_with(
+    f: impl Fn(f32, f32) -> f32 + Sync,
+    a: &[f32],
+    b: &[f32],
+    [lhs_shape, rhs_shape, out_shape]: [&Shape; 3],
+) -> Vec<f32> {
+    if lhs_shape == out_shape && rhs_shape == out_shape {
+        return map_binary(a, b, f);
+    }
+    if b.len() == 1 && lhs_shape == out_shape {
+        let s = b[0];
+        return map_unary(a, |x| f(x, s));
+    }
+    if a.len() == 1 && rhs_shape == out_shape {
+        let s = a[0];
+        return map_unary(b, |x| f(s, x));
+    }
+    let ls = lhs_shape.broadcast_strides(out_shape);
+    let rs = rhs_shape.broadcast_strides(out_shape);
+    let (l_inner, r_inner) = (
+        ls.last().copied().unwrap_or(0),
+        rs.last().copied().unwrap_or(0),
+    );
+    // Every row is written.
+    let mut out = crate::backend::cpu::buffer_cache::uninit(out_shape.numel());
+    for_each_broadcast_row(&mut out, out_shape, &ls, &rs, |o, lo, ro| {
+        for (j, o) in o.iter_mut().enumerate() {
+            *o = f(a[lo + j * l_inner], b[ro + j * r_inner]);
+        }
+    });
+    out
+}
+
 impl ElementwiseBackend for CpuBackend {
     fn unary(&self, op: UnaryOp, x: &Storage) -> Result<Storage> {
         Ok(Storage::cpu(map_unary(x.as_cpu("unary")?, unary_fn(op))))
@@ -122,30 +164,14 @@ impl ElementwiseBackend for CpuBackend {
         out_shape: &Shape,
     ) -> Result<Storage> {
         let (a, b) = (lhs.as_cpu("binary")?, rhs.as_cpu("binary")?);
-        let f = binary_fn(op);
-        if lhs_shape == out_shape && rhs_shape == out_shape {
-            return Ok(Storage::cpu(map_binary(a, b, f)));
-        }
-        if rhs.len() == 1 && lhs_shape == out_shape {
-            let s = b[0];
-            return Ok(Storage::cpu(map_unary(a, |x| f(x, s))));
-        }
-        if lhs.len() == 1 && rhs_shape == out_shape {
-            let s = a[0];
-            return Ok(Storage::cpu(map_unary(b, |x| f(s, x))));
-        }
-        let ls = lhs_shape.broadcast_strides(out_shape);
-        let rs = rhs_shape.broadcast_strides(out_shape);
-        let (l_inner, r_inner) = (
-            ls.last().copied().unwrap_or(0),
-            rs.last().copied().unwrap_or(0),
-        );
-        let mut out = crate::backend::cpu::buffer_cache::zeroed(out_shape.numel());
-        for_each_broadcast_row(&mut out, out_shape, &ls, &rs, |o, lo, ro| {
-            for (j, o) in o.iter_mut().enumerate() {
-                *o = f(a[lo + j * l_inner], b[ro + j * r_inner]);
-            }
-        });
+        let shapes = [lhs_shape, rhs_shape, out_shape];
+        // The common ops get loops of their own (vectorised); the general closure matches `op`
+        // per element.
+        let out = match op {
+            BinaryOp::Add => binary_with(add, a, b, shapes),
+            BinaryOp::Mul => binary_with(mul, a, b, shapes),
+            _ => binary_with(binary_fn(op), a, b, shapes),
+        };
         Ok(Storage::cpu(out))
     }
 

@@ -38,7 +38,8 @@ fn inverse_std(var: &[f32], eps: f32) -> Vec<f32> {
 
 /// `y = x · scale[c] + shift[c]` over the `[N, C, S]` layout.
 fn scale_shift(x: &[f32], scale: &[f32], shift: &[f32], layout: ChannelLayout) -> Vec<f32> {
-    let mut out = crate::backend::cpu::buffer_cache::zeroed(x.len());
+    // Every row is written.
+    let mut out = crate::backend::cpu::buffer_cache::uninit(x.len());
     for_each_row(
         &mut out,
         layout.channels,
