@@ -20,6 +20,34 @@ fn relu_backward(saved: f32, g: f32) -> f32 {
     }
 }
 
+fn hardswish(x: f32) -> f32 {
+    x * (x + 3.0).clamp(0.0, 6.0) / 6.0
+}
+
+fn hardsigmoid(x: f32) -> f32 {
+    (x + 3.0).clamp(0.0, 6.0) / 6.0
+}
+
+/// Hardswish's gradient from its saved input (PyTorch's choices at ±3).
+fn hardswish_backward(saved: f32, g: f32) -> f32 {
+    if saved <= -3.0 {
+        0.0
+    } else if saved < 3.0 {
+        g * (saved / 3.0 + 0.5)
+    } else {
+        g
+    }
+}
+
+/// Hardsigmoid's gradient from its saved input (0 at ±3, as PyTorch).
+fn hardsigmoid_backward(saved: f32, g: f32) -> f32 {
+    if saved > -3.0 && saved < 3.0 {
+        g / 6.0
+    } else {
+        0.0
+    }
+}
+
 fn forward_fn(op: Activation) -> impl Fn(f32) -> f32 + Sync {
     move |x: f32| match op {
         Activation::Relu => relu(x),
@@ -32,8 +60,8 @@ fn forward_fn(op: Activation) -> impl Fn(f32) -> f32 + Sync {
         }
         Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
         Activation::Tanh => x.tanh(),
-        Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
-        Activation::Hardsigmoid => (x + 3.0).clamp(0.0, 6.0) / 6.0,
+        Activation::Hardswish => hardswish(x),
+        Activation::Hardsigmoid => hardsigmoid(x),
         Activation::Gelu | Activation::GeluTanh => {
             let (x, (cdf, _)) = (f64::from(x), gelu_cdf_and_slope(op, f64::from(x)));
             (x * cdf) as f32
@@ -77,22 +105,8 @@ fn backward_fn(op: Activation) -> impl Fn(f32, f32) -> f32 + Sync {
         }
         Activation::Sigmoid => g * saved * (1.0 - saved),
         Activation::Tanh => g * (1.0 - saved * saved),
-        Activation::Hardswish => {
-            if saved <= -3.0 {
-                0.0
-            } else if saved < 3.0 {
-                g * (saved / 3.0 + 0.5)
-            } else {
-                g
-            }
-        }
-        Activation::Hardsigmoid => {
-            if saved > -3.0 && saved < 3.0 {
-                g / 6.0
-            } else {
-                0.0
-            }
-        }
+        Activation::Hardswish => hardswish_backward(saved, g),
+        Activation::Hardsigmoid => hardsigmoid_backward(saved, g),
         Activation::Gelu | Activation::GeluTanh => {
             let x = f64::from(saved);
             let (cdf, slope) = gelu_cdf_and_slope(op, x);
@@ -122,10 +136,12 @@ fn for_each_channel_run(
 impl ActivationBackend for CpuBackend {
     fn activation_forward(&self, op: Activation, x: &Storage) -> Result<Storage> {
         let x = x.as_cpu("activation")?;
-        // ReLU gets a loop of its own (vectorised); the general closure matches `op` per
-        // element.
+        // The common activations get loops of their own (vectorised); the general closure
+        // matches `op` per element.
         Ok(Storage::cpu(match op {
             Activation::Relu => map_unary(x, relu),
+            Activation::Hardswish => map_unary(x, hardswish),
+            Activation::Hardsigmoid => map_unary(x, hardsigmoid),
             _ => map_unary(x, forward_fn(op)),
         }))
     }
@@ -142,6 +158,8 @@ impl ActivationBackend for CpuBackend {
         );
         Ok(Storage::cpu(match op {
             Activation::Relu => map_binary(saved, grad_out, relu_backward),
+            Activation::Hardswish => map_binary(saved, grad_out, hardswish_backward),
+            Activation::Hardsigmoid => map_binary(saved, grad_out, hardsigmoid_backward),
             _ => map_binary(saved, grad_out, backward_fn(op)),
         }))
     }
