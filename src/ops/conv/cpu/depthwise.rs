@@ -36,6 +36,31 @@ fn planes<R>(path: KernelPath, body: impl FnOnce() -> R) -> R {
     body()
 }
 
+/// The plane sizes the three depthwise loops index with.
+struct Planes {
+    channels: usize,
+    taps: usize,
+    in_pixels: usize,
+    out_pixels: usize,
+    out_width: usize,
+    in_width: usize,
+    stride_w: usize,
+}
+
+impl Planes {
+    fn of(geometry: &Conv2dGeometry) -> Planes {
+        Planes {
+            channels: geometry.out_channels,
+            taps: geometry.taps(),
+            in_pixels: geometry.in_pixels(),
+            out_pixels: geometry.out_pixels(),
+            out_width: geometry.out_size[1],
+            in_width: geometry.in_size[1],
+            stride_w: geometry.params.stride[1],
+        }
+    }
+}
+
 /// `out[n, c] = bias[c] + Σ_tap w[c, tap] · x[n, c, shifted by tap]`, in parallel over planes.
 pub(in crate::ops::conv) fn forward(
     geometry: &Conv2dGeometry,
@@ -43,13 +68,15 @@ pub(in crate::ops::conv) fn forward(
     weight: &[f32],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    let (channels, taps) = (geometry.out_channels, geometry.taps());
-    let (in_pixels, out_pixels) = (geometry.in_pixels(), geometry.out_pixels());
-    let [out_width, in_width, stride_w] = [
-        geometry.out_size[1],
-        geometry.in_size[1],
-        geometry.params.stride[1],
-    ];
+    let Planes {
+        channels,
+        taps,
+        in_pixels,
+        out_pixels,
+        out_width,
+        in_width,
+        stride_w,
+    } = Planes::of(geometry);
     // Every plane is filled with its bias first, so the buffer needs no zeroing.
     let mut out = crate::backend::cpu::buffer_cache::uninit(geometry.output_len());
     let path = kernel_path();
@@ -79,13 +106,15 @@ pub(in crate::ops::conv) fn input_backward(
     grad_out: &[f32],
     weight: &[f32],
 ) -> Vec<f32> {
-    let (channels, taps) = (geometry.out_channels, geometry.taps());
-    let (in_pixels, out_pixels) = (geometry.in_pixels(), geometry.out_pixels());
-    let [out_width, in_width, stride_w] = [
-        geometry.out_size[1],
-        geometry.in_size[1],
-        geometry.params.stride[1],
-    ];
+    let Planes {
+        channels,
+        taps,
+        in_pixels,
+        out_pixels,
+        out_width,
+        in_width,
+        stride_w,
+    } = Planes::of(geometry);
     let mut grad_x = crate::backend::cpu::buffer_cache::zeroed(geometry.input_len());
     let path = kernel_path();
     grad_x
@@ -114,13 +143,15 @@ pub(in crate::ops::conv) fn weight_backward(
     grad_out: &[f32],
     x: &[f32],
 ) -> Vec<f32> {
-    let (channels, taps) = (geometry.out_channels, geometry.taps());
-    let (in_pixels, out_pixels) = (geometry.in_pixels(), geometry.out_pixels());
-    let [out_width, in_width, stride_w] = [
-        geometry.out_size[1],
-        geometry.in_size[1],
-        geometry.params.stride[1],
-    ];
+    let Planes {
+        channels,
+        taps,
+        in_pixels,
+        out_pixels,
+        out_width,
+        in_width,
+        stride_w,
+    } = Planes::of(geometry);
     let mut grad_w = crate::backend::cpu::buffer_cache::zeroed(geometry.weight_len());
     let path = kernel_path();
     grad_w
