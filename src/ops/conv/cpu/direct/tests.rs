@@ -3,39 +3,50 @@
 use super::*;
 use crate::ops::conv::Conv2dParams;
 
-/// Naive convolution in f64 of one image.
-fn naive(g: &Conv2dGeometry, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f64> {
+/// Calls `term(x_index, w_index, y_index)` for every product `x · w` that contributes to an
+/// output of image `image` (flat NCHW / OIHW indices): the one loop nest the three f64
+/// references below share.
+fn each_term(g: &Conv2dGeometry, image: usize, mut term: impl FnMut(usize, usize, usize)) {
     let [in_h, in_w] = g.in_size;
     let [out_h, out_w] = g.out_size;
     let [kh_n, kw_n] = g.kernel;
     let [dh, dw] = g.params.dilation;
     let [pt, _, pl, _] = g.params.padding;
     let (ig, og) = (g.in_channels_per_group(), g.out_channels_per_group());
-    let mut out = vec![0.0f64; g.out_channels * out_h * out_w];
     for co in 0..g.out_channels {
         let group = co / og;
-        for oh in 0..out_h {
-            for ow in 0..out_w {
-                let mut acc = b[co] as f64;
-                for ci in 0..ig {
-                    for kh in 0..kh_n {
-                        for kw in 0..kw_n {
+        for ci in 0..ig {
+            let x_plane = (image * g.in_channels + group * ig + ci) * in_h * in_w;
+            for kh in 0..kh_n {
+                for kw in 0..kw_n {
+                    let w_index = ((co * ig + ci) * kh_n + kh) * kw_n + kw;
+                    for oh in 0..out_h {
+                        for ow in 0..out_w {
                             let ih = (oh + kh * dh) as isize - pt as isize;
                             let iw = (ow + kw * dw) as isize - pl as isize;
                             if ih < 0 || iw < 0 || ih >= in_h as isize || iw >= in_w as isize {
                                 continue;
                             }
-                            let xv =
-                                x[((group * ig + ci) * in_h + ih as usize) * in_w + iw as usize];
-                            let wv = w[((co * ig + ci) * kh_n + kh) * kw_n + kw];
-                            acc += xv as f64 * wv as f64;
+                            let x_index = x_plane + ih as usize * in_w + iw as usize;
+                            let y_index = ((image * g.out_channels + co) * out_h + oh) * out_w + ow;
+                            term(x_index, w_index, y_index);
                         }
                     }
                 }
-                out[(co * out_h + oh) * out_w + ow] = acc;
             }
         }
     }
+}
+
+/// Naive convolution in f64 of one image.
+fn naive(g: &Conv2dGeometry, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f64> {
+    let out_pixels = g.out_size[0] * g.out_size[1];
+    let mut out: Vec<f64> = (0..g.out_channels * out_pixels)
+        .map(|i| f64::from(b[i / out_pixels]))
+        .collect();
+    each_term(g, 0, |xi, wi, yi| {
+        out[yi] += f64::from(x[xi]) * f64::from(w[wi]);
+    });
     out
 }
 
@@ -170,77 +181,21 @@ fn check_direct_kernels(path: KernelPath) {
 
 /// `∂W[co, ci, kh, kw] = Σ_images,positions ∂y[co, p] · x[ci, p + tap]` in f64.
 fn naive_weight_grad(g: &Conv2dGeometry, dy: &[f32], x: &[f32]) -> Vec<f64> {
-    let [in_h, in_w] = g.in_size;
-    let [out_h, out_w] = g.out_size;
-    let [kh_n, kw_n] = g.kernel;
-    let [dh, dw] = g.params.dilation;
-    let [pt, _, pl, _] = g.params.padding;
-    let (ig, og) = (g.in_channels_per_group(), g.out_channels_per_group());
     let mut grad = vec![0.0f64; g.weight_len()];
     for image in 0..g.batch {
-        for co in 0..g.out_channels {
-            let group = co / og;
-            for ci in 0..ig {
-                for kh in 0..kh_n {
-                    for kw in 0..kw_n {
-                        let mut acc = 0.0f64;
-                        for oh in 0..out_h {
-                            for ow in 0..out_w {
-                                let ih = (oh + kh * dh) as isize - pt as isize;
-                                let iw = (ow + kw * dw) as isize - pl as isize;
-                                if ih < 0 || iw < 0 || ih >= in_h as isize || iw >= in_w as isize {
-                                    continue;
-                                }
-                                let xv = x[(((image * g.in_channels) + group * ig + ci) * in_h
-                                    + ih as usize)
-                                    * in_w
-                                    + iw as usize];
-                                let d =
-                                    dy[((image * g.out_channels + co) * out_h + oh) * out_w + ow];
-                                acc += xv as f64 * d as f64;
-                            }
-                        }
-                        grad[((co * ig + ci) * kh_n + kh) * kw_n + kw] += acc;
-                    }
-                }
-            }
-        }
+        each_term(g, image, |xi, wi, yi| {
+            grad[wi] += f64::from(x[xi]) * f64::from(dy[yi]);
+        });
     }
     grad
 }
 
 /// `∂x[ci, ih, iw] = Σ ∂y[co, oh, ow] · w[co, ci, tap]` of one image in f64.
 fn naive_input_grad(g: &Conv2dGeometry, dy: &[f32], w: &[f32]) -> Vec<f64> {
-    let [in_h, in_w] = g.in_size;
-    let [out_h, out_w] = g.out_size;
-    let [kh_n, kw_n] = g.kernel;
-    let [dh, dw] = g.params.dilation;
-    let [pt, _, pl, _] = g.params.padding;
-    let (ig, og) = (g.in_channels_per_group(), g.out_channels_per_group());
-    let mut grad = vec![0.0f64; g.in_channels * in_h * in_w];
-    for co in 0..g.out_channels {
-        let group = co / og;
-        for ci in 0..ig {
-            for (tap, &wv) in w[(co * ig + ci) * kh_n * kw_n..][..kh_n * kw_n]
-                .iter()
-                .enumerate()
-            {
-                let (kh, kw) = (tap / kw_n, tap % kw_n);
-                for oh in 0..out_h {
-                    for ow in 0..out_w {
-                        let ih = (oh + kh * dh) as isize - pt as isize;
-                        let iw = (ow + kw * dw) as isize - pl as isize;
-                        if ih < 0 || iw < 0 || ih >= in_h as isize || iw >= in_w as isize {
-                            continue;
-                        }
-                        let d = dy[(co * out_h + oh) * out_w + ow];
-                        grad[((group * ig + ci) * in_h + ih as usize) * in_w + iw as usize] +=
-                            d as f64 * wv as f64;
-                    }
-                }
-            }
-        }
-    }
+    let mut grad = vec![0.0f64; g.in_channels * g.in_size[0] * g.in_size[1]];
+    each_term(g, 0, |xi, wi, yi| {
+        grad[xi] += f64::from(dy[yi]) * f64::from(w[wi]);
+    });
     grad
 }
 
